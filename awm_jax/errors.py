@@ -1,0 +1,75 @@
+"""User-facing errors and the exit codes the command line maps them to.
+
+Every problem a user can cause (a wrong path, a corrupt file, an unknown layout, weights full
+of NaN) raises a subclass of :class:`AWMError` whose message is one line naming the file and
+the problem and saying what to do. The CLI prints that line to stderr and exits with the
+class's ``exit_code``; it never shows a traceback for these.
+
+Exit codes:
+  0  success
+  1  internal error (a bug: please report it, with the traceback shown)
+  2  usage error (bad arguments, unknown option value, device not available)
+  3  checkpoint error (missing, unreadable, truncated or corrupt files)
+  4  layout error (architecture not recognised, tensors missing or of the wrong shape)
+  5  vocabulary error (no tokenizer, unreadable tokenizer, no shared tokens)
+  6  numerical error (NaN/Inf/all-zero weights, degenerate alignment)
+  7  cache error (the fingerprint cache could not be written or read)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AWMError",
+    "UsageError",
+    "CheckpointError",
+    "LayoutError",
+    "VocabularyError",
+    "NumericalError",
+    "CacheError",
+]
+
+
+class AWMError(Exception):
+    """Base class of errors caused by the input, reported without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        # One line: newlines in the message would break "one clear line on stderr".
+        super().__init__(" ".join(str(message).split()))
+
+
+class UsageError(AWMError):
+    """Bad arguments: an unknown option value, a device that is not there."""
+
+    exit_code = 2
+
+
+class CheckpointError(AWMError):
+    """A checkpoint file is missing, unreadable, truncated or malformed."""
+
+    exit_code = 3
+
+
+class LayoutError(AWMError):
+    """The tensors do not match any known architecture layout, or have the wrong shape."""
+
+    exit_code = 4
+
+
+class VocabularyError(AWMError):
+    """The vocabulary is missing, unreadable, or the two models share no tokens."""
+
+    exit_code = 5
+
+
+class NumericalError(AWMError):
+    """Weights contain NaN/Inf or are all zero; the scores would be meaningless."""
+
+    exit_code = 6
+
+
+class CacheError(AWMError):
+    """The fingerprint cache could not be written (disk full, permissions) or read."""
+
+    exit_code = 7

@@ -1,0 +1,271 @@
+"""Per-model fingerprints: the Q and K Gram matrices of every layer, computed once and cached.
+
+A model's Grams ``K_l = W_l^T W_l`` (``[n, n]``, float32) depend on that model alone; every
+comparison against it only permutes, sign-flips and compares them. They are computed by
+streaming a chunk of layers at a time from the checkpoint (bounded memory whatever the depth),
+and kept either in memory (small models, ``--no-cache``) or in the fingerprint cache:
+
+``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
+
+    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
+    index/<file key>.json                                           # -> content key
+
+The content key hashes the algorithm version, the layout and the bytes of every Q/K tensor
+used. The file key hashes the paths, sizes, modification times and inode numbers of the
+checkpoint's files plus its config, so a second comparison finds the fingerprint without
+reading any Q/K weight again; a changed file changes the file key and forces a recompute.
+Every write goes to a temporary name first and is published with ``os.replace``, so a process
+killed at any point leaves either no entry or a complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awm_jax._version import ALGORITHM_VERSION
+from awm_jax.errors import CacheError
+from awm_jax.kernels import gram_layers
+from awm_jax.layouts import ResolvedLayout
+
+__all__ = ["GramSet", "FingerprintCache", "default_cache_dir", "model_grams", "chunk_layers_for"]
+
+#: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
+IN_MEMORY_BYTES = 512 * 1024 * 1024
+#: Rough device-memory budget of one chunk of layers (weights, Grams, temporaries).
+CHUNK_BYTES = 768 * 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    """``$AWM_JAX_CACHE``, else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``."""
+    if os.environ.get("AWM_JAX_CACHE"):
+        return Path(os.environ["AWM_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "awm_jax"
+
+
+def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
+    """Layers per chunk so a chunk's weights, Grams and temporaries fit ``CHUNK_BYTES``."""
+    per_layer = 4 * (3 * n * n + 2 * d * n) * 2
+    return int(max(1, min(num_layers, CHUNK_BYTES // max(per_layer, 1))))
+
+
+@dataclasses.dataclass(frozen=True)
+class GramSet:
+    """Per-layer Q and K Grams of one model, in memory or in a folder of raw float32 files.
+
+    Attributes:
+      num_layers: ``L``.
+      n: hidden size.
+      folder: folder with ``gram_q.f32`` and ``gram_k.f32`` (``[L, n, n]``), or ``None``.
+      q: ``[L, n, n]`` in-memory Q Grams (when ``folder`` is ``None``).
+      k: ``[L, n, n]`` in-memory K Grams.
+      key: content key (empty when not computed under the cache).
+      owner: keeps a temporary folder alive as long as the set (uncached large models).
+    """
+
+    num_layers: int
+    n: int
+    folder: Path | None = None
+    q: np.ndarray | None = None
+    k: np.ndarray | None = None
+    key: str = ""
+    owner: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def chunk(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Q and K Grams of layers ``[start, stop)``, each ``[stop - start, n, n]``."""
+        if self.folder is None:
+            return self.q[start:stop], self.k[start:stop]
+        count = (stop - start) * self.n * self.n
+        offset = start * self.n * self.n * 4
+        out = []
+        for name in ("gram_q.f32", "gram_k.f32"):
+            path = self.folder / name
+            try:
+                arr = np.fromfile(path, dtype=np.float32, count=count, offset=offset)
+            except OSError as e:
+                raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
+            if arr.size != count:
+                raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} or pass --no-cache")
+            out.append(arr.reshape(stop - start, self.n, self.n))
+        return out[0], out[1]
+
+
+def _file_key(resolved: ResolvedLayout) -> str:
+    ckpt = resolved.ckpt
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{ALGORITHM_VERSION}|{resolved.name}|{resolved.prefix}".encode())
+    h.update(json.dumps(ckpt.config, sort_keys=True).encode())
+    for f in ckpt.files:
+        st = f.stat()
+        h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode())
+    return h.hexdigest()
+
+
+class FingerprintCache:
+    """The on-disk fingerprint cache (see the module docstring for its layout)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def lookup(self, resolved: ResolvedLayout) -> GramSet | None:
+        """The cached Grams of this checkpoint, or ``None`` (also when an entry is damaged)."""
+        index = self.root / "index" / f"{_file_key(resolved)}.json"
+        try:
+            key = json.loads(index.read_text())["content_key"]
+            folder = self.root / "fingerprints" / key
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        n, layers = resolved.hidden_size, resolved.num_layers
+        if meta.get("n") != n or meta.get("num_layers") != layers or meta.get("algorithm") != ALGORITHM_VERSION:
+            return None
+        size = layers * n * n * 4
+        for name in ("gram_q.f32", "gram_k.f32"):
+            try:
+                if (folder / name).stat().st_size != size:
+                    return None
+            except OSError:
+                return None
+        return GramSet(layers, n, folder=folder, key=key)
+
+    def _atomic_write_text(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def new_folder(self) -> Path:
+        """A fresh temporary folder inside the cache to write a fingerprint into."""
+        try:
+            (self.root / "fingerprints").mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=".tmp-"))
+        except OSError as e:
+            raise CacheError(f"{self.root}: cannot create the fingerprint cache ({e.strerror}); set AWM_JAX_CACHE "
+                             "to a writable folder or pass --no-cache") from None
+
+    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str) -> GramSet:
+        """Moves a completed fingerprint into place and indexes it by the checkpoint's file key."""
+        meta = {"algorithm": ALGORITHM_VERSION, "n": resolved.hidden_size, "num_layers": resolved.num_layers,
+                "layout": resolved.name, "source": str(resolved.ckpt.root)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        final = self.root / "fingerprints" / key
+        try:
+            os.replace(tmp, final)
+        except OSError:  # an identical fingerprint is already there (same weights elsewhere)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._atomic_write_text(self.root / "index" / f"{_file_key(resolved)}.json", json.dumps({"content_key": key}))
+        return GramSet(resolved.num_layers, resolved.hidden_size, folder=final, key=key)
+
+
+def _layer_chunks(resolved: ResolvedLayout, chunk: int, hasher) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Yields ``(start, stop, q [chunk, d_q, n], k [chunk, d_k, n])``, the last chunk zero-padded."""
+    n = resolved.hidden_size
+    for start in range(0, resolved.num_layers, chunk):
+        stop = min(start + chunk, resolved.num_layers)
+        qs = np.zeros((chunk, resolved.q_dim, n), np.float32)
+        ks = np.zeros((chunk, resolved.k_dim, n), np.float32)
+        for i in range(start, stop):
+            q, k = resolved.read_qk(i)
+            if hasher is not None:
+                hasher.update(q.tobytes())
+                hasher.update(k.tobytes())
+            qs[i - start], ks[i - start] = q, k
+        yield start, stop, qs, ks
+
+
+def model_grams(
+    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None
+) -> GramSet:
+    """The per-layer Q/K Grams of a model: from the cache when present, else computed.
+
+    Args:
+      resolved: the model's bound layout.
+      cache: the fingerprint cache, or ``None`` to compute without caching.
+      timings: optional dict; ``read_s`` and ``gram_s`` are added to it.
+
+    Returns:
+      The model's Grams.
+    """
+    timings = timings if timings is not None else {}
+    if cache is not None:
+        hit = cache.lookup(resolved)
+        if hit is not None:
+            timings["cache_hit"] = True
+            return hit
+    timings["cache_hit"] = False
+    n, layers = resolved.hidden_size, resolved.num_layers
+    chunk = chunk_layers_for(n, max(resolved.q_dim, resolved.k_dim), layers)
+    total_bytes = 2 * layers * n * n * 4
+    tmp_ctx = None
+    if cache is not None:
+        folder = cache.new_folder()
+    elif total_bytes > IN_MEMORY_BYTES:
+        tmp_ctx = tempfile.TemporaryDirectory(prefix="awm_jax-")
+        folder = Path(tmp_ctx.name)
+    else:
+        folder = None
+    hasher = hashlib.blake2b(digest_size=20) if cache is not None else None
+    if hasher is not None:
+        hasher.update(f"{ALGORITHM_VERSION}|{resolved.name}|{n}|{layers}".encode())
+    q_all = np.empty((layers, n, n), np.float32) if folder is None else None
+    k_all = np.empty((layers, n, n), np.float32) if folder is None else None
+    read_s = gram_s = 0.0
+    try:
+        files = [open(folder / name, "wb") for name in ("gram_q.f32", "gram_k.f32")] if folder is not None else []
+        try:
+            t = time.perf_counter()
+            for start, stop, qs, ks in _layer_chunks(resolved, chunk, hasher):
+                t1 = time.perf_counter()
+                read_s += t1 - t
+                gq = np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(qs))))[: stop - start]
+                gk = np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(ks))))[: stop - start]
+                t = time.perf_counter()
+                gram_s += t - t1
+                if folder is None:
+                    q_all[start:stop], k_all[start:stop] = gq, gk
+                else:
+                    files[0].write(gq.tobytes())
+                    files[1].write(gk.tobytes())
+            for f in files:
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            for f in files:
+                f.close()
+        timings["read_s"] = timings.get("read_s", 0.0) + read_s
+        timings["gram_s"] = timings.get("gram_s", 0.0) + gram_s
+        if cache is not None:
+            return cache.publish(folder, resolved, hasher.hexdigest())
+    except OSError as e:
+        if folder is not None and cache is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise CacheError(
+            f"{folder}: cannot write the fingerprint ({e.strerror}); free disk space, set AWM_JAX_CACHE to another "
+            "folder, or pass --no-cache"
+        ) from None
+    except BaseException:
+        if folder is not None and cache is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if folder is None:
+        return GramSet(layers, n, q=q_all, k=k_all)
+    return GramSet(layers, n, folder=folder, owner=tmp_ctx)

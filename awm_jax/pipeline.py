@@ -1,0 +1,263 @@
+"""The comparison pipeline: two model folders in, one :class:`CompareResult` out.
+
+checkpoint -> layout -> vocabulary -> alignment -> per-model Grams (fingerprints) ->
+aligned unbiased CKA per layer -> layer pairing -> aggregate -> statistics -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from contextlib import contextmanager
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awm_jax._version import __version__
+from awm_jax.alignment import assign_dimensions, column_cosine
+from awm_jax.checkpoint import Checkpoint
+from awm_jax.errors import NumericalError, UsageError
+from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
+from awm_jax.kernels import grid_cka, paired_cka
+from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
+from awm_jax.layouts import ResolvedLayout, detect
+from awm_jax.report import CompareResult, LayerScore, ModelSummary
+from awm_jax.statistics import REFERENCE_MIN_HIDDEN, VERDICT_RULE, verdict, z_reference
+from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
+
+__all__ = ["compare", "select_device", "DEVICES"]
+
+DEVICES = ("auto", "cpu", "gpu", "tpu")
+
+
+def select_device(name: str) -> jax.Device:
+    """The JAX device for ``auto``/``cpu``/``gpu``/``tpu``; a missing one is an error, not a fallback."""
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return jax.devices()[0]
+    try:
+        return jax.devices(name)[0]
+    except RuntimeError:
+        have = sorted({d.platform for d in jax.devices()})
+        raise UsageError(
+            f"--device {name}: JAX sees no {name} here (available: {', '.join(have)}); install jax with {name} "
+            "support or choose an available device"
+        ) from None
+
+
+_compile = threading.local()
+
+
+def _on_duration(event: str, duration: float, **_: object) -> None:
+    if "backend_compile" in event and getattr(_compile, "seconds", None) is not None:
+        _compile.seconds += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+@contextmanager
+def _compile_timer(timings: dict):
+    _compile.seconds = 0.0
+    try:
+        yield
+    finally:
+        timings["compile_s"] = _compile.seconds
+        _compile.seconds = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    resolved: ResolvedLayout
+    vocab: Vocabulary
+
+
+def _open(path: str | os.PathLike, layout: str | None) -> _Model:
+    ckpt = Checkpoint(path)
+    return _Model(detect(ckpt, layout), load_vocabulary(ckpt.root))
+
+
+def _read_embedding(r: ResolvedLayout) -> np.ndarray:
+    emb = r.read_embedding()
+    if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
+        raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
+    finite = np.isfinite(emb.astype(np.float32) if emb.dtype.itemsize < 4 else emb)
+    if not finite.all():
+        raise NumericalError(
+            f"{r.ckpt.root}: embedding {r.embedding_name} holds {int(finite.size - finite.sum())} NaN/Inf values; "
+            "the weights are damaged: fetch them again"
+        )
+    if not np.any(emb):
+        raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is all zeros; nothing to align")
+    return emb
+
+
+def _padded(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[0] == size:
+        return a
+    return np.concatenate([a, np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)])
+
+
+def _score_equal_depth(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    layers = gb.num_layers
+    chunk = chunk_layers_for(gb.n, gb.n, layers)
+    wq, wk = np.empty(layers), np.empty(layers)
+    for start in range(0, layers, chunk):
+        stop = min(start + chunk, layers)
+        qb, kb = gb.chunk(start, stop)
+        qt, kt = gt.chunk(start, stop)
+        sq = paired_cka(jnp.asarray(_padded(qb, chunk)), jnp.asarray(_padded(qt, chunk)), perm, signs)
+        sk = paired_cka(jnp.asarray(_padded(kb, chunk)), jnp.asarray(_padded(kt, chunk)), perm, signs)
+        wq[start:stop] = np.asarray(sq)[: stop - start]
+        wk[start:stop] = np.asarray(sk)[: stop - start]
+    return wq, wk
+
+
+def _score_grid(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    cb = chunk_layers_for(gb.n, gb.n, gb.num_layers)
+    ct = chunk_layers_for(gt.n, gt.n, gt.num_layers)
+    grid_q = np.empty((gb.num_layers, gt.num_layers))
+    grid_k = np.empty_like(grid_q)
+    for b0 in range(0, gb.num_layers, cb):
+        b1 = min(b0 + cb, gb.num_layers)
+        qb, kb = (jnp.asarray(_padded(x, cb)) for x in gb.chunk(b0, b1))
+        for t0 in range(0, gt.num_layers, ct):
+            t1 = min(t0 + ct, gt.num_layers)
+            qt, kt = (jnp.asarray(_padded(x, ct)) for x in gt.chunk(t0, t1))
+            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt, perm, signs))[: b1 - b0, : t1 - t0]
+            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt, perm, signs))[: b1 - b0, : t1 - t0]
+    return grid_q, grid_k
+
+
+def _summary(m: _Model, cached: bool) -> ModelSummary:
+    r = m.resolved
+    return ModelSummary(
+        path=str(r.ckpt.root), layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers,
+        q_dim=r.q_dim, k_dim=r.k_dim, vocab_size=len(m.vocab), vocab_source=m.vocab.source,
+        embedding_rows=r.vocab_rows, dtype=r.ckpt.info(r.embedding_name).dtype.lower(), fingerprint_cached=cached,
+    )
+
+
+def _environment(device: jax.Device) -> dict:
+    import jaxlib
+    import scipy
+
+    return {
+        "awm_jax": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
+        "scipy": scipy.__version__, "device": f"{device.platform}:{device.device_kind}", "dtype": "float32",
+        "precision": "HIGHEST",
+    }
+
+
+def compare(
+    model_a: str | os.PathLike,
+    model_b: str | os.PathLike,
+    *,
+    layer_match: str = "assignment",
+    device: str = "auto",
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    layout_a: str | None = None,
+    layout_b: str | None = None,
+) -> CompareResult:
+    """Runs the AWM lineage test on two model folders.
+
+    Args:
+      model_a: folder of model A (paths are resolved from the current directory).
+      model_b: folder of model B.
+      layer_match: pairing for different depths, ``"assignment"`` (the paper's) or ``"monotone"``.
+      device: ``"auto"``, ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+      cache: use the fingerprint cache (per-model Grams are stored and reused).
+      cache_dir: cache folder (default: ``$AWM_JAX_CACHE`` or the XDG cache folder).
+      layout_a: force A's layout (a registry name or a layout file), else detected.
+      layout_b: likewise for B.
+
+    Returns:
+      A frozen :class:`CompareResult`.
+
+    Raises:
+      AWMError: any problem with the input (the subclass says which kind).
+    """
+    if layer_match not in LAYER_MATCH_MODES:
+        raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
+    dev = select_device(device)
+    timings: dict = {}
+    t_start = time.perf_counter()
+    store = FingerprintCache(cache_dir) if cache else None
+    with jax.default_device(dev), _compile_timer(timings):
+        t = time.perf_counter()
+        a, b = _open(model_a, layout_a), _open(model_b, layout_b)
+        base_is_a = a.resolved.hidden_size >= b.resolved.hidden_size
+        base, target = (a, b) if base_is_a else (b, a)
+        shared = shared_rows(base.vocab, target.vocab, base.resolved.vocab_rows, target.resolved.vocab_rows)
+        timings["open_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        emb_base, emb_target = _read_embedding(base.resolved), _read_embedding(target.resolved)
+        timings["embedding_read_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cos = column_cosine(emb_base, emb_target, shared.ids_a, shared.ids_b)
+        del emb_base, emb_target
+        timings["embedding_cosine_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        alignment = assign_dimensions(cos)
+        timings["assignment_s"] = time.perf_counter() - t
+
+        fp_base: dict = {}
+        fp_target: dict = {}
+        g_base = model_grams(base.resolved, store, fp_base)
+        g_target = model_grams(target.resolved, store, fp_target)
+        timings["weights_read_s"] = fp_base.get("read_s", 0.0) + fp_target.get("read_s", 0.0)
+        timings["gram_s"] = fp_base.get("gram_s", 0.0) + fp_target.get("gram_s", 0.0)
+
+        t = time.perf_counter()
+        perm, signs = jnp.asarray(alignment.perm), jnp.asarray(alignment.signs)
+        if g_base.num_layers == g_target.num_layers:
+            wq, wk = _score_equal_depth(g_base, g_target, perm, signs)
+            pairs = [(i, i) for i in range(g_base.num_layers)]
+            match_mode = "equal-depth"
+            grid_q, grid_k = np.diag(wq), np.diag(wk)
+        else:
+            grid_q, grid_k = _score_grid(g_base, g_target, perm, signs)
+            pairs = match_layers((grid_q + grid_k) / 2, layer_match)
+            match_mode = layer_match
+        timings["scores_s"] = time.perf_counter() - t
+
+    layers = []
+    for pb, pt in pairs:
+        ia, ib = (pb, pt) if base_is_a else (pt, pb)
+        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt])))
+    layers.sort(key=lambda l: l.a_layer)
+    s_q = float(np.mean([l.wq for l in layers]))
+    s_k = float(np.mean([l.wk for l in layers]))
+    mean = (s_q + s_k) / 2
+    z = z_reference(mean)
+    warnings = []
+    narrow = min(a.resolved.hidden_size, b.resolved.hidden_size)
+    if narrow < REFERENCE_MIN_HIDDEN:
+        warnings.append(
+            f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
+            "reference; independent models of this width can score well above it, so the z-score overstates significance"
+        )
+    if alignment.base_dims != alignment.target_dims:
+        warnings.append(f"widths differ ({alignment.base_dims} vs {alignment.target_dims}): only matched dimensions are scored")
+    timings["total_s"] = time.perf_counter() - t_start
+    return CompareResult(
+        model_a=_summary(a, fp_base["cache_hit"] if base_is_a else fp_target["cache_hit"]),
+        model_b=_summary(b, fp_target["cache_hit"] if base_is_a else fp_base["cache_hit"]),
+        base="a" if base_is_a else "b",
+        wq=s_q, wk=s_k, mean=mean, z_reference=z, verdict=verdict(z), verdict_rule=VERDICT_RULE,
+        layer_match=match_mode, layers=tuple(layers),
+        alignment=alignment.diagnostics(),
+        vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared),
+                    "dropped_a": shared.dropped_a if base_is_a else shared.dropped_b,
+                    "dropped_b": shared.dropped_b if base_is_a else shared.dropped_a,
+                    "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
+        timings=timings, environment=_environment(dev), warnings=tuple(warnings),
+    )
+
+
