@@ -5,12 +5,14 @@ Pipeline, one module per stage: ``checkpoint`` (lazy safetensors reading) -> ``l
 (embedding-column assignment) -> ``fingerprint`` (per-model Gram matrices, cached) ->
 ``kernels`` (unbiased CKA, vmapped over layers) -> ``layer_match`` -> ``statistics`` ->
 ``report``; ``pipeline.compare`` runs it and ``python -m awm_jax.compare`` is its CLI.
+
+The public names are imported on first use, so ``python -m awm_jax.compare --help`` does not
+pay for importing JAX.
 """
 
+import importlib
+
 from awm_jax._version import ALGORITHM_VERSION, __version__
-from awm_jax.errors import AWMError
-from awm_jax.pipeline import compare
-from awm_jax.report import CompareResult, LayerScore, ModelSummary
 
 __all__ = [
     "ALGORITHM_VERSION",
@@ -21,3 +23,23 @@ __all__ = [
     "__version__",
     "compare",
 ]
+
+_LAZY = {
+    "AWMError": "awm_jax.errors",
+    "CompareResult": "awm_jax.report",
+    "LayerScore": "awm_jax.report",
+    "ModelSummary": "awm_jax.report",
+    "compare": "awm_jax.pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'awm_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 HIGHEST = jax.lax.Precision.HIGHEST
-#: Below this normalised self-HSIC a matrix counts as constant and its CKA is 0 (as the reference).
+#: A Gram whose centred self-term is below this fraction of its raw squared norm counts as
+#: constant, and its CKA is 0. The reference compares the self-term with an absolute 1e-8, which
+#: an adversary defeats by scaling ``Wq`` by a small ``c`` (and ``Wk`` by ``1/c``); a relative
+#: floor keeps the score invariant to that scaling and still returns 0 for constant inputs.
 SELF_TERM_FLOOR = 1e-8
 
 
@@ -104,17 +107,17 @@ def unbiased_cka(k: jax.Array, l: jax.Array) -> jax.Array:
       l: ``[n, n]`` Gram of the second.
 
     Returns:
-      Scalar ``<K_c, L_c> / sqrt(<K_c, K_c> <L_c, L_c>)``; 0 when either normalised self-term
-      is below ``SELF_TERM_FLOOR``.
+      Scalar ``<K_c, L_c> / sqrt(<K_c, K_c> <L_c, L_c>)``; 0 when either Gram is constant
+      (see ``SELF_TERM_FLOOR``).
     """
-    n = k.shape[0]
     kc, lc = unbiased_center(k), unbiased_center(l)
-    scale = 1.0 / (n * (n - 3))
-    kl = _frobenius(kc, lc) * scale
-    kk = _frobenius(kc, kc) * scale
-    ll = _frobenius(lc, lc) * scale
-    ok = (kk > SELF_TERM_FLOOR) & (ll > SELF_TERM_FLOOR)
-    return jnp.where(ok, kl / jnp.sqrt(jnp.where(ok, kk * ll, 1.0)), 0.0)
+    kk, ll = _frobenius(kc, kc), _frobenius(lc, lc)
+    ok = _not_constant(kk, k) & _not_constant(ll, l)
+    return jnp.where(ok, _frobenius(kc, lc) / jnp.sqrt(jnp.where(ok, kk * ll, 1.0)), 0.0)
+
+
+def _not_constant(self_term: jax.Array, k: jax.Array) -> jax.Array:
+    return self_term > SELF_TERM_FLOOR * _frobenius(k, k)
 
 
 def _aligned_cka(k_base: jax.Array, l_target: jax.Array, perm: jax.Array, signs: jax.Array) -> jax.Array:
@@ -153,12 +156,10 @@ def grid_cka(k_base: jax.Array, l_target: jax.Array, perm: jax.Array, signs: jax
     aligned = jax.vmap(align_gram, in_axes=(0, None, None))(k_base, perm, signs)
     centred_k = jax.vmap(unbiased_center)(aligned)
     centred_l = jax.vmap(unbiased_center)(l_target)
-    n = l_target.shape[-1]
-    scale = 1.0 / (n * (n - 3))
-    kk = jax.vmap(lambda a: _frobenius(a, a))(centred_k) * scale
-    ll = jax.vmap(lambda a: _frobenius(a, a))(centred_l) * scale
-    kl = jnp.einsum("aij,bij->ab", centred_k, centred_l, precision=HIGHEST) * scale
-    ok = (kk[:, None] > SELF_TERM_FLOOR) & (ll[None, :] > SELF_TERM_FLOOR)
+    self_term = jax.vmap(lambda a: _frobenius(a, a))
+    kk, ll = self_term(centred_k), self_term(centred_l)
+    kl = jnp.einsum("aij,bij->ab", centred_k, centred_l, precision=HIGHEST)
+    ok = (jax.vmap(_not_constant)(kk, aligned)[:, None]) & (jax.vmap(_not_constant)(ll, l_target)[None, :])
     denom = jnp.sqrt(jnp.where(ok, kk[:, None] * ll[None, :], 1.0))
     return jnp.where(ok, kl / denom, 0.0)
 

@@ -1,0 +1,131 @@
+"""Kernels against a float64 numpy reference written straight from the formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from awm_jax import kernels
+
+
+def hsic_u(k: np.ndarray, l: np.ndarray) -> float:
+    """Unbiased HSIC (Song et al. 2012), float64, from the trace formula."""
+    n = k.shape[0]
+    kt = k - np.diag(np.diag(k))
+    lt = l - np.diag(np.diag(l))
+    one = np.ones(n)
+    return float(
+        (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ kt @ lt @ one)
+        / (n * (n - 3))
+    )
+
+
+def cka_u_reference(wx: np.ndarray, wy: np.ndarray) -> float:
+    """CKA_u of projections ``[d, n]``: samples are the n residual dimensions."""
+    x, y = wx.T.astype(np.float64), wy.T.astype(np.float64)
+    k, l = x @ x.T, y @ y.T
+    return hsic_u(k, l) / np.sqrt(hsic_u(k, k) * hsic_u(l, l))
+
+
+def related(rng, n, d1, d2, noise):
+    base = rng.standard_normal((d1, n))
+    mix = rng.standard_normal((d2, d1)) / np.sqrt(d1)
+    return base.astype(np.float32), (mix @ base + noise * rng.standard_normal((d2, n))).astype(np.float32)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-3, 0.3, 3.0, 100.0])
+@pytest.mark.parametrize("shape", [(8, 8, 4), (64, 32, 16), (96, 128, 48)])
+def test_unbiased_cka_matches_float64_reference(noise, shape):
+    rng = np.random.default_rng(hash((noise, shape)) % 2**32)
+    n, d1, d2 = shape
+    wx, wy = related(rng, n, d1, d2, noise)
+    got = float(kernels.unbiased_cka(kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))))
+    want = cka_u_reference(wx, wy)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
+def test_cka_of_independent_matrices_is_near_zero_and_identical_is_one():
+    rng = np.random.default_rng(0)
+    wx = rng.standard_normal((256, 256)).astype(np.float32)
+    wy = rng.standard_normal((256, 256)).astype(np.float32)
+    kx, ky = kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))
+    np.testing.assert_allclose(float(kernels.unbiased_cka(kx, kx)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(float(kernels.unbiased_cka(kx, ky)), cka_u_reference(wx, wy), atol=1e-6)
+    assert abs(float(kernels.unbiased_cka(kx, ky))) < 0.02
+
+
+def test_constant_input_scores_zero():
+    k = jnp.zeros((16, 16))
+    l = kernels.gram(jnp.asarray(np.random.default_rng(1).standard_normal((8, 16)), jnp.float32))
+    assert float(kernels.unbiased_cka(k, l)) == 0.0
+
+
+def test_align_gram_equals_gram_of_aligned_weights():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((12, 10)).astype(np.float32)
+    perm = rng.permutation(10)[:7]
+    signs = rng.choice([-1.0, 1.0], 7).astype(np.float32)
+    want = kernels.gram(jnp.asarray(w[:, perm] * signs))
+    got = kernels.align_gram(kernels.gram(jnp.asarray(w)), jnp.asarray(perm), jnp.asarray(signs))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-5)
+
+
+def test_paired_and_grid_cka_agree_with_single_layer_kernel():
+    rng = np.random.default_rng(3)
+    n, layers = 24, 3
+    wb = [rng.standard_normal((16, n)).astype(np.float32) for _ in range(layers)]
+    wt = [(w + 0.5 * rng.standard_normal(w.shape)).astype(np.float32) for w in wb]
+    kb = jnp.stack([kernels.gram(jnp.asarray(w)) for w in wb])
+    kt = jnp.stack([kernels.gram(jnp.asarray(w)) for w in wt])
+    perm, signs = jnp.arange(n), jnp.ones(n, jnp.float32)
+    paired = np.asarray(kernels.paired_cka(kb, kt, perm, signs))
+    grid = np.asarray(kernels.grid_cka(kb, kt, perm, signs))
+    for i in range(layers):
+        np.testing.assert_allclose(paired[i], cka_u_reference(wb[i], wt[i]), atol=2e-6)
+        for j in range(layers):
+            np.testing.assert_allclose(grid[i, j], cka_u_reference(wb[i], wt[j]), atol=2e-6)
+
+
+def test_column_cosine_accumulation_matches_float64():
+    rng = np.random.default_rng(4)
+    eb = rng.standard_normal((300, 20)).astype(np.float32)
+    et = rng.standard_normal((250, 12)).astype(np.float32)
+    ids_b, ids_t = rng.permutation(300)[:180], rng.permutation(250)[:180]
+    from awm_jax.alignment import column_cosine
+
+    got = column_cosine(eb, et, ids_b, ids_t)
+    b, t = eb[ids_b].astype(np.float64), et[ids_t].astype(np.float64)
+    want = (b.T @ t) / np.outer(np.linalg.norm(b, axis=0), np.linalg.norm(t, axis=0))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_no_retracing_across_layer_chunks():
+    """One compilation serves every chunk of layers of the same shapes."""
+    rng = np.random.default_rng(5)
+    n = 20
+    perm, signs = jnp.arange(n), jnp.ones(n, jnp.float32)
+    traces_before = kernels.paired_cka._cache_size()
+    gram_before = kernels.gram_layers._cache_size()
+    for _ in range(4):
+        w = jnp.asarray(rng.standard_normal((3, 8, n)), jnp.float32)
+        g = kernels.gram_layers(w)
+        kernels.paired_cka(g, g, perm, signs).block_until_ready()
+    assert kernels.paired_cka._cache_size() - traces_before == 1
+    assert kernels.gram_layers._cache_size() - gram_before == 1
+
+
+def test_bf16_inputs_are_upcast_before_accumulation():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((32, 16)).astype(np.float32)
+    g16 = kernels.gram(jnp.asarray(w, jnp.bfloat16))
+    assert g16.dtype == jnp.float32
+    w_rounded = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(g16), w_rounded.T.astype(np.float64) @ w_rounded, rtol=1e-5, atol=1e-4)
+
+
+def test_kernels_are_jit_compatible_under_default_precision_context():
+    with jax.default_matmul_precision("bfloat16"):
+        rng = np.random.default_rng(7)
+        wx, wy = related(rng, 64, 64, 32, 0.01)
+        got = float(kernels.unbiased_cka(kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))))
+    np.testing.assert_allclose(got, cka_u_reference(wx, wy), atol=2e-6)

@@ -1,0 +1,104 @@
+"""End-to-end properties of compare() on random weights (ALGORITHM.md, "Why it works")."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import ortho_group
+
+import awm_jax
+from conftest import random_model, save_llama
+
+
+@pytest.fixture
+def base(tmp_path):
+    rng = np.random.default_rng(0)
+    emb, qs, ks = random_model(rng, vocab=300, hidden=64, layers=3, q_dim=64, k_dim=32)
+    return emb, qs, ks, save_llama(tmp_path / "base", emb, qs, ks)
+
+
+def score(a, b, **kw):
+    return awm_jax.compare(a, b, cache=False, **kw)
+
+
+@pytest.mark.parametrize("c", [0.01, 7.0])
+def test_qk_scaling_leaves_score_at_one(tmp_path, base, c):
+    emb, qs, ks, path = base
+    other = save_llama(tmp_path / "scaled", emb, [q * c for q in qs], [k / c for k in ks])
+    r = score(path, other)
+    np.testing.assert_allclose([r.wq, r.wk, r.mean], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_permutation_and_sign_leaves_score_at_one(tmp_path, base, seed):
+    emb, qs, ks, path = base
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(emb.shape[1])
+    signs = rng.choice([-1.0, 1.0], emb.shape[1]).astype(np.float32)
+    t = lambda w: w[:, perm] * signs  # noqa: E731 - same map on every matrix's residual side
+    other = save_llama(tmp_path / "perm", t(emb), [t(q) for q in qs], [t(k) for k in ks])
+    r = score(path, other)
+    np.testing.assert_allclose([r.wq, r.wk], 1.0, atol=1e-5)
+    assert r.alignment["sign_flips"] == int((signs < 0).sum())
+
+
+def test_orthogonal_output_transform_leaves_score_at_one(tmp_path, base):
+    emb, qs, ks, path = base
+    rq = ortho_group.rvs(qs[0].shape[0], random_state=1).astype(np.float32)
+    rk = ortho_group.rvs(ks[0].shape[0], random_state=2).astype(np.float32)
+    other = save_llama(tmp_path / "orth", emb, [rq @ q for q in qs], [rk @ k for k in ks])
+    r = score(path, other)
+    np.testing.assert_allclose([r.wq, r.wk], 1.0, atol=1e-5)
+
+
+def test_model_against_itself_reordered_vocabulary(tmp_path, base):
+    emb, qs, ks, path = base
+    order = np.random.default_rng(3).permutation(emb.shape[0])
+    tokens = [f"tok{i}" for i in order]
+    other = save_llama(tmp_path / "revocab", emb[order], qs, ks, tokens=tokens)
+    np.testing.assert_allclose(score(path, other).mean, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_independent_random_models_score_near_zero(tmp_path, base, seed):
+    _, _, _, path = base
+    emb, qs, ks = random_model(np.random.default_rng(100 + seed), vocab=300, hidden=64, layers=3, q_dim=64, k_dim=32)
+    r = score(path, save_llama(tmp_path / f"ind{seed}", emb, qs, ks))
+    assert abs(r.mean) < 0.05 and abs(r.wq) < 0.05 and abs(r.wk) < 0.05
+
+
+def test_width_and_depth_differences_and_layer_keys(tmp_path, base):
+    emb, qs, ks, path = base
+    keep = np.sort(np.random.default_rng(4).permutation(64)[:48])
+    narrow = save_llama(tmp_path / "narrow", emb[:, keep], [q[:, keep] for q in qs], [k[:, keep] for k in ks])
+    r = score(narrow, path)  # B is wider, so B is the base
+    assert r.base == "b" and r.alignment["matched_dims"] == 48
+    assert r.mean > 0.5
+    shallow = save_llama(tmp_path / "shallow", emb, [qs[0], qs[2]], [ks[0], ks[2]])
+    for mode in ("assignment", "monotone"):
+        r = score(path, shallow, layer_match=mode)
+        assert r.layer_match == mode
+        assert [(l.a_layer, l.b_layer) for l in r.layers] == [(0, 0), (2, 1)]
+        np.testing.assert_allclose(r.mean, 1.0, atol=1e-5)
+
+
+def test_result_is_frozen_and_json_serialisable(base):
+    *_, path = base
+    r = score(path, path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.mean = 0.0
+    d = json.loads(r.to_json())
+    assert d["verdict"] == "derived" and d["layer_match"] == "equal-depth"
+    assert set(d["per_layer_wq"]) == {"0", "1", "2"}
+    assert d["environment"]["precision"] == "HIGHEST" and "jax" in d["environment"]
+    assert {"embedding_cosine_s", "assignment_s", "gram_s", "scores_s", "compile_s"} <= set(d["timings"])
+
+
+def test_two_folders_with_the_same_name_are_two_models(tmp_path, base):
+    emb, qs, ks, _ = base
+    a = save_llama(tmp_path / "x" / "model", emb, qs, ks)
+    e2, q2, k2 = random_model(np.random.default_rng(9), vocab=300, hidden=64, layers=3, q_dim=64, k_dim=32)
+    b = save_llama(tmp_path / "y" / "model", e2, q2, k2)
+    r = awm_jax.compare(a, b)  # with the cache on: keyed by content and file identity, not by name
+    assert abs(r.mean) < 0.05 and r.model_a.path != r.model_b.path
