@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from awm_jax.errors import NumericalError
-from awm_jax.kernels import column_cosine_accumulate
+from awm_jax.kernels import column_cosine_accumulate, default_platform
 
 __all__ = ["Alignment", "column_cosine", "assign_dimensions", "ROW_BLOCK"]
 
@@ -76,12 +76,18 @@ def column_cosine(
     """
     n_b, n_t = emb_base.shape[1], emb_target.shape[1]
     block = _block_size(ids_base.size)
-    cross = jnp.zeros((n_b, n_t), jnp.float32)
-    sq_b = jnp.zeros((n_b,), jnp.float32)
-    sq_t = jnp.zeros((n_t,), jnp.float32)
+    host = default_platform() == "cpu"  # host BLAS: ~2x XLA:CPU's dot (see kernels.gram_layers_host)
+    zeros = np.zeros if host else jnp.zeros
+    cross, sq_b, sq_t = zeros((n_b, n_t), np.float32), zeros((n_b,), np.float32), zeros((n_t,), np.float32)
     for start in range(0, ids_base.size, block):
         rb = emb_base[ids_base[start : start + block]]
         rt = emb_target[ids_target[start : start + block]]
+        if host:
+            rb, rt = rb.astype(np.float32), rt.astype(np.float32)
+            cross += rb.T @ rt
+            sq_b += np.einsum("ij,ij->j", rb, rb)
+            sq_t += np.einsum("ij,ij->j", rt, rt)
+            continue
         if rb.shape[0] < block:  # zero rows add nothing to any sum
             rb = np.concatenate([rb, np.zeros((block - rb.shape[0], n_b), rb.dtype)])
             rt = np.concatenate([rt, np.zeros((block - rt.shape[0], n_t), rt.dtype)])

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from awm_jax._version import ALGORITHM_VERSION
-from awm_jax.errors import CacheError
-from awm_jax.kernels import gram_layers
+from awm_jax.errors import CacheError, NumericalError
+from awm_jax.kernels import default_platform, gram_layers, gram_layers_host
 from awm_jax.layouts import ResolvedLayout
 
 __all__ = ["GramSet", "FingerprintCache", "default_cache_dir", "model_grams", "chunk_layers_for"]
@@ -176,20 +176,35 @@ class FingerprintCache:
         return GramSet(resolved.num_layers, resolved.hidden_size, folder=final, key=key)
 
 
-def _layer_chunks(resolved: ResolvedLayout, chunk: int, hasher) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Yields ``(start, stop, q [chunk, d_q, n], k [chunk, d_k, n])``, the last chunk zero-padded."""
+def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher) -> tuple[np.ndarray, np.ndarray]:
+    """Reads layers ``[start, stop)`` as ``q [chunk, d_q, n]``, ``k [chunk, d_k, n]`` (zero-padded)."""
     n = resolved.hidden_size
-    for start in range(0, resolved.num_layers, chunk):
-        stop = min(start + chunk, resolved.num_layers)
-        qs = np.zeros((chunk, resolved.q_dim, n), np.float32)
-        ks = np.zeros((chunk, resolved.k_dim, n), np.float32)
-        for i in range(start, stop):
-            q, k = resolved.read_qk(i)
-            if hasher is not None:
-                hasher.update(q.tobytes())
-                hasher.update(k.tobytes())
-            qs[i - start], ks[i - start] = q, k
-        yield start, stop, qs, ks
+    qs = np.zeros((chunk, resolved.q_dim, n), np.float32)
+    ks = np.zeros((chunk, resolved.k_dim, n), np.float32)
+    for i in range(start, stop):
+        q, k = resolved.read_qk(i)
+        for name, w in (("query", q), ("key", k)):
+            if not w.any():
+                raise NumericalError(
+                    f"{resolved.ckpt.root}: layer {i} {name} projection is all zeros; the checkpoint is damaged "
+                    "or a placeholder: fetch the real weights"
+                )
+        if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
+            hasher.update(memoryview(q).cast("B"))
+            hasher.update(memoryview(k).cast("B"))
+        qs[i - start], ks[i - start] = q, k
+    return qs, ks
+
+
+def _grams(stack: np.ndarray, count: int) -> np.ndarray:
+    """Grams of the first ``count`` layers of a zero-padded ``[c, d, n]`` stack.
+
+    On the CPU backend the host BLAS computes them (see ``gram_layers_host``); elsewhere the
+    jitted kernel runs on the whole padded chunk, so every chunk has one compiled shape.
+    """
+    if default_platform() == "cpu":
+        return gram_layers_host(stack[:count])
+    return np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(stack))))[:count]
 
 
 def model_grams(
@@ -223,7 +238,7 @@ def model_grams(
         folder = Path(tmp_ctx.name)
     else:
         folder = None
-    hasher = hashlib.blake2b(digest_size=20) if cache is not None else None
+    hasher = hashlib.sha256() if cache is not None else None
     if hasher is not None:
         hasher.update(f"{ALGORITHM_VERSION}|{resolved.name}|{n}|{layers}".encode())
     q_all = np.empty((layers, n, n), np.float32) if folder is None else None
@@ -232,19 +247,26 @@ def model_grams(
     try:
         files = [open(folder / name, "wb") for name in ("gram_q.f32", "gram_k.f32")] if folder is not None else []
         try:
-            t = time.perf_counter()
-            for start, stop, qs, ks in _layer_chunks(resolved, chunk, hasher):
-                t1 = time.perf_counter()
-                read_s += t1 - t
-                gq = np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(qs))))[: stop - start]
-                gk = np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(ks))))[: stop - start]
+            bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
+            # One reader thread fetches (and hashes) chunk i + 1 while the Grams of chunk i are computed.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader:
                 t = time.perf_counter()
-                gram_s += t - t1
-                if folder is None:
-                    q_all[start:stop], k_all[start:stop] = gq, gk
-                else:
-                    files[0].write(gq.tobytes())
-                    files[1].write(gk.tobytes())
+                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher)
+                for i, (start, stop) in enumerate(bounds):
+                    qs, ks = pending.result()
+                    if i + 1 < len(bounds):
+                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher)
+                    t1 = time.perf_counter()
+                    read_s += t1 - t
+                    gq = _grams(qs, stop - start)
+                    gk = _grams(ks, stop - start)
+                    t = time.perf_counter()
+                    gram_s += t - t1
+                    if folder is None:
+                        q_all[start:stop], k_all[start:stop] = gq, gk
+                    else:
+                        files[0].write(gq.tobytes())
+                        files[1].write(gk.tobytes())
             for f in files:
                 f.flush()
                 os.fsync(f.fileno())

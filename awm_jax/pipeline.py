@@ -21,7 +21,7 @@ from awm_jax.alignment import assign_dimensions, column_cosine
 from awm_jax.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
 from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
-from awm_jax.kernels import grid_cka, paired_cka
+from awm_jax.kernels import align_grams, grid_cka, paired_cka
 from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelSummary
@@ -110,8 +110,8 @@ def _score_equal_depth(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Arr
         stop = min(start + chunk, layers)
         qb, kb = gb.chunk(start, stop)
         qt, kt = gt.chunk(start, stop)
-        sq = paired_cka(jnp.asarray(_padded(qb, chunk)), jnp.asarray(_padded(qt, chunk)), perm, signs)
-        sk = paired_cka(jnp.asarray(_padded(kb, chunk)), jnp.asarray(_padded(kt, chunk)), perm, signs)
+        sq = paired_cka(align_grams(jnp.asarray(_padded(qb, chunk)), perm, signs), jnp.asarray(_padded(qt, chunk)))
+        sk = paired_cka(align_grams(jnp.asarray(_padded(kb, chunk)), perm, signs), jnp.asarray(_padded(kt, chunk)))
         wq[start:stop] = np.asarray(sq)[: stop - start]
         wk[start:stop] = np.asarray(sk)[: stop - start]
     return wq, wk
@@ -124,12 +124,12 @@ def _score_grid(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> 
     grid_k = np.empty_like(grid_q)
     for b0 in range(0, gb.num_layers, cb):
         b1 = min(b0 + cb, gb.num_layers)
-        qb, kb = (jnp.asarray(_padded(x, cb)) for x in gb.chunk(b0, b1))
+        qb, kb = (align_grams(jnp.asarray(_padded(x, cb)), perm, signs) for x in gb.chunk(b0, b1))
         for t0 in range(0, gt.num_layers, ct):
             t1 = min(t0 + ct, gt.num_layers)
             qt, kt = (jnp.asarray(_padded(x, ct)) for x in gt.chunk(t0, t1))
-            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt, perm, signs))[: b1 - b0, : t1 - t0]
-            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt, perm, signs))[: b1 - b0, : t1 - t0]
+            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt))[: b1 - b0, : t1 - t0]
+            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt))[: b1 - b0, : t1 - t0]
     return grid_q, grid_k
 
 

@@ -78,8 +78,9 @@ def test_paired_and_grid_cka_agree_with_single_layer_kernel():
     kb = jnp.stack([kernels.gram(jnp.asarray(w)) for w in wb])
     kt = jnp.stack([kernels.gram(jnp.asarray(w)) for w in wt])
     perm, signs = jnp.arange(n), jnp.ones(n, jnp.float32)
-    paired = np.asarray(kernels.paired_cka(kb, kt, perm, signs))
-    grid = np.asarray(kernels.grid_cka(kb, kt, perm, signs))
+    aligned = kernels.align_grams(kb, perm, signs)
+    paired = np.asarray(kernels.paired_cka(aligned, kt))
+    grid = np.asarray(kernels.grid_cka(aligned, kt))
     for i in range(layers):
         np.testing.assert_allclose(paired[i], cka_u_reference(wb[i], wt[i]), atol=2e-6)
         for j in range(layers):
@@ -104,14 +105,13 @@ def test_no_retracing_across_layer_chunks():
     rng = np.random.default_rng(5)
     n = 20
     perm, signs = jnp.arange(n), jnp.ones(n, jnp.float32)
-    traces_before = kernels.paired_cka._cache_size()
-    gram_before = kernels.gram_layers._cache_size()
+    jitted = (kernels.paired_cka, kernels.align_grams, kernels.gram_layers)
+    before = [f._cache_size() for f in jitted]
     for _ in range(4):
         w = jnp.asarray(rng.standard_normal((3, 8, n)), jnp.float32)
         g = kernels.gram_layers(w)
-        kernels.paired_cka(g, g, perm, signs).block_until_ready()
-    assert kernels.paired_cka._cache_size() - traces_before == 1
-    assert kernels.gram_layers._cache_size() - gram_before == 1
+        kernels.paired_cka(kernels.align_grams(g, perm, signs), g).block_until_ready()
+    assert [f._cache_size() - b for f, b in zip(jitted, before)] == [1, 1, 1]
 
 
 def test_bf16_inputs_are_upcast_before_accumulation():
@@ -129,3 +129,37 @@ def test_kernels_are_jit_compatible_under_default_precision_context():
         wx, wy = related(rng, 64, 64, 32, 0.01)
         got = float(kernels.unbiased_cka(kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))))
     np.testing.assert_allclose(got, cka_u_reference(wx, wy), atol=2e-6)
+
+
+def test_host_and_jitted_gram_paths_agree():
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((3, 24, 40)).astype(np.float32)
+    want = np.einsum("ldn,ldm->lnm", w.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(kernels.gram_layers_host(w), want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(kernels.gram_layers(jnp.asarray(w))), want, rtol=1e-5, atol=1e-4)
+
+
+def test_device_column_cosine_accumulator_matches_float64():
+    rng = np.random.default_rng(9)
+    b = rng.standard_normal((2, 64, 10)).astype(np.float32)
+    t = rng.standard_normal((2, 64, 6)).astype(np.float32)
+    cross, sb, st = jnp.zeros((10, 6)), jnp.zeros(10), jnp.zeros(6)
+    for i in range(2):
+        cross, sb, st = kernels.column_cosine_accumulate(cross, sb, st, jnp.asarray(b[i]), jnp.asarray(t[i]))
+    bb, tt = b.reshape(-1, 10).astype(np.float64), t.reshape(-1, 6).astype(np.float64)
+    np.testing.assert_allclose(np.asarray(cross), bb.T @ tt, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sb), (bb**2).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(st), (tt**2).sum(0), rtol=1e-5)
+
+
+def test_closed_form_equals_explicit_centering():
+    rng = np.random.default_rng(10)
+    wx, wy = related(rng, 40, 30, 20, 0.5)
+    k = kernels.gram(jnp.asarray(wx))
+    l = kernels.gram(jnp.asarray(wy))
+    kc, lc = kernels.unbiased_center(k), kernels.unbiased_center(l)
+    explicit = float(jnp.sum(kc * lc) / jnp.sqrt(jnp.sum(kc * kc) * jnp.sum(lc * lc)))
+    np.testing.assert_allclose(float(kernels.unbiased_cka(k, l)), explicit, atol=1e-6)
+    n = 40
+    np.testing.assert_allclose(float(jnp.sum(kc * lc)) / (n * (n - 3)),
+                               hsic_u(np.asarray(k, np.float64), np.asarray(l, np.float64)), rtol=1e-5)
