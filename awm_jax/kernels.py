@@ -130,24 +130,22 @@ class HsicParts(NamedTuple):
     """What the unbiased HSIC of a Gram ``K`` needs besides the cross term.
 
     With ``K~`` = ``K`` with a zero diagonal, ``n (n - 3) HSIC_u(K, L)`` equals
-    ``<K~, L~> + (1'K~1)(1'L~1) / ((n - 1)(n - 2)) - 2 / (n - 2) (K~1)'(L~1)``.
+    ``<K~, L~> + (1'K~1)(1'L~1) / ((n - 1)(n - 2)) - 2 / (n - 2) (K~1)'(L~1)``, and
+    ``<K~, L~> = <K, L> - diag(K)'diag(L)``: no zero-diagonal copy is ever formed.
 
     Attributes:
+      diag: ``[n]`` the diagonal of ``K``.
       rows: ``[n]`` row sums ``K~ 1``.
       total: ``1'K~1``.
       self_term: ``n (n - 3) HSIC_u(K, K)``.
       scale: ``<K, K>`` (with the diagonal), the reference for the constant-matrix floor.
     """
 
+    diag: jax.Array
     rows: jax.Array
     total: jax.Array
     self_term: jax.Array
     scale: jax.Array
-
-
-def _zero_diagonal(k: jax.Array) -> jax.Array:
-    n = k.shape[0]
-    return jnp.where(jnp.eye(n, dtype=bool), 0.0, k)
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -155,18 +153,21 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(jnp.sum(a * b, axis=1))
 
 
-def _hsic(kt: jax.Array, kp: HsicParts, lt: jax.Array, lp: HsicParts) -> jax.Array:
-    """``n (n - 3) HSIC_u`` from zero-diagonal Grams and their parts."""
-    n = kt.shape[0]
-    return _dot(kt, lt) + kp.total * lp.total / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(kp.rows, lp.rows, precision=HIGHEST)
+def _hsic(k: jax.Array, kp: HsicParts, l: jax.Array, lp: HsicParts, kl: jax.Array | None = None) -> jax.Array:
+    """``n (n - 3) HSIC_u(K, L)`` from two Grams and their parts (``kl`` = ``<K, L>`` if known)."""
+    n = k.shape[0]
+    kl = _dot(k, l) if kl is None else kl
+    return (kl - jnp.dot(kp.diag, lp.diag, precision=HIGHEST) + kp.total * lp.total / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * jnp.dot(kp.rows, lp.rows, precision=HIGHEST))
 
 
-def hsic_parts(k: jax.Array) -> tuple[jax.Array, HsicParts]:
-    """Zero-diagonal Gram and its :class:`HsicParts`, computed once per matrix."""
-    kt = _zero_diagonal(k)
-    rows = jnp.sum(kt, axis=1)
-    partial = HsicParts(rows, jnp.sum(rows), jnp.zeros((), k.dtype), _dot(k, k))
-    return kt, partial._replace(self_term=_hsic(kt, partial, kt, partial))
+def hsic_parts(k: jax.Array) -> HsicParts:
+    """The :class:`HsicParts` of a Gram, computed once per matrix (two passes over it)."""
+    diag = jnp.diagonal(k)
+    rows = jnp.sum(k, axis=1) - diag
+    scale = _dot(k, k)
+    partial = HsicParts(diag, rows, jnp.sum(rows), jnp.zeros((), k.dtype), scale)
+    return partial._replace(self_term=_hsic(k, partial, k, partial, kl=scale))
 
 
 def _cka(kl: jax.Array, kp: HsicParts, lp: HsicParts) -> jax.Array:
@@ -185,9 +186,8 @@ def unbiased_cka(k: jax.Array, l: jax.Array) -> jax.Array:
       Scalar ``HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L))``; 0 when either Gram is
       constant (see ``SELF_TERM_FLOOR``).
     """
-    kt, kp = hsic_parts(k)
-    lt, lp = hsic_parts(l)
-    return _cka(_hsic(kt, kp, lt, lp), kp, lp)
+    kp, lp = hsic_parts(k), hsic_parts(l)
+    return _cka(_hsic(k, kp, l, lp), kp, lp)
 
 
 #: ``[c, n_b, n_b] -> [c, n_t, n_t]``: the alignment applied to a chunk of base Grams. Kept a
@@ -221,10 +221,10 @@ def grid_cka(k_aligned: jax.Array, l_target: jax.Array) -> jax.Array:
     Returns:
       ``[a, b]`` scores.
     """
-    kt, kp = jax.vmap(hsic_parts)(k_aligned)
-    lt, lp = jax.vmap(hsic_parts)(l_target)
+    kp = jax.vmap(hsic_parts)(k_aligned)
+    lp = jax.vmap(hsic_parts)(l_target)
     one_vs_all = jax.vmap(_hsic, in_axes=(None, None, 0, 0))
-    kl = jax.vmap(one_vs_all, in_axes=(0, 0, None, None))(kt, kp, lt, lp)
+    kl = jax.vmap(one_vs_all, in_axes=(0, 0, None, None))(k_aligned, kp, l_target, lp)
     pair_cka = jax.vmap(jax.vmap(_cka, in_axes=(0, None, 0)), in_axes=(0, 0, None))
     return pair_cka(kl, kp, lp)
 
