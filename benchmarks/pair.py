@@ -1,6 +1,6 @@
 """Pair benchmark: cold and warm comparisons of synthetic checkpoints of real shapes.
 
-    python -m benchmarks.pair --shape llama-2-7b [--dir DIR] [--device auto] [--no-naive] [--keep]
+    python -m benchmarks.pair --shape llama-2-7b [--dir DIR] [--device auto] [--no-naive] [--keep] [--lean]
 
 For the named shape it synthesises a bf16 sharded base checkpoint and a derived partner (see
 ``benchmarks/shapes.py``), then runs, each in a fresh process: a cold comparison (empty
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-naive", action="store_true", help="skip the straightforward implementation")
     p.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints afterwards")
+    p.add_argument("--lean", action="store_true", help="synthesise only the tensors awm_jax reads")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     shape = SHAPES[args.shape]
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
-        synthesize_pair(shape, root)
+        synthesize_pair(shape, root, lean=args.lean)
         marker.write_text("ok")
     synth_s = time.perf_counter() - t
     base, derived = root / "base", root / "derived"
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     result = {
         "shape": shape.__dict__, "machine": {"platform": platform.platform(), "processor": platform.processor(),
                                              "cpus": os.cpu_count(), "device": cold["environment"]["device"]},
-        "synthesis_s": synth_s, "floor": floor, "cold": cold, "warm": warm, "straightforward": naive,
+        "synthesis_s": synth_s, "lean_checkpoints": args.lean, "floor": floor, "cold": cold, "warm": warm, "straightforward": naive,
         "ratios": {"cold_over_floor": cold["wall_s"] / floor["floor_s"],
                    "straightforward_over_cold": naive["wall_s"] / cold["wall_s"] if naive else None},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -55,8 +55,13 @@ def _filler(shape: tuple[int, ...]) -> np.ndarray:
     return np.resize(block, shape).astype(BF16)
 
 
-def synthesize_pair(shape: Shape, root: Path, seed: int = 0, noise: float = 0.3, shard_bytes: int = 4 << 30) -> tuple[Path, Path]:
-    """Writes ``root/base`` and ``root/derived`` (bf16, sharded with an index); returns both paths."""
+def synthesize_pair(shape: Shape, root: Path, seed: int = 0, noise: float = 0.3, shard_bytes: int = 4 << 30,
+                    lean: bool = False) -> tuple[Path, Path]:
+    """Writes ``root/base`` and ``root/derived`` (bf16, sharded with an index); returns both paths.
+
+    ``lean`` writes only the tensors awm_jax reads (embedding, Q, K, norms): smaller files,
+    faster synthesis, for machines with little disk or time.
+    """
     n = shape.hidden
     q_rows, k_rows = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     perm_rng = np.random.default_rng(seed + 1)
@@ -87,8 +92,10 @@ def synthesize_pair(shape: Shape, root: Path, seed: int = 0, noise: float = 0.3,
                 (p + "mlp.up_proj.weight", (shape.intermediate, n), BF16, lambda: _filler((shape.intermediate, n))),
                 (p + "mlp.down_proj.weight", (n, shape.intermediate), BF16, lambda: _filler((n, shape.intermediate))),
             ]
+        if lean:
+            specs = [spec for spec in specs if spec[0].endswith(("embed_tokens.weight", "q_proj.weight", "k_proj.weight", "norm.weight"))]
         specs += [("model.norm.weight", (n,), BF16, lambda: np.ones(n, BF16)),
-                  ("lm_head.weight", (shape.vocab, n), BF16, lambda: _filler((shape.vocab, n)))]
+                  ] + ([] if lean else [("lm_head.weight", (shape.vocab, n), BF16, lambda: _filler((shape.vocab, n)))])
         cfg = llama_config(shape.vocab, n, shape.layers, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate)
         tokens = [f"t{i}" for i in range(shape.vocab)]
         paths.append(write_model(root / name, specs, cfg, tokens, shard_bytes))
