@@ -1,0 +1,229 @@
+"""Lineage benchmark: awm_jax and rival signals on the lineage zoo and on ../shared/wild.
+
+    python -m benchmarks.lineage --zoo DIR [--wild ../shared/wild] [--out benchmarks/results/lineage.json]
+                                 [--docs docs/lineage.md] [--plots docs/img]
+
+Every labelled pair of the zoo's ``MANIFEST.json`` (built by ``python -m awm_jax.zoo build``) and
+of the wild set is scored by AWM (paper layer assignment and order-preserving) and by the rivals
+in ``benchmarks/rivals.py``. Derived pairs are the positives, independent pairs the negatives;
+``shared-init`` and ``distilled`` pairs are reported apart. Per method: ROC AUC, partial AUC over
+FPR <= 5% (normalised to [0, 1]), TPR at FPR <= 1% and at FPR = 0, the lowest derived against the
+highest independent score; for AWM, z-scores per derivation category. Writes a JSON of every
+pair's scores, a Markdown table and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import awm_jax
+from benchmarks.rivals import RIVALS
+
+METHODS = ("awm", "awm_monotone", *RIVALS)
+
+
+def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """AUC, pAUC (FPR <= 0.05, normalised), TPR at FPR <= 1% and = 0, separation margin."""
+    s = np.nan_to_num(np.asarray(scores, float))
+    pos, neg = s[labels == 1], s[labels == 0]
+    if not len(pos) or not len(neg):
+        return {}
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    thresholds = np.unique(np.concatenate([s, [np.inf]]))[::-1]
+    tpr = np.array([(pos >= t).mean() for t in thresholds])
+    fpr = np.array([(neg >= t).mean() for t in thresholds])
+
+    def tpr_at(limit: float) -> float:
+        ok = fpr <= limit + 1e-12
+        return float(tpr[ok].max()) if ok.any() else 0.0
+
+    grid = np.linspace(0, 0.05, 501)
+    # ROC as a step function (the most conservative reading of ties): TPR reached at each FPR.
+    steps = np.array([tpr[fpr <= g + 1e-12].max() for g in grid])
+    return {
+        "auc": float(greater + 0.5 * ties),
+        "pauc_fpr05": float(np.trapezoid(steps, grid) / 0.05),
+        "tpr_at_fpr01": tpr_at(0.01),
+        "tpr_at_fpr0": float((pos > neg.max()).mean()),
+        "min_derived": float(pos.min()),
+        "max_independent": float(neg.max()),
+        "positives": int(len(pos)),
+        "negatives": int(len(neg)),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+    }
+
+
+def lineage_chain(models: dict, name: str) -> list[str]:
+    chain = [name]
+    while models[chain[-1]].get("parent"):
+        chain.append(models[chain[-1]]["parent"])
+    return chain
+
+
+def derived_category(models: dict, a: str, b: str) -> str:
+    """The kinds on the path between two related models (``sft``, ``sft+dpo``, ``siblings: ...``)."""
+    ca, cb = lineage_chain(models, a), lineage_chain(models, b)
+    for lo, hi in ((a, b), (b, a)):
+        chain = lineage_chain(models, lo)
+        if hi in chain:
+            kinds = [models[m]["kind"] for m in chain[: chain.index(hi)]]
+            return "+".join(reversed(kinds))
+    common = next(m for m in ca if m in cb)
+    left = [models[m]["kind"] for m in ca[: ca.index(common)]]
+    right = [models[m]["kind"] for m in cb[: cb.index(common)]]
+    return "siblings: " + " | ".join(sorted(["+".join(reversed(left)), "+".join(reversed(right))]))
+
+
+def score_pair(a: Path, b: Path) -> dict:
+    out = {}
+    for key, mode in (("awm", "assignment"), ("awm_monotone", "monotone")):
+        r = awm_jax.compare(a, b, layer_match=mode)
+        out[key] = r.mean
+        if key == "awm":
+            out["awm_z"] = r.z_reference
+            out["awm_wq"], out["awm_wk"] = r.wq, r.wk
+    for name, fn in RIVALS.items():
+        try:
+            out[name] = fn(str(a), str(b))
+        except awm_jax.AWMError:
+            out[name] = float("nan")
+    return out
+
+
+def run_set(name: str, root: Path, pairs: list[dict], models: dict, category) -> dict:
+    """Scores every pair; ``models`` maps names to manifest entries (``folder``), ``category(pair)``
+    names a derived pair's category."""
+    rows = []
+    t = time.perf_counter()
+    for i, p in enumerate(pairs):
+        row = {"a": p["a"], "b": p["b"], "label": p["label"],
+               **score_pair(root / models[p["a"]]["folder"], root / models[p["b"]]["folder"])}
+        if p["label"] == "derived":
+            row["category"] = category(p)
+        rows.append(row)
+        if (i + 1) % 25 == 0:
+            print(f"[{name}] {i + 1}/{len(pairs)} pairs, {time.perf_counter() - t:.0f}s", flush=True)
+    labels = np.array([1 if r["label"] == "derived" else 0 if r["label"] == "independent" else -1 for r in rows])
+    keep = labels >= 0
+    metrics = {m: roc_metrics(np.array([r[m] for r in rows])[keep], labels[keep]) for m in METHODS}
+    apart = defaultdict(list)
+    for r in rows:
+        if r["label"] not in ("derived", "independent"):
+            apart[r["label"]].append({m: r[m] for m in ("a", "b", *METHODS)})
+    cats = defaultdict(list)
+    for r in rows:
+        if r["label"] == "derived":
+            cats[r["category"]].append(r)
+    per_category = {c: {"pairs": len(v), "awm_mean": float(np.mean([r["awm"] for r in v])),
+                        "awm_min": float(np.min([r["awm"] for r in v])),
+                        "awm_z_min": float(np.min([r["awm_z"] for r in v])),
+                        "awm_monotone_min": float(np.min([r["awm_monotone"] for r in v]))}
+                    for c, v in sorted(cats.items())}
+    return {"pairs": rows, "metrics": metrics, "reported_apart": dict(apart), "per_category": per_category,
+            "seconds": time.perf_counter() - t}
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = ["# Lineage benchmark", "", f"Produced by `{command}` on {results['machine']} ({results['date']}).", ""]
+    for set_name, res in results["sets"].items():
+        m0 = next(iter(res["metrics"].values()))
+        lines += [f"## {set_name}: {m0.get('positives', 0)} derived vs {m0.get('negatives', 0)} independent pairs", "",
+                  "| method | AUC | pAUC (FPR<=5%) | TPR@FPR<=1% | TPR@FPR=0 | lowest derived | highest independent |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, v in res["metrics"].items():
+            if v:
+                lines.append(f"| {m} | {v['auc']:.3f} | {v['pauc_fpr05']:.3f} | {v['tpr_at_fpr01']:.3f} | "
+                             f"{v['tpr_at_fpr0']:.3f} | {v['min_derived']:.4f} | {v['max_independent']:.4f} |")
+        lines += ["", "Derived pairs by category (AWM mean score, paper layer assignment; z against the published reference):", "",
+                  "| category | pairs | mean score | lowest score | lowest z | lowest score (monotone) |", "|---|---|---|---|---|---|"]
+        for c, v in res["per_category"].items():
+            lines.append(f"| {c} | {v['pairs']} | {v['awm_mean']:.4f} | {v['awm_min']:.4f} | {v['awm_z_min']:.1f} | "
+                         f"{v['awm_monotone_min']:.4f} |")
+        for label, rows in res["reported_apart"].items():
+            lines += ["", f"Reported apart: `{label}` pairs", "", "| a | b | " + " | ".join(METHODS) + " |",
+                      "|---|---|" + "---|" * len(METHODS)]
+            for r in rows:
+                lines.append(f"| {r['a']} | {r['b']} | " + " | ".join(f"{r[m]:.4f}" for m in METHODS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for set_name, res in results["sets"].items():
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+        for m, v in res["metrics"].items():
+            if v:
+                axes[0].plot(v["roc"]["fpr"], v["roc"]["tpr"], drawstyle="steps-post", label=f"{m} (AUC {v['auc']:.3f})")
+        axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {set_name}")
+        axes[0].legend(loc="lower right", fontsize=8)
+        labels = ["derived", "independent", "shared-init", "distilled"]
+        colors = {"derived": "tab:red", "independent": "tab:blue", "shared-init": "tab:orange", "distilled": "tab:purple"}
+        for i, m in enumerate(METHODS):
+            for lab in labels:
+                ys = [np.nan_to_num(r[m]) for r in res["pairs"] if r["label"] == lab]
+                if ys:
+                    xs = i + (labels.index(lab) - 1.5) * 0.18 + np.random.default_rng(i).uniform(-0.05, 0.05, len(ys))
+                    axes[1].scatter(xs, ys, s=9, color=colors[lab], label=lab if i == 0 else None, alpha=0.7)
+        axes[1].set_xticks(range(len(METHODS)), METHODS, rotation=20)
+        axes[1].set(ylabel="score", title=f"score by pair label, {set_name}")
+        axes[1].axhline(0, color="grey", lw=0.5)
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / f"lineage-{set_name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.lineage", description=__doc__.split("\n\n")[0])
+    p.add_argument("--zoo", help="zoo folder holding MANIFEST.json")
+    p.add_argument("--wild", default=str(Path(__file__).resolve().parents[2] / "shared" / "wild"))
+    p.add_argument("--out", default="benchmarks/results/lineage.json")
+    p.add_argument("--docs", default="docs/lineage.md")
+    p.add_argument("--plots", default="docs/img")
+    args = p.parse_args(argv)
+    sets = {}
+    if args.zoo:
+        manifest = json.loads((Path(args.zoo) / "MANIFEST.json").read_text())
+        models = {m["name"]: m for m in manifest["models"]}
+        sets["zoo"] = run_set("zoo", Path(args.zoo), manifest["pairs"], models,
+                              lambda pair: derived_category(models, pair["a"], pair["b"]))
+    wild = Path(args.wild) / "MANIFEST.json"
+    if wild.is_file():
+        w = json.loads(wild.read_text())
+        sets["wild"] = run_set("wild", Path(args.wild), w["pairs"], {m["name"]: m for m in w["models"]},
+                               lambda pair: pair["relation"])
+    results = {"machine": f"{platform.machine()}, {platform.platform()}", "date": time.strftime("%Y-%m-%d %H:%M"),
+               "awm_jax": awm_jax.__version__, "sets": sets}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    command = "python -m benchmarks.lineage " + " ".join(argv if argv is not None else sys.argv[1:])
+    Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.docs).write_text(markdown(results, command.strip()))
+    for path in plots(results, Path(args.plots)):
+        print(f"wrote {path}")
+    print(f"wrote {args.out} and {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
