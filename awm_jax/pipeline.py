@@ -28,7 +28,7 @@ from awm_jax.report import CompareResult, LayerScore, ModelSummary
 from awm_jax.statistics import REFERENCE_MIN_HIDDEN, VERDICT_RULE, verdict, z_reference
 from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
-__all__ = ["compare", "select_device", "DEVICES"]
+__all__ = ["compare", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")
 
@@ -71,14 +71,42 @@ def _compile_timer(timings: dict):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Model:
+class PreparedModel:
+    """One model ready to be compared: its layout, vocabulary and per-layer Grams.
+
+    Attributes:
+      resolved: the bound layout (reads the embedding on demand).
+      vocab: the vocabulary.
+      grams: the Q/K Gram fingerprint (from the cache or computed).
+      cached: whether the Grams came from the cache.
+      timings: seconds spent preparing (``open_s``, ``weights_read_s``, ``gram_s``).
+    """
+
     resolved: ResolvedLayout
     vocab: Vocabulary
+    grams: GramSet
+    cached: bool
+    timings: dict
+
+    @property
+    def path(self) -> str:
+        return str(self.resolved.ckpt.root)
 
 
-def _open(path: str | os.PathLike, layout: str | None) -> _Model:
+def prepare_model(
+    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None
+) -> PreparedModel:
+    """Opens a model folder, reads its vocabulary and gets its Gram fingerprint (cached or computed).
+
+    Run under ``jax.default_device(...)`` to choose where the Grams are computed.
+    """
+    t = time.perf_counter()
     ckpt = Checkpoint(path)
-    return _Model(detect(ckpt, layout), load_vocabulary(ckpt.root))
+    resolved = detect(ckpt, layout)
+    vocab = load_vocabulary(ckpt.root)
+    timings: dict = {"open_s": time.perf_counter() - t}
+    grams = model_grams(resolved, cache, timings)
+    return PreparedModel(resolved, vocab, grams, bool(timings.pop("cache_hit")), timings)
 
 
 def _read_embedding(r: ResolvedLayout) -> np.ndarray:
@@ -133,12 +161,12 @@ def _score_grid(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> 
     return grid_q, grid_k
 
 
-def _summary(m: _Model, cached: bool) -> ModelSummary:
+def _summary(m: PreparedModel) -> ModelSummary:
     r = m.resolved
     return ModelSummary(
-        path=str(r.ckpt.root), layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers,
+        path=m.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers,
         q_dim=r.q_dim, k_dim=r.k_dim, vocab_size=len(m.vocab), vocab_source=m.vocab.source,
-        embedding_rows=r.vocab_rows, dtype=r.ckpt.info(r.embedding_name).dtype.lower(), fingerprint_cached=cached,
+        embedding_rows=r.vocab_rows, dtype=r.ckpt.info(r.embedding_name).dtype.lower(), fingerprint_cached=m.cached,
     )
 
 
@@ -151,6 +179,83 @@ def _environment(device: jax.Device) -> dict:
         "scipy": scipy.__version__, "device": f"{device.platform}:{device.device_kind}", "dtype": "float32",
         "precision": "HIGHEST",
     }
+
+
+def score_pair(a: PreparedModel, b: PreparedModel, *, layer_match: str = "assignment") -> CompareResult:
+    """Scores two prepared models (ALGORITHM.md steps 1-9); run under ``jax.default_device``.
+
+    Args:
+      a: model A.
+      b: model B.
+      layer_match: pairing for different depths, ``"assignment"`` or ``"monotone"``.
+
+    Returns:
+      The comparison (its ``timings`` cover this pair's work plus both models' preparation).
+    """
+    if layer_match not in LAYER_MATCH_MODES:
+        raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
+    timings: dict = {}
+    t_start = time.perf_counter()
+    base_is_a = a.resolved.hidden_size >= b.resolved.hidden_size
+    base, target = (a, b) if base_is_a else (b, a)
+    with _compile_timer(timings):
+        t = time.perf_counter()
+        shared = shared_rows(base.vocab, target.vocab, base.resolved.vocab_rows, target.resolved.vocab_rows)
+        emb_base, emb_target = _read_embedding(base.resolved), _read_embedding(target.resolved)
+        timings["embedding_read_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cos = column_cosine(emb_base, emb_target, shared.ids_a, shared.ids_b)
+        del emb_base, emb_target
+        timings["embedding_cosine_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        alignment = assign_dimensions(cos)
+        timings["assignment_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        g_base, g_target = base.grams, target.grams
+        perm, signs = jnp.asarray(alignment.perm), jnp.asarray(alignment.signs)
+        if g_base.num_layers == g_target.num_layers:
+            wq, wk = _score_equal_depth(g_base, g_target, perm, signs)
+            pairs = [(i, i) for i in range(g_base.num_layers)]
+            match_mode = "equal-depth"
+            grid_q, grid_k = np.diag(wq), np.diag(wk)
+        else:
+            grid_q, grid_k = _score_grid(g_base, g_target, perm, signs)
+            pairs = match_layers((grid_q + grid_k) / 2, layer_match)
+            match_mode = layer_match
+        timings["scores_s"] = time.perf_counter() - t
+    for key in ("open_s", "weights_read_s", "gram_s"):
+        timings[key] = a.timings.get(key, 0.0) + b.timings.get(key, 0.0)
+    timings["pair_s"] = time.perf_counter() - t_start
+
+    layers = []
+    for pb, pt in pairs:
+        ia, ib = (pb, pt) if base_is_a else (pt, pb)
+        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt])))
+    layers.sort(key=lambda l: l.a_layer)
+    s_q = float(np.mean([l.wq for l in layers]))
+    s_k = float(np.mean([l.wk for l in layers]))
+    mean = (s_q + s_k) / 2
+    z = z_reference(mean)
+    warnings = []
+    narrow = min(a.resolved.hidden_size, b.resolved.hidden_size)
+    if narrow < REFERENCE_MIN_HIDDEN:
+        warnings.append(
+            f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
+            "reference; independent models of this width can score well above it, so the z-score overstates significance"
+        )
+    if alignment.base_dims != alignment.target_dims:
+        warnings.append(f"widths differ ({alignment.base_dims} vs {alignment.target_dims}): only matched dimensions are scored")
+    dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
+    return CompareResult(
+        model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
+        wq=s_q, wk=s_k, mean=mean, z_reference=z, verdict=verdict(z), verdict_rule=VERDICT_RULE,
+        layer_match=match_mode, layers=tuple(layers), alignment=alignment.diagnostics(),
+        vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
+                    "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
+        timings=timings, environment=_environment(jax.config.jax_default_device or jax.devices()[0]),
+        warnings=tuple(warnings),
+    )
 
 
 def compare(
@@ -185,79 +290,11 @@ def compare(
     if layer_match not in LAYER_MATCH_MODES:
         raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
     dev = select_device(device)
-    timings: dict = {}
-    t_start = time.perf_counter()
+    t = time.perf_counter()
     store = FingerprintCache(cache_dir) if cache else None
-    with jax.default_device(dev), _compile_timer(timings):
-        t = time.perf_counter()
-        a, b = _open(model_a, layout_a), _open(model_b, layout_b)
-        base_is_a = a.resolved.hidden_size >= b.resolved.hidden_size
-        base, target = (a, b) if base_is_a else (b, a)
-        shared = shared_rows(base.vocab, target.vocab, base.resolved.vocab_rows, target.resolved.vocab_rows)
-        timings["open_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        emb_base, emb_target = _read_embedding(base.resolved), _read_embedding(target.resolved)
-        timings["embedding_read_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        cos = column_cosine(emb_base, emb_target, shared.ids_a, shared.ids_b)
-        del emb_base, emb_target
-        timings["embedding_cosine_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        alignment = assign_dimensions(cos)
-        timings["assignment_s"] = time.perf_counter() - t
-
-        fp_base: dict = {}
-        fp_target: dict = {}
-        g_base = model_grams(base.resolved, store, fp_base)
-        g_target = model_grams(target.resolved, store, fp_target)
-        timings["weights_read_s"] = fp_base.get("read_s", 0.0) + fp_target.get("read_s", 0.0)
-        timings["gram_s"] = fp_base.get("gram_s", 0.0) + fp_target.get("gram_s", 0.0)
-
-        t = time.perf_counter()
-        perm, signs = jnp.asarray(alignment.perm), jnp.asarray(alignment.signs)
-        if g_base.num_layers == g_target.num_layers:
-            wq, wk = _score_equal_depth(g_base, g_target, perm, signs)
-            pairs = [(i, i) for i in range(g_base.num_layers)]
-            match_mode = "equal-depth"
-            grid_q, grid_k = np.diag(wq), np.diag(wk)
-        else:
-            grid_q, grid_k = _score_grid(g_base, g_target, perm, signs)
-            pairs = match_layers((grid_q + grid_k) / 2, layer_match)
-            match_mode = layer_match
-        timings["scores_s"] = time.perf_counter() - t
-
-    layers = []
-    for pb, pt in pairs:
-        ia, ib = (pb, pt) if base_is_a else (pt, pb)
-        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt])))
-    layers.sort(key=lambda l: l.a_layer)
-    s_q = float(np.mean([l.wq for l in layers]))
-    s_k = float(np.mean([l.wk for l in layers]))
-    mean = (s_q + s_k) / 2
-    z = z_reference(mean)
-    warnings = []
-    narrow = min(a.resolved.hidden_size, b.resolved.hidden_size)
-    if narrow < REFERENCE_MIN_HIDDEN:
-        warnings.append(
-            f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
-            "reference; independent models of this width can score well above it, so the z-score overstates significance"
-        )
-    if alignment.base_dims != alignment.target_dims:
-        warnings.append(f"widths differ ({alignment.base_dims} vs {alignment.target_dims}): only matched dimensions are scored")
-    timings["total_s"] = time.perf_counter() - t_start
-    return CompareResult(
-        model_a=_summary(a, fp_base["cache_hit"] if base_is_a else fp_target["cache_hit"]),
-        model_b=_summary(b, fp_target["cache_hit"] if base_is_a else fp_base["cache_hit"]),
-        base="a" if base_is_a else "b",
-        wq=s_q, wk=s_k, mean=mean, z_reference=z, verdict=verdict(z), verdict_rule=VERDICT_RULE,
-        layer_match=match_mode, layers=tuple(layers),
-        alignment=alignment.diagnostics(),
-        vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared),
-                    "dropped_a": shared.dropped_a if base_is_a else shared.dropped_b,
-                    "dropped_b": shared.dropped_b if base_is_a else shared.dropped_a,
-                    "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
-        timings=timings, environment=_environment(dev), warnings=tuple(warnings),
-    )
-
-
+    with jax.default_device(dev):
+        a = prepare_model(model_a, layout=layout_a, cache=store)
+        b = prepare_model(model_b, layout=layout_b, cache=store)
+        result = score_pair(a, b, layer_match=layer_match)
+    result.timings["total_s"] = time.perf_counter() - t
+    return result
