@@ -57,7 +57,7 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec], meta
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, shape, dtype, make in specs:
-            arr = np.ascontiguousarray(make(), dtype=dtype)
+            arr = np.require(np.asarray(make(), dtype=dtype), requirements="C")
             if arr.shape != tuple(shape):
                 raise ValueError(f"{name}: produced shape {arr.shape}, declared {tuple(shape)}")
             f.write(arr.tobytes())

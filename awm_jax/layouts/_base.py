@@ -1,208 +1,52 @@
 """The layout machinery: how an architecture's tensors map to E, Wq_l and Wk_l.
 
 A :class:`Layout` describes one architecture family by exact tensor-name templates (never
-substrings): where the input embedding lives, the per-layer stack prefix, and how each
-layer's query and key projections are obtained, either from separate tensors or by splitting a
-fused QKV tensor with a rule (contiguous blocks, interleaved per head, grouped per KV head).
-:meth:`Layout.resolve` binds a layout to one checkpoint (finding the language-model prefix of
-wrapped multimodal checkpoints, the layer count, the projection sizes) and returns a
-:class:`ResolvedLayout` that reads one layer at a time.
+substrings). Templates are written relative to the language model: ``{p}`` stands for the
+language-model prefix, ``{i}`` for the layer index. The prefix is a wrapper prefix from
+:data:`LM_PREFIXES` (``""`` for a plain causal LM, ``"language_model."`` for LLaVA-style
+checkpoints, ``"model.language_model."`` for Qwen2-VL/Gemma-3...) followed by one of the
+layout's base-model prefixes (``"model."`` for a ``*ForCausalLM`` checkpoint, ``""`` for one
+saved from the bare base model). Vision and audio towers, multi-token-prediction modules and
+second stacks live under other names, so they can never be taken for language-model layers.
 
-All projections are returned in the PyTorch ``Linear`` layout ``[out_features, hidden]``.
+:meth:`Layout.resolve` binds a layout to one checkpoint (language-model prefix, layer count,
+attention sizes) and returns a :class:`ResolvedLayout` that reads one layer at a time. All
+projections are float32 in the PyTorch ``Linear`` layout ``[out_features, hidden]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from awm_jax.checkpoint import Checkpoint
-from awm_jax.errors import LayoutError, NumericalError
+from awm_jax.errors import LayoutError
+from awm_jax.layouts._dims import Dims, config_value
+from awm_jax.layouts._mlp import MLPInput, MLPSpec
+from awm_jax.layouts._projections import Projection
+from awm_jax.layouts._quant import WeightReader, to_float32
 
 __all__ = [
     "Layout",
     "ResolvedLayout",
-    "Projection",
-    "Separate",
-    "FusedSplit",
-    "Dims",
-    "config_value",
-    "to_float32",
+    "LM_PREFIXES",
+    "MTP_KEYS",
 ]
 
-#: Language-model prefixes tried, in order, for wrapped (multimodal) checkpoints.
-LM_PREFIXES = ("", "language_model.", "model.language_model.", "model.text_model.", "text_model.")
-#: Suffixes that mark quantisation side tensors (never weights).
-QUANT_SIDE_SUFFIXES = ("weight_scale", "weight_scale_inv", "absmax", "qweight", "qzeros", "scales", "g_idx",
-                       "input_scale", "quant_map", "quant_state", "nested_absmax", "nested_quant_map")
+#: Wrapper prefixes of the language model, tried in order: plain causal LMs, LLaVA-style and
+#: Qwen2-Audio (``language_model.``), the newer transformers layout of Qwen2-VL/2.5-VL, Gemma-3,
+#: LLaVA, Mistral-3 (``model.language_model.``), Idefics3/SmolVLM (``model.text_model.``),
+#: MiniCPM-V/Ovis (``llm.``), Qwen2.5-Omni's thinker (``thinker.``).
+LM_PREFIXES = ("", "language_model.", "model.language_model.", "model.text_model.", "text_model.", "llm.",
+               "thinker.")
 
+#: Config keys giving the number of multi-token-prediction layers stored after the decoder layers.
+MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
 
-def config_value(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    """Returns the first of ``keys`` present in ``config`` (or its ``text_config``)."""
-    for scope in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
-        if not isinstance(scope, Mapping):
-            continue
-        for key in keys:
-            if scope.get(key) is not None:
-                return scope[key]
-    return default
-
-
-def to_float32(array: np.ndarray, where: str) -> np.ndarray:
-    """Upcasts a floating weight to float32, refusing integer (quantised) data and NaN/Inf."""
-    if not np.issubdtype(array.dtype, np.floating) and array.dtype.kind != "V" and "float" not in array.dtype.name:
-        raise LayoutError(
-            f"{where}: stored as {array.dtype}, i.e. quantised; dequantise the checkpoint "
-            "(or use its float release) before comparing"
-        )
-    out = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(out).all():
-        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
-        raise NumericalError(f"{where}: {bad} NaN/Inf value(s); the weights are damaged: fetch them again")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Dims:
-    """Attention sizes of one model, from its config.
-
-    Attributes:
-      hidden: residual width ``n``.
-      heads: number of query heads.
-      kv_heads: number of key/value heads (== heads for multi-head attention).
-      head_dim: per-head width.
-    """
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def k_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], hidden: int) -> "Dims":
-        heads = config_value(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
-        if not heads:
-            raise LayoutError("config.json gives no num_attention_heads; cannot split the fused QKV tensor")
-        heads = int(heads)
-        kv = config_value(config, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num")
-        if kv is None and config_value(config, "multi_query", default=False):
-            kv = 1
-        kv = int(kv or heads)
-        head_dim = int(config_value(config, "head_dim", "kv_channels", default=0) or hidden // heads)
-        return cls(hidden=hidden, heads=heads, kv_heads=kv, head_dim=head_dim)
-
-
-class Projection:
-    """How to obtain one layer's query or key rows ``[d, hidden]`` from a checkpoint."""
-
-    def tensor_names(self) -> tuple[str, ...]:
-        """Templates (with ``{p}`` prefix and ``{i}`` layer) of the tensors this reads."""
-        raise NotImplementedError
-
-    def read(self, ckpt: Checkpoint, names: Sequence[str], dims: Dims) -> np.ndarray:
-        """Reads the rows, given the tensor names resolved for one layer."""
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class Separate(Projection):
-    """A projection stored in its own tensor.
-
-    Attributes:
-      name: template, e.g. ``"{p}model.layers.{i}.self_attn.q_proj.weight"``.
-      transposed: stored as ``[hidden, out]`` (GPT-2 ``Conv1D``) rather than ``[out, hidden]``.
-    """
-
-    name: str
-    transposed: bool = False
-
-    def tensor_names(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    def read(self, ckpt: Checkpoint, names: Sequence[str], dims: Dims) -> np.ndarray:
-        w = to_float32(ckpt.read(names[0]), f"{ckpt.root}: {names[0]}")
-        return w.T if self.transposed else w
-
-
-#: Split rules for fused QKV tensors, each mapping (dims, part) -> row indices.
-def _blocks(dims: Dims, part: str) -> np.ndarray:
-    # [Q (q_dim) | K (k_dim) | V (k_dim)] stacked contiguously.
-    start = {"q": 0, "k": dims.q_dim}[part]
-    size = {"q": dims.q_dim, "k": dims.k_dim}[part]
-    return np.arange(start, start + size)
-
-
-def _per_head(dims: Dims, part: str) -> np.ndarray:
-    # [heads, 3, head_dim]: for each head its q, k and v rows in turn (GPT-NeoX, BLOOM).
-    if dims.kv_heads != dims.heads:
-        raise LayoutError("per-head interleaved QKV requires as many key heads as query heads")
-    j = {"q": 0, "k": 1}[part]
-    return (np.arange(dims.heads)[:, None] * 3 * dims.head_dim + j * dims.head_dim
-            + np.arange(dims.head_dim)[None, :]).reshape(-1)
-
-
-def _per_group(dims: Dims, part: str) -> np.ndarray:
-    # [kv_heads, q_per_kv + 2, head_dim]: per KV group its q heads, then k, then v
-    # (InternLM2 wqkv, Falcon new_decoder_architecture).
-    if dims.heads % dims.kv_heads:
-        raise LayoutError(f"{dims.heads} query heads do not divide into {dims.kv_heads} key/value groups")
-    g = dims.heads // dims.kv_heads
-    slots = np.arange(g) if part == "q" else np.array([g])
-    rows = (np.arange(dims.kv_heads)[:, None, None] * (g + 2) * dims.head_dim
-            + slots[None, :, None] * dims.head_dim + np.arange(dims.head_dim)[None, None, :])
-    return rows.reshape(-1)
-
-
-SPLIT_RULES: Mapping[str, Callable[[Dims, str], np.ndarray]] = {
-    "blocks": _blocks,
-    "per_head": _per_head,
-    "per_group": _per_group,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class FusedSplit(Projection):
-    """One part (``"q"`` or ``"k"``) of a fused QKV tensor, split by a named rule.
-
-    Attributes:
-      name: template of the fused tensor.
-      part: ``"q"`` or ``"k"``.
-      rule: a key of ``SPLIT_RULES``: ``"blocks"``, ``"per_head"`` or ``"per_group"``.
-      transposed: stored as ``[hidden, 3 * ...]`` (GPT-2 ``Conv1D``).
-    """
-
-    name: str
-    part: str
-    rule: str = "blocks"
-    transposed: bool = False
-
-    def tensor_names(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    def read(self, ckpt: Checkpoint, names: Sequence[str], dims: Dims) -> np.ndarray:
-        raw = ckpt.read(names[0])
-        fused = raw.T if self.transposed else raw
-        rows = SPLIT_RULES[self.rule](dims, self.part)
-        expected = dims.q_dim + 2 * dims.k_dim
-        if fused.ndim != 2 or fused.shape[0] != expected or fused.shape[1] != dims.hidden:
-            raise LayoutError(
-                f"{ckpt.root}: {names[0]} has shape {tuple(raw.shape)}, but the config implies "
-                f"{expected} fused rows x {dims.hidden} (heads {dims.heads}, kv heads {dims.kv_heads}, "
-                f"head_dim {dims.head_dim}); the config contradicts the tensors"
-            )
-        return to_float32(fused[rows], f"{ckpt.root}: {names[0]}")
+DimsFn = Callable[[Mapping[str, Any], int], Dims]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +60,20 @@ class Layout:
       embedding: candidate templates of the input embedding ``[vocab, hidden]`` (first found).
       query: how to get ``Wq_l``.
       key: how to get ``Wk_l``.
+      bases: base-model prefixes inside the language model (``"model."`` and ``""`` for a
+        checkpoint saved from the bare base model).
+      mlp: candidate MLP specs, the first present one applies per layer.
+      markers: templates that identify the layout and a complete layer (default: the Q/K tensors).
+      dims: attention sizes from ``(config, hidden)`` (default :meth:`Dims.from_config`).
+      embedding_projection: template of a ``[hidden, d_embed]`` matrix applied after the
+        embedding (OPT-350m ``project_in``); the embedding read is then ``E @ P^T``.
       hidden_keys: config keys of the hidden size.
       layers_keys: config keys of the number of layers.
+      source: where the layout was checked: ``"transformers"`` (captured from its modules),
+        ``"documented"`` (the published modelling code, for families transformers does not ship)
+        or ``"layout file"`` (a user's TOML description).
+      prefixes: wrapper prefixes tried before the base prefixes (:data:`LM_PREFIXES`; a layout
+        file's single ``prefix``).
     """
 
     name: str
@@ -226,58 +82,132 @@ class Layout:
     embedding: tuple[str, ...]
     query: Projection
     key: Projection
+    bases: tuple[str, ...] = ("model.", "")
+    mlp: tuple[MLPSpec, ...] = ()
+    markers: tuple[str, ...] = ()
+    dims: DimsFn | None = None
+    embedding_projection: str | None = None
     hidden_keys: tuple[str, ...] = ("hidden_size", "n_embd", "d_model", "dim")
     layers_keys: tuple[str, ...] = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    source: str = "transformers"
+    prefixes: tuple[str, ...] = LM_PREFIXES
+
+    def layer_markers(self) -> tuple[str, ...]:
+        """Templates whose presence marks a complete layer (and identifies the layout)."""
+        return self.markers or (self.query.tensor_names() + self.key.tensor_names())
 
     def marker(self) -> str:
-        """The layer-0 query tensor template, used to recognise the layout from tensor names."""
-        return self.query.tensor_names()[0]
+        """The first layer-0 marker template, for messages."""
+        return self.layer_markers()[0]
 
-    def _names(self, projection: Projection, prefix: str, layer: int) -> list[str]:
-        return [t.format(p=prefix, i=layer) for t in projection.tensor_names()]
+    def candidate_prefixes(self) -> list[str]:
+        """Every language-model prefix tried: wrapper prefixes times base-model prefixes."""
+        return list(dict.fromkeys(w + b for w in self.prefixes for b in self.bases))
+
+    def _layer_present(self, reader: WeightReader, prefix: str, layer: int) -> bool:
+        return all(reader.has_weight(t.format(p=prefix, i=layer)) for t in self.layer_markers())
+
+    def matching_prefixes(self, ckpt: Checkpoint) -> list[str]:
+        """Prefixes under which both an embedding and a complete layer 0 of this layout exist."""
+        reader = WeightReader(ckpt)
+        return [
+            p for p in self.candidate_prefixes()
+            if self._layer_present(reader, p, 0) and any(t.format(p=p) in ckpt for t in self.embedding)
+        ]
 
     def find_prefix(self, ckpt: Checkpoint) -> str | None:
-        """Returns the language-model prefix under which this layout's tensors exist, if any."""
-        for prefix in LM_PREFIXES:
-            if all(n in ckpt for n in self._names(self.query, prefix, 0)) and any(
-                t.format(p=prefix) in ckpt for t in self.embedding
-            ):
-                return prefix
-        return None
+        """Returns the language-model prefix under which this layout's tensors exist, if any.
 
-    def resolve(self, ckpt: Checkpoint) -> "ResolvedLayout":
-        """Binds this layout to a checkpoint; checks the config against the tensors."""
+        Raises:
+          LayoutError: two different stacks both fit (the checkpoint holds two language models).
+        """
+        found = self.matching_prefixes(ckpt)
+        if len(found) > 1:
+            shown = ", ".join(repr(self.marker().format(p=p, i=0)) for p in found)
+            raise LayoutError(
+                f"{ckpt.root}: holds {len(found)} {self.name!r} stacks ({shown}); awm_jax cannot tell which is the "
+                "language model: describe it in a layout file with an explicit prefix (docs/layouts.md)"
+            )
+        return found[0] if found else None
+
+    def resolve(self, ckpt: Checkpoint) -> ResolvedLayout:
+        """Binds this layout to a checkpoint; checks the config against the tensors.
+
+        Only headers are consulted: no weight data is read (a warm, cached comparison reads none).
+
+        Raises:
+          LayoutError: the tensors do not follow this layout, or contradict the config.
+        """
         prefix = self.find_prefix(ckpt)
         if prefix is None:
-            raise LayoutError(f"{ckpt.root}: tensors do not follow the {self.name!r} layout")
+            base = self.bases[0]
+            wrappers = [repr(w) for w in self.prefixes if w]
+            raise LayoutError(
+                f"{ckpt.root}: tensors do not follow the {self.name!r} layout: no "
+                f"{self.marker().format(p=base, i=0)!r} with an embedding {self.embedding[0].format(p=base)!r}"
+                + (f", also looked for under the prefixes {', '.join(wrappers)}" if wrappers else "")
+                + (f" and without {base!r}" if base and len(self.bases) > 1 else "")
+            )
+        reader = WeightReader(ckpt)
         embedding = next(t.format(p=prefix) for t in self.embedding if t.format(p=prefix) in ckpt)
         e_info = ckpt.info(embedding)
         if len(e_info.shape) != 2 or 0 in e_info.shape:
             raise LayoutError(f"{ckpt.root}: embedding {embedding} has shape {e_info.shape}, expected [vocab, hidden]")
         hidden = e_info.shape[1]
+        projection = None
+        if self.embedding_projection is not None:
+            name = self.embedding_projection.format(p=prefix)
+            if name in ckpt:
+                projection = name
+                p_shape = ckpt.info(name).shape
+                if len(p_shape) != 2 or p_shape[1] != hidden:
+                    raise LayoutError(
+                        f"{ckpt.root}: {name} has shape {p_shape}, expected [hidden, {hidden}] to follow {embedding}"
+                    )
+                hidden = p_shape[0]
         cfg_hidden = config_value(ckpt.config, *self.hidden_keys)
         if cfg_hidden is not None and int(cfg_hidden) != hidden:
             raise LayoutError(
                 f"{ckpt.root}: config.json says hidden size {cfg_hidden} but {embedding} has {hidden} "
                 "columns; the config contradicts the tensors: fix config.json"
             )
-        # Layers present: consecutive indices from 0 whose projections all exist.
+        num_layers = self._count_layers(ckpt, reader, prefix)
+        try:
+            dims = (self.dims or Dims.from_config)(ckpt.config, hidden)
+        except LayoutError:
+            dims = None  # separate projections need no head counts; fused and MLA ones say so when read
+        rows = []
+        for proj in (self.query, self.key):
+            names = [t.format(p=prefix, i=0) for t in proj.tensor_names(dims)]
+            rows.append(proj.rows(reader, names, dims, hidden))
+        return ResolvedLayout(self, ckpt, prefix, embedding, hidden, num_layers, dims, q_dim=rows[0], k_dim=rows[1],
+                              embedding_projection=projection, reader=reader)
+
+    def _count_layers(self, ckpt: Checkpoint, reader: WeightReader, prefix: str) -> int:
+        """Decoder layers: the config's count, all present; extra layers only as declared MTP layers."""
         found = 0
-        while all(n in ckpt for proj in (self.query, self.key) for n in self._names(proj, prefix, found)):
+        while self._layer_present(reader, prefix, found):
             found += 1
+        marker = self.marker().format(p=prefix, i="N")
         declared = config_value(ckpt.config, *self.layers_keys)
-        if declared is not None and int(declared) != found:
+        if declared is None:
+            if found == 0:
+                raise LayoutError(f"{ckpt.root}: no decoder layers found ({marker} with N = 0 is missing)")
+            return found
+        declared = int(declared)
+        if found < declared:
             raise LayoutError(
-                f"{ckpt.root}: config.json declares {declared} layers but the tensors hold {found} complete "
-                f"layers of {self.marker().format(p=prefix, i='N')}; a shard is missing or the config is wrong"
+                f"{ckpt.root}: config.json declares {declared} layers but only layers 0-{found - 1} of {marker} "
+                f"are complete (layer {found} is missing); a shard is missing or the config is wrong"
             )
-        if found == 0:
-            raise LayoutError(f"{ckpt.root}: no decoder layers found ({self.marker().format(p=prefix, i=0)} missing)")
-        dims = Dims.from_config(ckpt.config, hidden) if ckpt.config else None
-        resolved = ResolvedLayout(self, ckpt, prefix, embedding, hidden, found, dims)
-        q, k = resolved.read_qk(0)
-        resolved = dataclasses.replace(resolved, q_dim=q.shape[0], k_dim=k.shape[0])
-        return resolved
+        extra = found - declared
+        mtp = int(config_value(ckpt.config, *MTP_KEYS, default=0) or 0)
+        if extra > mtp:
+            raise LayoutError(
+                f"{ckpt.root}: config.json declares {declared} layers (and {mtp} multi-token-prediction layers) but "
+                f"the tensors hold {found} layers of {marker}; fix num_hidden_layers in config.json"
+            )
+        return declared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,13 +217,15 @@ class ResolvedLayout:
     Attributes:
       layout: the family layout.
       ckpt: the checkpoint.
-      prefix: language-model prefix (``""`` for plain causal-LM checkpoints).
+      prefix: language-model prefix (``"model."`` for a plain ``*ForCausalLM`` checkpoint).
       embedding_name: the input-embedding tensor.
       hidden_size: residual width ``n``.
-      num_layers: number of decoder layers.
-      dims: attention sizes from the config (``None`` without a config).
+      num_layers: number of decoder layers (multi-token-prediction layers excluded).
+      dims: attention sizes from the config (``None`` when it gives no head counts).
       q_dim: rows of ``Wq`` (set after resolving).
       k_dim: rows of ``Wk``.
+      embedding_projection: tensor applied after the embedding (OPT ``project_in``), if any.
+      reader: the dequantising weight reader.
     """
 
     layout: Layout
@@ -305,33 +237,57 @@ class ResolvedLayout:
     dims: Dims | None
     q_dim: int = 0
     k_dim: int = 0
+    embedding_projection: str | None = None
+    reader: WeightReader | None = None
 
     @property
     def name(self) -> str:
+        """The layout's registry name (or the layout file's ``name``)."""
         return self.layout.name
 
     @property
     def vocab_rows(self) -> int:
+        """Rows of the input embedding (the vocabulary size it was trained with, padding included)."""
         return self.ckpt.info(self.embedding_name).shape[0]
 
+    def _reader(self) -> WeightReader:
+        return self.reader or WeightReader(self.ckpt)
+
+    def _names(self, projection: Projection, layer: int) -> list[str]:
+        return [t.format(p=self.prefix, i=layer) for t in projection.tensor_names(self.dims)]
+
     def tensor_names(self, layer: int) -> list[str]:
-        """The names of the tensors read for ``layer``."""
-        return [n for proj in (self.layout.query, self.layout.key) for n in self.layout._names(proj, self.prefix, layer)]
+        """The names of the tensors read for ``layer``'s query and key."""
+        return [n for proj in (self.layout.query, self.layout.key) for n in self._names(proj, layer)]
 
     def read_embedding(self, rows: slice | None = None) -> np.ndarray:
-        """Reads the input embedding (or a block of rows) in its stored dtype, ``[rows, n]``."""
-        return self.ckpt.read(self.embedding_name, rows)
+        """Reads the input embedding (or a block of rows), ``[rows, n]``.
+
+        Returns the stored dtype, except for models with an embedding projection (OPT-350m),
+        whose effective embedding ``E @ P^T`` is returned as float32.
+        """
+        emb = self.ckpt.read(self.embedding_name, rows)
+        if self.embedding_projection is None:
+            return emb
+        where = f"{self.ckpt.root}: {self.embedding_name}"
+        return to_float32(emb, where) @ self._reader().matrix(self.embedding_projection).T
 
     def read_qk(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reads layer ``layer``'s query and key projections as float32 ``[d_q, n]``, ``[d_k, n]``."""
-        dims = self.dims or Dims(self.hidden_size, 1, 1, self.hidden_size)
+        """Reads layer ``layer``'s query and key projections as float32 ``[d_q, n]``, ``[d_k, n]``.
+
+        Raises:
+          LayoutError: a tensor is missing, quantised in a refused format, or of the wrong shape.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range [0, {self.num_layers})")
         out = []
+        reader = self._reader().scoped()  # a fused QKV tensor is read once for both Q and K
         for proj in (self.layout.query, self.layout.key):
-            w = proj.read(self.ckpt, self.layout._names(proj, self.prefix, layer), dims)
+            w = proj.read(reader, self._names(proj, layer), self.dims)
             if w.ndim != 2 or w.shape[1] != self.hidden_size:
                 raise LayoutError(
-                    f"{self.ckpt.root}: layer {layer} projection has shape {w.shape}, expected [rows, "
-                    f"{self.hidden_size}]; the checkpoint does not follow the {self.name!r} layout"
+                    f"{self.ckpt.root}: layer {layer} projection {self._names(proj, layer)[0]} gives shape {w.shape}, "
+                    f"expected [rows, {self.hidden_size}]; the checkpoint does not follow the {self.name!r} layout"
                 )
             out.append(w)
         q, k = out
@@ -342,11 +298,24 @@ class ResolvedLayout:
             )
         return q, k
 
+    def read_mlp(self, layer: int) -> list[MLPInput]:
+        """Reads layer ``layer``'s MLP input matrices (gate/up or fc1), one record per expert.
 
-def layer_template_regex(template: str) -> re.Pattern:
-    """A regex matching a ``{p}``/``{i}`` template exactly (used by detection diagnostics)."""
-    parts = re.split(r"(\{p\}|\{i\})", template)
-    rx = "".join({"{p}": r"(?P<p>.*?)", "{i}": r"(?P<i>\d+)"}.get(s, re.escape(s)) for s in parts)
-    return re.compile(rf"^{rx}$")
+        Returns:
+          A list of :class:`MLPInput`: one for a dense MLP; for a mixture of experts, the routed
+          experts in index order, then the shared experts.
 
-
+        Raises:
+          LayoutError: the layout defines no MLP, or none of its MLP forms is present.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range [0, {self.num_layers})")
+        reader = self._reader()
+        for spec in self.layout.mlp:
+            if spec.present(reader, self.prefix, layer):
+                return spec.read(reader, self.prefix, layer, self.ckpt.config)
+        expected = [t.format(p=self.prefix, i=layer, e=0) for s in self.layout.mlp for t in s.templates()]
+        raise LayoutError(
+            f"{self.ckpt.root}: layer {layer} has no MLP input matrices of the {self.name!r} layout (looked for "
+            f"{', '.join(expected) or 'none defined'}); the checkpoint is incomplete or of another layout"
+        )

@@ -1,18 +1,74 @@
-"""Llama-family layout: separate ``q_proj``/``k_proj`` tensors under ``model.layers.{i}``.
+"""Llama-like decoders: separate ``q_proj``/``k_proj`` under ``model.layers.{i}.self_attn``.
 
-Covers every decoder whose attention stores query and key projections as their own
-``Linear`` weights (grouped- and multi-query attention just give ``k_proj`` fewer rows).
+Every family here stores its query and key projections as their own ``Linear`` weights
+(grouped- and multi-query attention just give ``k_proj`` fewer rows) and its input embedding
+as ``model.embed_tokens``; they differ in their MLP (gated, fused gate/up, plain, mixture of
+experts) and in normalisations that are not scored (Qwen3/Gemma-3/OLMo-2 query/key norms are
+applied after the projection and are not part of ``Wq``/``Wk``, as in the reference method).
 """
 
-from awm_jax.layouts._base import Layout, Separate
+from __future__ import annotations
 
-__all__ = ["LLAMA"]
+from awm_jax.layouts._base import Layout
+from awm_jax.layouts._mlp import Experts, FusedGatedMLP, GatedMLP, PlainMLP
+from awm_jax.layouts._projections import Separate
 
-LLAMA = Layout(
-    name="llama",
-    architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"),
-    model_types=("llama", "mistral", "qwen2"),
-    embedding=("{p}model.embed_tokens.weight",),
-    query=Separate("{p}model.layers.{i}.self_attn.q_proj.weight"),
-    key=Separate("{p}model.layers.{i}.self_attn.k_proj.weight"),
+__all__ = [
+    "LLAMA", "MISTRAL", "MIXTRAL", "QWEN2", "QWEN2_MOE", "QWEN3", "QWEN3_MOE", "GEMMA", "GEMMA2", "GEMMA3",
+    "PHI", "OLMO", "OLMO2", "OLMOE", "STABLELM", "COHERE", "STARCODER2", "GLM", "LLAMA_LIKE",
+]
+
+_Q = Separate("{p}layers.{i}.self_attn.q_proj.weight")
+_K = Separate("{p}layers.{i}.self_attn.k_proj.weight")
+_EMBED = ("{p}embed_tokens.weight",)
+_GATED = GatedMLP("{p}layers.{i}.mlp.gate_proj.weight", "{p}layers.{i}.mlp.up_proj.weight")
+
+
+def _moe(expert_root: str, *shared_roots: str) -> Experts:
+    """Routed experts ``{root}.{e}.gate_proj/up_proj`` plus shared experts."""
+    shared = tuple(GatedMLP(f"{r}.gate_proj.weight", f"{r}.up_proj.weight", name="shared expert") for r in shared_roots)
+    return Experts(GatedMLP(f"{expert_root}.{{e}}.gate_proj.weight", f"{expert_root}.{{e}}.up_proj.weight"), shared)
+
+
+def _decoder(name: str, architectures: tuple[str, ...], model_types: tuple[str, ...], mlp=(_GATED,)) -> Layout:
+    return Layout(name=name, architectures=architectures, model_types=model_types, embedding=_EMBED,
+                  query=_Q, key=_K, mlp=tuple(mlp))
+
+
+LLAMA = _decoder("llama", ("LlamaForCausalLM", "LlamaModel"), ("llama",))
+MISTRAL = _decoder("mistral", ("MistralForCausalLM", "MistralModel"), ("mistral", "ministral"))
+MIXTRAL = _decoder(
+    "mixtral", ("MixtralForCausalLM",), ("mixtral",),
+    mlp=(Experts(GatedMLP("{p}layers.{i}.block_sparse_moe.experts.{e}.w1.weight",
+                          "{p}layers.{i}.block_sparse_moe.experts.{e}.w3.weight")),),
 )
+QWEN2 = _decoder(
+    "qwen2",
+    ("Qwen2ForCausalLM", "Qwen2Model", "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+     "Qwen2AudioForConditionalGeneration"),
+    ("qwen2", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen2_audio"),
+)
+QWEN2_MOE = _decoder(
+    "qwen2_moe", ("Qwen2MoeForCausalLM",), ("qwen2_moe",),
+    mlp=(_moe("{p}layers.{i}.mlp.experts", "{p}layers.{i}.mlp.shared_expert"), _GATED),
+)
+QWEN3 = _decoder("qwen3", ("Qwen3ForCausalLM", "Qwen3Model"), ("qwen3",))
+QWEN3_MOE = _decoder("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",),
+                     mlp=(_moe("{p}layers.{i}.mlp.experts"), _GATED))
+GEMMA = _decoder("gemma", ("GemmaForCausalLM",), ("gemma",))
+GEMMA2 = _decoder("gemma2", ("Gemma2ForCausalLM",), ("gemma2",))
+GEMMA3 = _decoder("gemma3", ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), ("gemma3", "gemma3_text"))
+PHI = _decoder("phi", ("PhiForCausalLM",), ("phi",), mlp=(PlainMLP("{p}layers.{i}.mlp.fc1.weight"),))
+OLMO = _decoder("olmo", ("OlmoForCausalLM",), ("olmo",))
+OLMO2 = _decoder("olmo2", ("Olmo2ForCausalLM",), ("olmo2",))
+OLMOE = _decoder("olmoe", ("OlmoeForCausalLM",), ("olmoe",), mlp=(_moe("{p}layers.{i}.mlp.experts"),))
+STABLELM = _decoder("stablelm", ("StableLmForCausalLM",), ("stablelm",))
+COHERE = _decoder("cohere", ("CohereForCausalLM", "Cohere2ForCausalLM"), ("cohere", "cohere2"))
+STARCODER2 = _decoder("starcoder2", ("Starcoder2ForCausalLM",), ("starcoder2",),
+                      mlp=(PlainMLP("{p}layers.{i}.mlp.c_fc.weight"),))
+GLM = _decoder("glm", ("GlmForCausalLM", "Glm4ForCausalLM"), ("glm", "glm4"),
+               mlp=(FusedGatedMLP("{p}layers.{i}.mlp.gate_up_proj.weight"),))
+
+#: All layouts of this module, in registry order.
+LLAMA_LIKE = (LLAMA, MISTRAL, MIXTRAL, QWEN2, QWEN2_MOE, QWEN3, QWEN3_MOE, GEMMA, GEMMA2, GEMMA3, PHI, OLMO, OLMO2,
+              OLMOE, STABLELM, COHERE, STARCODER2, GLM)

@@ -1,0 +1,1 @@
+"""Tests of one package area (a package so test module names stay unique)."""
