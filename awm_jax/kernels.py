@@ -29,6 +29,8 @@ __all__ = [
     "gram_layers_host",
     "align_gram",
     "align_grams",
+    "rotate_gram",
+    "rotate_grams",
     "unbiased_center",
     "HsicParts",
     "hsic_parts",
@@ -189,6 +191,14 @@ def unbiased_cka(k: jax.Array, l: jax.Array) -> jax.Array:
     kp, lp = hsic_parts(k), hsic_parts(l)
     return _cka(_hsic(k, kp, l, lp), kp, lp)
 
+
+def rotate_gram(k: jax.Array, rotation: jax.Array) -> jax.Array:
+    """``R^T K R``: the Gram of ``W R`` (``[n_b, n_b]`` -> ``[n_t, n_t]``), the orthogonal alignment."""
+    return jnp.matmul(rotation.T, jnp.matmul(k, rotation, precision=HIGHEST), precision=HIGHEST)
+
+
+#: ``[c, n_b, n_b], [n_b, n_t] -> [c, n_t, n_t]``: the orthogonal alignment of a chunk of base Grams.
+rotate_grams = jax.jit(jax.vmap(rotate_gram, in_axes=(0, None)))
 
 #: ``[c, n_b, n_b] -> [c, n_t, n_t]``: the alignment applied to a chunk of base Grams. Kept a
 #: separate compiled stage: fused into the CKA reductions, XLA:CPU recomputes the gather per

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 import threading
 import time
 from contextlib import contextmanager
@@ -17,18 +18,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from awm_jax._version import __version__
-from awm_jax.alignment import assign_dimensions, column_cosine
+from awm_jax.alignment import (
+    ALIGNMENT_MODES,
+    assign_dimensions,
+    choose_alignment,
+    embedding_cross,
+    orthogonal_procrustes,
+    permutation_fit,
+)
 from awm_jax.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
 from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
-from awm_jax.kernels import align_grams, grid_cka, paired_cka
+from awm_jax.kernels import align_grams, grid_cka, paired_cka, rotate_grams
 from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelSummary
 from awm_jax.statistics import REFERENCE_MIN_HIDDEN, VERDICT_RULE, verdict, z_reference
 from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
-__all__ = ["compare", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
+__all__ = ["compare", "locate_model", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")
 
@@ -93,15 +101,26 @@ class PreparedModel:
         return str(self.resolved.ckpt.root)
 
 
+def locate_model(spec: str | os.PathLike) -> Path:
+    """A local model folder for ``spec``: a path as given (the checkpoint reader reports any problem
+    with it), or, when nothing exists at that path and it reads as ``owner/name[@revision]``, the
+    hub snapshot (downloaded as needed by :func:`awm_jax.hub.resolve_model`)."""
+    from awm_jax.hub import parse_hub_id, resolve_model
+
+    if os.path.lexists(spec) or parse_hub_id(os.fspath(spec)) is None:
+        return Path(spec)
+    return resolve_model(spec)
+
+
 def prepare_model(
     path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None
 ) -> PreparedModel:
-    """Opens a model folder, reads its vocabulary and gets its Gram fingerprint (cached or computed).
+    """Opens a model (folder or hub id), reads its vocabulary and gets its Gram fingerprint (cached or computed).
 
     Run under ``jax.default_device(...)`` to choose where the Grams are computed.
     """
     t = time.perf_counter()
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(locate_model(path))
     resolved = detect(ckpt, layout)
     vocab = load_vocabulary(ckpt.root)
     timings: dict = {"open_s": time.perf_counter() - t}
@@ -130,7 +149,7 @@ def _padded(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)])
 
 
-def _score_equal_depth(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
     layers = gb.num_layers
     chunk = chunk_layers_for(gb.n, gb.n, layers)
     wq, wk = np.empty(layers), np.empty(layers)
@@ -138,21 +157,21 @@ def _score_equal_depth(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Arr
         stop = min(start + chunk, layers)
         qb, kb = gb.chunk(start, stop)
         qt, kt = gt.chunk(start, stop)
-        sq = paired_cka(align_grams(jnp.asarray(_padded(qb, chunk)), perm, signs), jnp.asarray(_padded(qt, chunk)))
-        sk = paired_cka(align_grams(jnp.asarray(_padded(kb, chunk)), perm, signs), jnp.asarray(_padded(kt, chunk)))
+        sq = paired_cka(align(jnp.asarray(_padded(qb, chunk))), jnp.asarray(_padded(qt, chunk)))
+        sk = paired_cka(align(jnp.asarray(_padded(kb, chunk))), jnp.asarray(_padded(kt, chunk)))
         wq[start:stop] = np.asarray(sq)[: stop - start]
         wk[start:stop] = np.asarray(sk)[: stop - start]
     return wq, wk
 
 
-def _score_grid(gb: GramSet, gt: GramSet, perm: jax.Array, signs: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
     cb = chunk_layers_for(gb.n, gb.n, gb.num_layers)
     ct = chunk_layers_for(gt.n, gt.n, gt.num_layers)
     grid_q = np.empty((gb.num_layers, gt.num_layers))
     grid_k = np.empty_like(grid_q)
     for b0 in range(0, gb.num_layers, cb):
         b1 = min(b0 + cb, gb.num_layers)
-        qb, kb = (align_grams(jnp.asarray(_padded(x, cb)), perm, signs) for x in gb.chunk(b0, b1))
+        qb, kb = (align(jnp.asarray(_padded(x, cb))) for x in gb.chunk(b0, b1))
         for t0 in range(0, gt.num_layers, ct):
             t1 = min(t0 + ct, gt.num_layers)
             qt, kt = (jnp.asarray(_padded(x, ct)) for x in gt.chunk(t0, t1))
@@ -181,19 +200,28 @@ def _environment(device: jax.Device) -> dict:
     }
 
 
-def score_pair(a: PreparedModel, b: PreparedModel, *, layer_match: str = "assignment") -> CompareResult:
+def _check_modes(layer_match: str, alignment: str) -> None:
+    if layer_match not in LAYER_MATCH_MODES:
+        raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
+    if alignment not in ALIGNMENT_MODES:
+        raise UsageError(f"unknown alignment {alignment!r}; choose one of {', '.join(ALIGNMENT_MODES)}")
+
+
+def score_pair(
+    a: PreparedModel, b: PreparedModel, *, layer_match: str = "assignment", alignment: str = "assignment"
+) -> CompareResult:
     """Scores two prepared models (ALGORITHM.md steps 1-9); run under ``jax.default_device``.
 
     Args:
       a: model A.
       b: model B.
       layer_match: pairing for different depths, ``"assignment"`` or ``"monotone"``.
+      alignment: ``"assignment"`` (the paper's), ``"orthogonal"`` or ``"auto"`` (``awm_jax.alignment``).
 
     Returns:
       The comparison (its ``timings`` cover this pair's work plus both models' preparation).
     """
-    if layer_match not in LAYER_MATCH_MODES:
-        raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
+    _check_modes(layer_match, alignment)
     timings: dict = {}
     t_start = time.perf_counter()
     base_is_a = a.resolved.hidden_size >= b.resolved.hidden_size
@@ -204,23 +232,38 @@ def score_pair(a: PreparedModel, b: PreparedModel, *, layer_match: str = "assign
         emb_base, emb_target = _read_embedding(base.resolved), _read_embedding(target.resolved)
         timings["embedding_read_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        cos = column_cosine(emb_base, emb_target, shared.ids_a, shared.ids_b)
+        cross = embedding_cross(emb_base, emb_target, shared.ids_a, shared.ids_b)
         del emb_base, emb_target
         timings["embedding_cosine_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        alignment = assign_dimensions(cos)
+        assignment = assign_dimensions(cross.cosine())
         timings["assignment_s"] = time.perf_counter() - t
+        diagnostics = assignment.diagnostics()
+        perm, signs = jnp.asarray(assignment.perm), jnp.asarray(assignment.signs)
+        align = lambda grams: align_grams(grams, perm, signs)  # noqa: E731
+        if alignment != "assignment":
+            t = time.perf_counter()
+            rotation = orthogonal_procrustes(cross)
+            perm_fit = permutation_fit(cross, assignment)
+            used, reason = choose_alignment(alignment, perm_fit, rotation.fit)
+            timings["procrustes_s"] = time.perf_counter() - t
+            diagnostics.update(permutation_fit=perm_fit, rotation_fit=rotation.fit)
+            if used == "orthogonal":
+                matrix = jnp.asarray(rotation.matrix)
+                align = lambda grams: rotate_grams(grams, matrix)  # noqa: E731
+        else:
+            used, reason = "assignment", "requested assignment"
+        diagnostics.update(mode=alignment, used=used, reason=reason)
 
         t = time.perf_counter()
         g_base, g_target = base.grams, target.grams
-        perm, signs = jnp.asarray(alignment.perm), jnp.asarray(alignment.signs)
         if g_base.num_layers == g_target.num_layers:
-            wq, wk = _score_equal_depth(g_base, g_target, perm, signs)
+            wq, wk = _score_equal_depth(g_base, g_target, align)
             pairs = [(i, i) for i in range(g_base.num_layers)]
             match_mode = "equal-depth"
             grid_q, grid_k = np.diag(wq), np.diag(wk)
         else:
-            grid_q, grid_k = _score_grid(g_base, g_target, perm, signs)
+            grid_q, grid_k = _score_grid(g_base, g_target, align)
             pairs = match_layers((grid_q + grid_k) / 2, layer_match)
             match_mode = layer_match
         timings["scores_s"] = time.perf_counter() - t
@@ -244,13 +287,13 @@ def score_pair(a: PreparedModel, b: PreparedModel, *, layer_match: str = "assign
             f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
             "reference; independent models of this width can score well above it, so the z-score overstates significance"
         )
-    if alignment.base_dims != alignment.target_dims:
-        warnings.append(f"widths differ ({alignment.base_dims} vs {alignment.target_dims}): only matched dimensions are scored")
+    if assignment.base_dims != assignment.target_dims:
+        warnings.append(f"widths differ ({assignment.base_dims} vs {assignment.target_dims}): only matched dimensions are scored")
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     return CompareResult(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
         wq=s_q, wk=s_k, mean=mean, z_reference=z, verdict=verdict(z), verdict_rule=VERDICT_RULE,
-        layer_match=match_mode, layers=tuple(layers), alignment=alignment.diagnostics(),
+        layer_match=match_mode, layers=tuple(layers), alignment=diagnostics,
         vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
                     "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
         timings=timings, environment=_environment(jax.config.jax_default_device or jax.devices()[0]),
@@ -268,11 +311,14 @@ def compare(
     cache_dir: str | os.PathLike | None = None,
     layout_a: str | None = None,
     layout_b: str | None = None,
+    alignment: str = "assignment",
 ) -> CompareResult:
     """Runs the AWM lineage test on two model folders.
 
     Args:
-      model_a: folder of model A (paths are resolved from the current directory).
+      model_a: folder of model A (paths are resolved from the current directory), or a hub id
+        ``owner/name[@revision]`` (downloaded into the hub cache: only config, tokenizer and
+        safetensors weights).
       model_b: folder of model B.
       layer_match: pairing for different depths, ``"assignment"`` (the paper's) or ``"monotone"``.
       device: ``"auto"``, ``"cpu"``, ``"gpu"`` or ``"tpu"``.
@@ -280,6 +326,8 @@ def compare(
       cache_dir: cache folder (default: ``$AWM_JAX_CACHE`` or the XDG cache folder).
       layout_a: force A's layout (a registry name or a layout file), else detected.
       layout_b: likewise for B.
+      alignment: ``"assignment"`` (the paper's signed permutation), ``"orthogonal"`` (Procrustes
+        rotation) or ``"auto"``.
 
     Returns:
       A frozen :class:`CompareResult`.
@@ -287,14 +335,13 @@ def compare(
     Raises:
       AWMError: any problem with the input (the subclass says which kind).
     """
-    if layer_match not in LAYER_MATCH_MODES:
-        raise UsageError(f"unknown layer match {layer_match!r}; choose one of {', '.join(LAYER_MATCH_MODES)}")
+    _check_modes(layer_match, alignment)
     dev = select_device(device)
     t = time.perf_counter()
     store = FingerprintCache(cache_dir) if cache else None
     with jax.default_device(dev):
         a = prepare_model(model_a, layout=layout_a, cache=store)
         b = prepare_model(model_b, layout=layout_b, cache=store)
-        result = score_pair(a, b, layer_match=layer_match)
+        result = score_pair(a, b, layer_match=layer_match, alignment=alignment)
     result.timings["total_s"] = time.perf_counter() - t
     return result

@@ -140,6 +140,7 @@ class CompareResult:
             f"(dropped beyond embedding: A {vo['dropped_a']}, B {vo['dropped_b']}); "
             f"{al['matched_dims']}/{al['base_dims']} dims matched, {al['sign_flips']} sign flips, "
             f"mean |cos| {al['mean_abs_cos']:.4f}",
+            f"  alignment used: {al['used']} ({al['reason']})",
             f"  layers ({self.layer_match}):   A  ->  B      Wq        Wk",
         ]
         lines += [f"                         {l.a_layer:3d} -> {l.b_layer:3d}  {l.wq: .5f}  {l.wk: .5f}" for l in self.layers]

@@ -102,3 +102,17 @@ def test_two_folders_with_the_same_name_are_two_models(tmp_path, base):
     b = save_llama(tmp_path / "y" / "model", e2, q2, k2)
     r = awm_jax.compare(a, b)  # with the cache on: keyed by content and file identity, not by name
     assert abs(r.mean) < 0.05 and r.model_a.path != r.model_b.path
+
+
+def test_locate_model_sends_only_hub_ids_to_the_hub(tmp_path, monkeypatch):
+    import awm_jax.hub
+    from awm_jax.pipeline import locate_model
+
+    calls = []
+    monkeypatch.setattr(awm_jax.hub, "resolve_model", lambda spec: calls.append(spec) or tmp_path)
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert locate_model("owner/name") == tmp_path / "owner" / "name"  # an existing folder wins
+    assert locate_model("missing") == tmp_path / "missing" or locate_model("missing").name == "missing"
+    assert calls == []
+    assert locate_model("org/model@main") == tmp_path and calls == ["org/model@main"]

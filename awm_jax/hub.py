@@ -1,0 +1,473 @@
+"""Hub checkpoints: turn a model folder or a Hugging Face Hub id into a local model folder.
+
+``resolve_model("meta-llama/Llama-2-7b-hf")`` returns the snapshot folder of that repository in
+the standard Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+``~/.cache/huggingface/hub``), downloading what awm_jax reads and nothing else:
+
+- ``config.json`` and ``generation_config.json``;
+- the tokenizer files the vocabulary stage reads or that describe them (``tokenizer.json``,
+  ``tokenizer.model``, ``tokenizer_config.json``, ``*.tiktoken``, ``vocab.json``, ``merges.txt``,
+  ``special_tokens_map.json``);
+- the weights: ``model.safetensors.index.json`` and exactly the shards its ``weight_map`` names,
+  or else ``model.safetensors``. Pickle weights (``*.bin``, ``*.pt``, ``*.pth``), Meta-format
+  ``consolidated.*`` files, GGUF files, adapters and everything under subfolders (``original/``)
+  are never fetched.
+
+Small files go through ``huggingface_hub.hf_hub_download``. Weight files are fetched into
+``blobs/<etag>.incomplete`` and resumed with an HTTP ``Range`` request when a run is interrupted
+(recent huggingface_hub releases delete their own partial files on failure), then linked into
+the snapshot by ``hf_hub_download``, so the cache layout is the one every Hugging Face tool
+reads. The partial file is named after the file's content hash, so a resumed file can never mix
+two versions. All files come from the one commit the revision pointed to when the download
+started.
+
+A snapshot whose weights are complete is used without asking the hub (no network at all), so a
+second ``resolve_model`` of the same id is free; to move a branch such as ``main`` to a newer
+commit, name the commit (``owner/name@<sha>``) or delete ``refs/main`` in the cache.
+``HF_HUB_OFFLINE=1`` or ``download=False`` restrict resolution to the cache; ``HF_ENDPOINT``
+selects a mirror. Every failure (unknown repo, gated repo without a token, no network, no
+safetensors weights) raises :class:`~awm_jax.errors.CheckpointError` with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from awm_jax._version import __version__
+from awm_jax.errors import CheckpointError
+
+__all__ = [
+    "CONFIG_FILES",
+    "TOKENIZER_FILES",
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "HubId",
+    "parse_hub_id",
+    "hub_cache_dir",
+    "select_files",
+    "cached_snapshot",
+    "resolve_model",
+]
+
+#: Model description files fetched when the repository has them.
+CONFIG_FILES = ("config.json", "generation_config.json")
+#: Tokenizer files fetched when the repository has them (plus any top-level ``*.tiktoken``).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
+#: Index of a sharded safetensors checkpoint.
+INDEX_FILE = "model.safetensors.index.json"
+#: Weights of an unsharded safetensors checkpoint.
+SINGLE_FILE = "model.safetensors"
+
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+_LOGIN_HINT = "log in with `hf auth login` (older huggingface_hub: `huggingface-cli login`) or set HF_TOKEN"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?")
+_ETAG = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class HubId(NamedTuple):
+    """A Hugging Face Hub model repository and the revision (branch, tag or commit) to use."""
+
+    repo_id: str
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        return self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+
+
+def parse_hub_id(spec: str) -> HubId | None:
+    """Parses ``owner/name`` or ``owner/name@revision``; ``None`` if ``spec`` is not one.
+
+    Names follow the hub's rules (letters, digits, ``.``, ``_``, ``-``; no ``--`` or ``..``);
+    a revision may contain ``/`` (``refs/pr/3``) but no ``..`` or empty segment.
+    """
+    match = _HUB_ID.fullmatch(spec.strip())
+    if match is None:
+        return None
+    repo, revision = match["repo"], match["revision"] or "main"
+    if "--" in repo or ".." in repo:
+        return None
+    if ".." in revision or "//" in revision or revision.endswith("/"):
+        return None
+    return HubId(repo, revision)
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time.
+
+    Order: ``cache_dir``, ``HF_HUB_CACHE``, ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME/hub``,
+    ``XDG_CACHE_HOME/huggingface/hub``, ``~/.cache/huggingface/hub`` (huggingface_hub's order).
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(os.path.expandvars(env[name])).expanduser()
+    if env.get("HF_HOME"):
+        return Path(os.path.expandvars(env["HF_HOME"])).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expandvars(xdg)).expanduser() / "huggingface" / "hub"
+
+
+def _offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _endpoint() -> str | None:
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
+def _storage(cache: Path, repo_id: str) -> Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def _is_plain_name(name: str) -> bool:
+    return bool(name) and name not in {".", ".."} and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def select_files(repo_id: str, files: list[str]) -> tuple[list[str], str | None]:
+    """Chooses what to fetch from a repository's file list.
+
+    Args:
+      repo_id: the repository (for messages).
+      files: every file path in the repository at the chosen commit.
+
+    Returns:
+      ``(small, weights)``: the config and tokenizer files present (top level only), and either
+      :data:`INDEX_FILE` (shards are read from it later) or :data:`SINGLE_FILE`.
+
+    Raises:
+      CheckpointError: the repository holds no safetensors weights in transformers layout.
+    """
+    top = [f for f in files if "/" not in f]
+    small = [f for f in CONFIG_FILES + TOKENIZER_FILES if f in top]
+    small += sorted(f for f in top if f.endswith(".tiktoken"))
+    if INDEX_FILE in top:
+        return small, INDEX_FILE
+    if SINGLE_FILE in top:
+        return small, SINGLE_FILE
+    pickles = sorted(f for f in top if f.endswith(_PICKLE_SUFFIXES) and not f.startswith("consolidated"))
+    if any(Path(f).name.startswith("consolidated.") for f in files) or "params.json" in top:
+        raise CheckpointError(
+            f"{repo_id}: a Meta-format checkpoint (consolidated.*.pth, params.json), not the transformers "
+            "layout awm_jax reads; use the transformers repository (usually the same name ending in -hf)"
+        )
+    if pickles:
+        listed = ", ".join(pickles[:2]) + (", ..." if len(pickles) > 2 else "")
+        raise CheckpointError(
+            f"{repo_id}: only pickle weights ({listed}), which awm_jax does not load because unpickling can run "
+            f"code; use a revision with safetensors weights (often the hub's 'Adding `safetensors` variant' pull "
+            f"request: {repo_id}@refs/pr/N) or convert them to safetensors"
+        )
+    others = sorted(f for f in top if f.endswith(".safetensors"))
+    if others:
+        raise CheckpointError(
+            f"{repo_id}: {', '.join(others[:2])} but no {SINGLE_FILE} or {INDEX_FILE} (an adapter or a "
+            "non-transformers export?); point awm_jax at the full model's repository"
+        )
+    raise CheckpointError(f"{repo_id}: no {SINGLE_FILE} or {INDEX_FILE} in the repository; is it a model repository?")
+
+
+def _index_shards(repo_id: str, index: Path, files: list[str]) -> list[str]:
+    """The distinct shard names an index's ``weight_map`` points to, validated."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"{repo_id}: {INDEX_FILE} is not a valid index (expected JSON with a 'weight_map' of tensor -> shard "
+            "file); report it to the repository's owners or pick another revision"
+        ) from None
+    shards = list(dict.fromkeys(weight_map.values()))
+    if not shards:
+        raise CheckpointError(f"{repo_id}: {INDEX_FILE} names no shards; the repository's index is empty")
+    for shard in shards:
+        if not _is_plain_name(shard) or not shard.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{repo_id}: {INDEX_FILE} names shard {shard!r}, which is not a plain *.safetensors file name; "
+                "refusing to fetch it"
+            )
+        if shard not in files:
+            raise CheckpointError(
+                f"{repo_id}: {INDEX_FILE} names shard {shard!r}, which the repository does not hold; "
+                "its index is inconsistent: pick another revision"
+            )
+    return shards
+
+
+def _complete_snapshot(snapshot: Path) -> bool:
+    """Whether a snapshot folder holds complete safetensors weights (the last files fetched)."""
+    index = snapshot / INDEX_FILE
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return bool(shards) and all(isinstance(s, str) and _is_plain_name(s) and (snapshot / s).is_file() for s in shards)
+    return (snapshot / SINGLE_FILE).is_file()
+
+
+def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The cached snapshot folder of a hub id if its weights are complete, else ``None``.
+
+    Reads only the local cache (``refs/<revision>`` -> ``snapshots/<commit>``); no network.
+    """
+    hub_id = spec if isinstance(spec, HubId) else parse_hub_id(spec)
+    if hub_id is None:
+        return None
+    storage = _storage(hub_cache_dir(cache_dir), hub_id.repo_id)
+    commit = hub_id.revision
+    if not _COMMIT.fullmatch(commit):
+        try:
+            commit = (storage / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        if not _COMMIT.fullmatch(commit):
+            return None
+    snapshot = storage / "snapshots" / commit
+    return snapshot if _complete_snapshot(snapshot) else None
+
+
+def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Returns a local model folder for a folder path or a hub id.
+
+    Args:
+      spec: an existing folder (returned resolved, as is), or ``owner/name`` /
+        ``owner/name@revision`` on the Hugging Face Hub (``HF_ENDPOINT`` honoured).
+      download: fetch what is missing; when false (or with ``HF_HUB_OFFLINE=1``) only the
+        local cache is used.
+      cache_dir: hub cache folder; default from ``HF_HUB_CACHE`` / ``HF_HOME``.
+
+    Returns:
+      The folder (for a hub id: its snapshot folder in the hub cache).
+
+    Raises:
+      CheckpointError: no such folder and not a hub id; the repository, revision or a file is
+        not found; the repository is gated or private and no valid token was sent; the hub
+        cannot be reached; the repository has no safetensors weights; the cache cannot be written.
+    """
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: is a file, expected a model folder or a hub id (owner/name[@revision])")
+        return path.resolve()
+    hub_id = parse_hub_id(text)
+    if hub_id is None:
+        raise CheckpointError(f"{text}: no such folder, and not a hub id (owner/name[@revision]); check the path")
+    cache = hub_cache_dir(cache_dir)
+    snapshot = cached_snapshot(hub_id, cache)
+    if snapshot is not None:
+        return snapshot
+    if _offline():
+        raise CheckpointError(
+            f"{hub_id}: not (completely) in the hub cache {cache} and HF_HUB_OFFLINE is set; fetch it first with "
+            f"`python -m awm_jax.download {hub_id}` on a machine with network access, or unset HF_HUB_OFFLINE"
+        )
+    if not download:
+        raise CheckpointError(
+            f"{hub_id}: not (completely) in the hub cache {cache}; fetch it with `python -m awm_jax.download {hub_id}`"
+        )
+    endpoint = _endpoint()
+    with _hub_errors(hub_id, endpoint, cache):
+        return _download(hub_id, cache, endpoint)
+
+
+def _download(hub_id: HubId, cache: Path, endpoint: str | None) -> Path:
+    """Fetches the needed files of one commit into the cache and returns its snapshot folder."""
+    from huggingface_hub import HfApi
+
+    info = HfApi(endpoint=endpoint, library_name="awm_jax", library_version=__version__).model_info(
+        hub_id.repo_id, revision=hub_id.revision, files_metadata=False
+    )
+    commit = info.sha or ""
+    if not _COMMIT.fullmatch(commit):
+        raise CheckpointError(
+            f"{hub_id}: the hub answered without a commit id; check that HF_ENDPOINT points to a Hugging Face Hub"
+        )
+    files = [s.rfilename for s in info.siblings or []]
+    small, weights = select_files(hub_id.repo_id, files)
+    for name in small:
+        _fetch_small(hub_id.repo_id, name, commit, cache, endpoint)
+    if weights == INDEX_FILE:
+        index = _fetch_small(hub_id.repo_id, INDEX_FILE, commit, cache, endpoint)
+        shards = _index_shards(hub_id.repo_id, index, files)
+    else:
+        shards = [SINGLE_FILE]
+    for shard in shards:
+        _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint)
+    storage = _storage(cache, hub_id.repo_id)
+    if hub_id.revision != commit:
+        ref = storage / "refs" / hub_id.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(ref.name + ".tmp")
+        tmp.write_text(commit, encoding="utf-8")
+        os.replace(tmp, ref)
+    snapshot = storage / "snapshots" / commit
+    if not _complete_snapshot(snapshot):
+        raise CheckpointError(f"{hub_id}: the download finished but {snapshot} is incomplete; run the command again")
+    return snapshot
+
+
+def _fetch_small(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(
+        hf_hub_download(
+            repo_id, name, revision=commit, cache_dir=cache, endpoint=endpoint,
+            library_name="awm_jax", library_version=__version__,
+        )
+    )
+
+
+def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None) -> None:
+    """Fetches one weight file into ``blobs/`` with Range resume, then links it into the snapshot."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    storage = _storage(cache, repo_id)
+    if (storage / "snapshots" / commit / name).is_file():
+        return
+    url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, library_name="awm_jax", library_version=__version__, endpoint=endpoint)
+    if not meta.etag or not _ETAG.fullmatch(meta.etag) or not meta.commit_hash:
+        raise CheckpointError(
+            f"{repo_id}: the answer for {name} has no usable ETag or X-Repo-Commit header; check that HF_ENDPOINT "
+            "points to a Hugging Face Hub (a proxy may be rewriting headers)"
+        )
+    blob = storage / "blobs" / meta.etag
+    if not blob.is_file():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        lock = cache / ".locks" / storage.name / f"{meta.etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        headers = build_hf_headers(library_name="awm_jax", library_version=__version__)
+        if urlsplit(meta.location)[:2] != urlsplit(url)[:2]:
+            headers.pop("authorization", None)  # a signed CDN address: the token stays with the hub
+        with WeakFileLock(lock):
+            if not blob.is_file():
+                partial = blob.with_name(blob.name + ".incomplete")
+                with open(partial, "ab") as f:
+                    have = f.tell()
+                    if meta.size is not None and have > meta.size:
+                        f.truncate(0)
+                        have = 0
+                    http_get(meta.location, f, resume_size=have, headers=headers, expected_size=meta.size,
+                             displayed_filename=name)
+                os.replace(partial, blob)
+    # The blob is in place: huggingface_hub only links snapshots/<commit>/<name> to it.
+    _fetch_small(repo_id, name, commit, cache, endpoint)
+
+
+def _network_failure(error: BaseException) -> str | None:
+    """``"connect"`` or ``"broken"`` for a network error of the HTTP client huggingface_hub uses, else ``None``."""
+    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        cls = getattr(sys.modules.get(module), attr, None)
+        if isinstance(cls, type) and isinstance(error, cls):
+            connecting = type(error).__name__ in {"ConnectError", "ConnectTimeout", "ProxyError", "ConnectionError"}
+            return "connect" if connecting else "broken"
+    return None
+
+
+@contextmanager
+def _hub_errors(hub_id: HubId, endpoint: str | None, cache: Path):
+    """Turns huggingface_hub and network errors into one-line :class:`CheckpointError`s."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    hub = endpoint or _DEFAULT_ENDPOINT
+    unreachable = (
+        f"{hub_id}: cannot reach the hub at {hub}; check the network or proxy, set HF_ENDPOINT to a reachable "
+        "mirror, or set HF_HUB_OFFLINE=1 to use the local cache only"
+    )
+
+    def broken(e: BaseException) -> str:
+        return f"{hub_id}: the connection to {hub} broke off ({_first_line(e)}); run the same command again to resume"
+
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except OfflineModeIsEnabled:
+        raise CheckpointError(f"{hub_id}: huggingface_hub is in offline mode (HF_HUB_OFFLINE) and the files are not cached; unset it to download") from None
+    except GatedRepoError:
+        raise CheckpointError(
+            f"{hub_id}: gated repository; accept its terms at {hub}/{hub_id.repo_id}, then {_LOGIN_HINT}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{hub_id}: repository not found on {hub} (or it is private or gated and no valid token was sent); "
+            f"check the id, or {_LOGIN_HINT}"
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(
+            f"{hub_id}: revision {hub_id.revision!r} not found; check the branch, tag or commit"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(unreachable) from None
+    except EntryNotFoundError as e:
+        raise CheckpointError(
+            f"{hub_id}: a file the repository lists is missing on the hub ({_first_line(e)}); try again later or pick another revision"
+        ) from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status == 401:
+            raise CheckpointError(f"{hub_id}: the hub rejected the token (401 Unauthorized); {_LOGIN_HINT} with a valid token") from None
+        if status == 403:
+            raise CheckpointError(f"{hub_id}: access denied (403); request access on {hub}/{hub_id.repo_id} and {_LOGIN_HINT}") from None
+        if status == 429:
+            raise CheckpointError(f"{hub_id}: the hub is rate-limiting requests (429); wait a few minutes and run again, logged in") from None
+        if status is not None and status >= 500:
+            raise CheckpointError(f"{hub_id}: the hub answered {status} (server error); run again later to resume") from None
+        raise CheckpointError(f"{hub_id}: the hub answered {status}: {_first_line(e)}") from None
+    except OSError as e:
+        if _network_failure(e) is not None:
+            raise CheckpointError(unreachable if _network_failure(e) == "connect" else broken(e)) from None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"{hub_id}: no space left in the hub cache {cache}; free space or set HF_HUB_CACHE, then run again to resume") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise CheckpointError(f"{hub_id}: cannot write to the hub cache {cache} ({e.strerror}); fix its permissions or set HF_HUB_CACHE") from None
+        raise CheckpointError(f"{hub_id}: download failed ({_first_line(e)}); run the same command again to resume") from None
+    except Exception as e:
+        failure = _network_failure(e)
+        if failure is None:
+            raise
+        raise CheckpointError(unreachable if failure == "connect" else broken(e)) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:200] + ("..." if len(text) > 200 else "")

@@ -1,0 +1,391 @@
+"""A stand-in Hugging Face Hub on loopback, for testing downloads without the network.
+
+It speaks the part of the hub's HTTP API that huggingface_hub's downloads use:
+
+- ``GET /api/models/{owner}/{name}[/revision/{rev}]``: repository info (``sha``, ``siblings``);
+- ``HEAD``/``GET /{owner}/{name}/resolve/{rev}/{path}``: small files answered directly with
+  ``ETag`` (git blob sha1), ``X-Repo-Commit`` and ``Content-Length``; large files (safetensors,
+  pickle, GGUF) answered like the hub's LFS files, ``302`` to a second loopback server (another
+  origin, like the hub's CDN) with ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``;
+- the "CDN" serves blobs by sha256 and honours ``Range: bytes=N-`` with ``206``.
+
+Errors carry the headers huggingface_hub maps to its exceptions: ``X-Error-Code: RepoNotFound``
+(401), ``GatedRepo`` (401), ``RevisionNotFound`` (404), ``EntryNotFound`` (404), and
+``X-Error-Message: Invalid credentials in Authorization header`` for a rejected token (401).
+
+Every request is logged (``server.log``), and ``server.interrupt(name, after_bytes, then)``
+makes the next download of a file stop after ``after_bytes`` bytes (the connection is closed
+mid-body), optionally answering the following attempt with an error status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from awm_jax.synthetic import llama_config, write_model
+
+__all__ = ["HubRepo", "Request", "StandInHub", "isolate_hub_client", "hub", "write_tiny_model"]
+
+_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass
+class HubRepo:
+    """A repository: its files at one commit, the refs pointing to it, its access rules."""
+
+    repo_id: str
+    files: dict[str, bytes]
+    refs: tuple[str, ...] = ("main",)
+    gated: bool = False
+    commit: str = ""
+
+    def __post_init__(self):
+        digest = hashlib.sha1()
+        for name in sorted(self.files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+        self.commit = digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One logged request."""
+
+    server: str  # "hub" or "cdn"
+    method: str
+    path: str
+    range: str | None
+    authorization: str | None
+
+
+@dataclass
+class _Interruption:
+    after_bytes: int
+    then_status: int | None
+    stage: int = 0  # 0: next GET is cut short; 1: next GET answers then_status; 2: done
+
+
+def _lfs(name: str) -> bool:
+    return name.endswith(_LFS_SUFFIXES)
+
+
+def _git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class StandInHub:
+    """Two loopback HTTP servers (hub and CDN) serving :class:`HubRepo` s.
+
+    Use as a context manager; ``endpoint`` is the value for ``HF_ENDPOINT``.
+    """
+
+    tokens: frozenset[str] = frozenset({"hf_valid_token"})
+    repos: dict[str, HubRepo] = field(default_factory=dict)
+    log: list[Request] = field(default_factory=list)
+    _blobs: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    _interruptions: dict[str, _Interruption] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ---- set-up ------------------------------------------------------------------------
+    def add_repo(self, repo_id: str, files: dict[str, bytes], *, refs: tuple[str, ...] = ("main",),
+                 gated: bool = False) -> HubRepo:
+        """Serves ``files`` (path -> bytes) as ``repo_id`` at the given refs; returns the repo."""
+        repo = HubRepo(repo_id, dict(files), refs, gated)
+        self.repos[repo_id] = repo
+        for name, data in files.items():
+            if _lfs(name):
+                self._blobs[hashlib.sha256(data).hexdigest()] = (name, data)
+        return repo
+
+    def add_folder(self, repo_id: str, folder: str | Path, **kwargs) -> HubRepo:
+        """Serves every file under ``folder`` (relative paths) as ``repo_id``."""
+        folder = Path(folder)
+        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        return self.add_repo(repo_id, files, **kwargs)
+
+    def interrupt(self, name: str, after_bytes: int, then_status: int | None = None) -> None:
+        """The next download of file ``name`` stops after ``after_bytes`` bytes; the one after
+        answers ``then_status`` if given (e.g. 503), later ones are served normally."""
+        self._interruptions[name] = _Interruption(after_bytes, then_status)
+
+    def requests(self, server: str | None = None, method: str | None = None) -> list[Request]:
+        """Logged requests, optionally only those to one server / with one method."""
+        with self._lock:
+            return [r for r in self.log if (server is None or r.server == server) and (method is None or r.method == method)]
+
+    def requested_files(self) -> set[str]:
+        """Names of the repository files that were HEAD- or GET-requested (hub resolve URLs)."""
+        names = set()
+        for r in self.requests("hub"):
+            parts = r.path.split("/")
+            if len(parts) > 5 and parts[3] == "resolve":
+                names.add(unquote("/".join(parts[5:])))
+        return names
+
+    # ---- serving -----------------------------------------------------------------------
+    def __enter__(self) -> StandInHub:
+        self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
+        self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
+        for server in (self._hub, self._cdn):
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for server in (self._hub, self._cdn):
+            server.shutdown()
+            server.server_close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+
+    @property
+    def cdn(self) -> str:
+        return f"http://127.0.0.1:{self._cdn.server_address[1]}"
+
+    def _handler(self, role: str):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                # headers and body go out in separate writes: without this, Nagle's algorithm and
+                # delayed ACKs add ~40 ms to every request
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _record(self):
+                with hub._lock:
+                    hub.log.append(Request(role, self.command, urlsplit(self.path).path,
+                                           self.headers.get("Range"), self.headers.get("Authorization")))
+
+            def do_HEAD(self):
+                self._record()
+                (hub._serve_hub if role == "hub" else hub._serve_cdn)(self, head=True)
+
+            def do_GET(self):
+                self._record()
+                (hub._serve_hub if role == "hub" else hub._serve_cdn)(self, head=False)
+
+        return Handler
+
+    @staticmethod
+    def _reply(h, status: int, headers: dict[str, str] | None = None, body: bytes = b"", head: bool = False) -> None:
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if not head:
+            h.wfile.write(body)
+
+    def _error(self, h, status: int, code: str | None, message: str, head: bool, commit: str | None = None) -> None:
+        headers = {"X-Error-Message": message, "Content-Type": "application/json"}
+        if code:
+            headers["X-Error-Code"] = code
+        if commit:
+            headers["X-Repo-Commit"] = commit
+        self._reply(h, status, headers, json.dumps({"error": message}).encode(), head)
+
+    def _check_access(self, h, repo_id: str, head: bool) -> HubRepo | None:
+        auth = h.headers.get("Authorization")
+        token = auth.removeprefix("Bearer ").strip() if auth else None
+        if token is not None and token not in self.tokens:
+            self._error(h, 401, None, "Invalid credentials in Authorization header", head)
+            return None
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            self._error(h, 401, "RepoNotFound", "Repository not found", head)
+            return None
+        return repo
+
+    def _revision(self, h, repo: HubRepo, revision: str, head: bool) -> bool:
+        if revision in repo.refs or revision == repo.commit:
+            return True
+        self._error(h, 404, "RevisionNotFound", "Invalid rev id: " + revision, head)
+        return False
+
+    def _serve_hub(self, h, head: bool) -> None:
+        parts = [unquote(p) for p in urlsplit(h.path).path.split("/")[1:]]
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            repo_id = "/".join(parts[2:4])
+            revision = parts[5] if len(parts) >= 6 and parts[4] == "revision" else "main"
+            repo = self._check_access(h, repo_id, head)
+            if repo is None or not self._revision(h, repo, revision, head):
+                return
+            info = {"id": repo_id, "sha": repo.commit, "private": False, "gated": "manual" if repo.gated else False,
+                    "siblings": [{"rfilename": name} for name in sorted(repo.files)]}
+            self._reply(h, 200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)
+            return
+        if len(parts) >= 5 and parts[2] == "resolve":
+            repo_id, revision, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+            repo = self._check_access(h, repo_id, head)
+            if repo is None or not self._revision(h, repo, revision, head):
+                return
+            if repo.gated and h.headers.get("Authorization") is None:
+                self._error(h, 401, "GatedRepo", "Access to model " + repo_id + " is restricted", head)
+                return
+            if name not in repo.files:
+                self._error(h, 404, "EntryNotFound", "Entry not found", head, commit=repo.commit)
+                return
+            data = repo.files[name]
+            if _lfs(name):
+                sha = hashlib.sha256(data).hexdigest()
+                headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{_git_sha1(data)}"',
+                           "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
+                           "Location": f"{self.cdn}/blobs/{sha}"}
+                self._reply(h, 302, headers, b"", head)
+            else:
+                headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{_git_sha1(data)}"', "Accept-Ranges": "bytes"}
+                self._reply(h, 200, headers, data, head)
+            return
+        self._error(h, 404, None, "Not found", head)
+
+    def _serve_cdn(self, h, head: bool) -> None:
+        parts = urlsplit(h.path).path.split("/")
+        blob = self._blobs.get(parts[2]) if len(parts) == 3 and parts[1] == "blobs" else None
+        if blob is None:
+            self._reply(h, 404, {}, b"no such blob", head)
+            return
+        name, data = blob
+        start = 0
+        rng = h.headers.get("Range")
+        if rng:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+        plan = self._interruptions.get(name) if not head else None
+        if plan is not None and plan.stage == 1:
+            plan.stage = 2
+            if plan.then_status is not None:
+                self._reply(h, plan.then_status, {"Content-Type": "text/plain"}, b"unavailable", head)
+                return
+        body = data[start:]
+        status = 206 if rng else 200
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("ETag", f'"{parts[2]}"')
+        if rng:
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.end_headers()
+        if head:
+            return
+        if plan is not None and plan.stage == 0:
+            plan.stage = 1
+            h.wfile.write(body[: plan.after_bytes])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(2)  # cut off mid-body, like a dropped connection
+            return
+        h.wfile.write(body)
+
+
+# ---- test fixtures -----------------------------------------------------------------------
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def isolate_hub_client(monkeypatch: pytest.MonkeyPatch, home: Path, endpoint: str) -> list:
+    """Points huggingface_hub at ``endpoint`` with a private ``HF_HOME`` and no token, and
+    blocks every connection or name lookup that is not loopback.
+
+    huggingface_hub reads ``HF_ENDPOINT``/``HF_HOME`` once at import, so its ``constants`` are
+    patched as well as the environment (awm_jax reads the environment at call time).
+
+    Returns:
+      A list collecting the blocked non-loopback addresses (tests assert it stays empty).
+    """
+    from huggingface_hub import constants
+
+    hf_home = home / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE",
+                 "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    patches = {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_TOKEN_PATH": str(hf_home / "token"),
+        "HF_STORED_TOKENS_PATH": str(hf_home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(hf_home / ".agent_harnesses.json"),
+    }
+    for name, value in patches.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, value)
+
+    blocked: list = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOOPBACK:
+            blocked.append(address)
+            raise ConnectionRefusedError(f"test blocked a connection to {address}")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in _LOOPBACK and host is not None:
+            blocked.append(host)
+            raise socket.gaierror(f"test blocked a name lookup of {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return blocked
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A running :class:`StandInHub` with huggingface_hub pointed at it (loopback only)."""
+    from huggingface_hub import close_session
+
+    with StandInHub() as server:
+        blocked = isolate_hub_client(monkeypatch, tmp_path, server.endpoint)
+        close_session()  # no pooled connection from an earlier test
+        yield server
+        close_session()
+    assert not blocked, f"a test tried to reach beyond loopback: {blocked}"
+
+
+def write_tiny_model(folder: Path, *, seed: int = 0, shard_bytes: int | None = 40_000, decoys: bool = True) -> Path:
+    """A small Llama checkpoint (~100 kB, sharded with an index unless ``shard_bytes`` is None),
+    plus tokenizer files, and with ``decoys`` files awm_jax must never fetch."""
+    rng = np.random.default_rng(seed)
+    vocab, hidden, layers = 256, 64, 2
+    arrays = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden)).astype(np.float32)}
+    for i in range(layers):
+        for proj in ("q_proj", "k_proj"):
+            arrays[f"model.layers.{i}.self_attn.{proj}.weight"] = rng.standard_normal((hidden, hidden)).astype(np.float32)
+    specs = [(name, a.shape, np.float32, (lambda a=a: a)) for name, a in arrays.items()]
+    config = llama_config(vocab, hidden, layers, 4, 4, dtype="float32")
+    write_model(folder, specs, config, [f"tok{i}" for i in range(vocab)], shard_bytes)
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
+    (folder / "special_tokens_map.json").write_text("{}")
+    (folder / "generation_config.json").write_text('{"bos_token_id": 1}')
+    if decoys:
+        (folder / "README.md").write_text("# tiny\n")
+        (folder / "pytorch_model.bin").write_bytes(b"pickle decoy" * 1000)
+        (folder / "pytorch_model.bin.index.json").write_text('{"weight_map": {}}')
+        (folder / "consolidated.00.pth").write_bytes(b"meta decoy" * 1000)
+        (folder / "adapter_model.safetensors").write_bytes(b"adapter decoy" * 1000)
+        (folder / "model.gguf").write_bytes(b"gguf decoy" * 1000)
+        (folder / "original").mkdir(exist_ok=True)
+        (folder / "original" / "consolidated.00.pth").write_bytes(b"meta decoy" * 1000)
+        (folder / "original" / "tokenizer.model").write_bytes(b"meta tokenizer decoy")
+    return folder
