@@ -102,6 +102,14 @@ class GramSet:
         return out[0], out[1]
 
 
+    def take(self, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Q and K Grams of the given layers (any order), each ``[len(layers), n, n]``."""
+        if self.folder is None:
+            return self.q[layers], self.k[layers]
+        parts = [self.chunk(i, i + 1) for i in layers]
+        return np.concatenate([q for q, _ in parts]), np.concatenate([k for _, k in parts])
+
+
 def _file_key(resolved: ResolvedLayout) -> str:
     ckpt = resolved.ckpt
     h = hashlib.blake2b(digest_size=20)

@@ -33,10 +33,18 @@ from awm_jax.kernels import align_grams, grid_cka, paired_cka, rotate_grams
 from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelSummary
-from awm_jax.statistics import REFERENCE_MIN_HIDDEN, VERDICT_RULE, verdict, z_reference
+from awm_jax.statistics import (
+    CALIBRATED_RULE,
+    REFERENCE_MIN_HIDDEN,
+    VERDICT_RULE,
+    cross_layer_test,
+    matching_null_test,
+    verdict,
+    z_reference,
+)
 from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
-__all__ = ["compare", "locate_model", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
+__all__ = ["compare", "locate_model", "mismatch_shifts", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")
 
@@ -149,19 +157,36 @@ def _padded(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)])
 
 
-def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
+def mismatch_shifts(layers: int) -> tuple[int, ...]:
+    """Layer offsets whose pairs (``i``, ``i + s mod L``) sample the mismatched layers for the
+    cross-layer null: all of them up to 8 layers, else four spread over the depth."""
+    if layers <= 8:
+        return tuple(range(1, layers))
+    return tuple(sorted({1, layers // 3, layers // 2, (2 * layers) // 3}))
+
+
+def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs."""
     layers = gb.num_layers
     chunk = chunk_layers_for(gb.n, gb.n, layers)
     wq, wk = np.empty(layers), np.empty(layers)
+    shifts = mismatch_shifts(layers)
+    off = {s: np.empty(layers) for s in shifts}
     for start in range(0, layers, chunk):
         stop = min(start + chunk, layers)
-        qb, kb = gb.chunk(start, stop)
-        qt, kt = gt.chunk(start, stop)
-        sq = paired_cka(align(jnp.asarray(_padded(qb, chunk))), jnp.asarray(_padded(qt, chunk)))
-        sk = paired_cka(align(jnp.asarray(_padded(kb, chunk))), jnp.asarray(_padded(kt, chunk)))
-        wq[start:stop] = np.asarray(sq)[: stop - start]
-        wk[start:stop] = np.asarray(sk)[: stop - start]
-    return wq, wk
+        qb, kb = (align(jnp.asarray(_padded(x, chunk))) for x in gb.chunk(start, stop))
+        for shift in (0, *shifts):
+            if shift == 0:
+                qt, kt = gt.chunk(start, stop)
+            else:
+                qt, kt = gt.take([(i + shift) % layers for i in range(start, stop)])
+            sq = np.asarray(paired_cka(qb, jnp.asarray(_padded(qt, chunk))))[: stop - start]
+            sk = np.asarray(paired_cka(kb, jnp.asarray(_padded(kt, chunk))))[: stop - start]
+            if shift == 0:
+                wq[start:stop], wk[start:stop] = sq, sk
+            else:
+                off[shift][start:stop] = (sq + sk) / 2
+    return wq, wk, off
 
 
 def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
@@ -258,14 +283,16 @@ def score_pair(
         t = time.perf_counter()
         g_base, g_target = base.grams, target.grams
         if g_base.num_layers == g_target.num_layers:
-            wq, wk = _score_equal_depth(g_base, g_target, align)
+            wq, wk, off = _score_equal_depth(g_base, g_target, align)
             pairs = [(i, i) for i in range(g_base.num_layers)]
             match_mode = "equal-depth"
             grid_q, grid_k = np.diag(wq), np.diag(wk)
+            calibrated = cross_layer_test((wq + wk) / 2, np.concatenate(list(off.values())) if off else np.empty(0))
         else:
             grid_q, grid_k = _score_grid(g_base, g_target, align)
             pairs = match_layers((grid_q + grid_k) / 2, layer_match)
             match_mode = layer_match
+            calibrated = matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)
         timings["scores_s"] = time.perf_counter() - t
     for key in ("open_s", "weights_read_s", "gram_s"):
         timings[key] = a.timings.get(key, 0.0) + b.timings.get(key, 0.0)
@@ -285,17 +312,23 @@ def score_pair(
     if narrow < REFERENCE_MIN_HIDDEN:
         warnings.append(
             f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
-            "reference; independent models of this width can score well above it, so the z-score overstates significance"
+            "reference; independent models of this width can score well above it, so the reference z-score "
+            "overstates significance (the calibrated p-value does not rest on it)"
         )
+    if calibrated.verdict == "undetermined":
+        warnings.append(f"no calibrated p-value: {calibrated.method}; the verdict uses the published reference")
     if assignment.base_dims != assignment.target_dims:
         warnings.append(f"widths differ ({assignment.base_dims} vs {assignment.target_dims}): only matched dimensions are scored")
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     return CompareResult(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
-        wq=s_q, wk=s_k, mean=mean, z_reference=z, verdict=verdict(z), verdict_rule=VERDICT_RULE,
+        wq=s_q, wk=s_k, mean=mean, z_reference=z, reference_verdict=verdict(z),
+        verdict=calibrated.verdict if calibrated.verdict != "undetermined" else verdict(z),
+        verdict_rule=CALIBRATED_RULE if calibrated.verdict != "undetermined" else VERDICT_RULE,
         layer_match=match_mode, layers=tuple(layers), alignment=diagnostics,
         vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
                     "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
+        calibrated=calibrated.to_dict(),
         timings=timings, environment=_environment(jax.config.jax_default_device or jax.devices()[0]),
         warnings=tuple(warnings),
     )

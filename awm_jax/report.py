@@ -74,12 +74,15 @@ class CompareResult:
       wk: mean of the key scores.
       mean: ``(wq + wk) / 2``, the AWM similarity.
       z_reference: signed z-score of ``mean`` against the published negative reference.
-      verdict: ``derived``, ``independent`` or ``inconclusive``.
+      reference_verdict: the verdict from ``z_reference`` alone (``statistics.verdict``).
+      verdict: ``derived``, ``independent`` or ``inconclusive``: the calibrated test's when it
+        has a p-value, else ``reference_verdict``.
       verdict_rule: how the verdict was decided.
       layer_match: ``equal-depth``, ``assignment`` or ``monotone``.
       layers: per-layer scores of the matched layers, by A's layer index.
       alignment: alignment diagnostics.
       vocabulary: shared-token counts.
+      calibrated: the cross-layer test (``statistics.CalibratedTest``): p-value, z, verdict, method.
       timings: seconds per stage.
       environment: versions, device, dtype, precision.
       warnings: caveats the verdict should be read with.
@@ -92,12 +95,14 @@ class CompareResult:
     wk: float
     mean: float
     z_reference: float
+    reference_verdict: str
     verdict: str
     verdict_rule: str
     layer_match: str
     layers: tuple[LayerScore, ...]
     alignment: dict
     vocabulary: dict
+    calibrated: dict
     timings: dict
     environment: dict
     warnings: tuple[str, ...] = ()
@@ -113,6 +118,13 @@ class CompareResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def _calibrated_line(self) -> str:
+        c = self.calibrated
+        if c["p_value"] is None:
+            return f"  p          n/a     ({c['method']})"
+        return (f"  p          {c['p_value']:.3g}   (z {c['z']:.2f} vs this pair's mismatched layers, "
+                f"mean {c['null_mean']:.4f} +- {c['null_std']:.4f})")
 
     def render_text(self) -> str:
         """A readable report for the terminal."""
@@ -132,7 +144,9 @@ class CompareResult:
             f"  Wq score   {self.wq: .6f}",
             f"  Wk score   {self.wk: .6f}",
             f"  mean       {self.mean: .6f}",
-            f"  z          {self.z_reference: .2f}   (signed, vs published reference of independent 7B/13B pairs)",
+            f"  z          {self.z_reference: .2f}   (signed, vs published reference of independent 7B/13B pairs: "
+            f"{self.reference_verdict})",
+            self._calibrated_line(),
             f"  verdict    {self.verdict.upper()}",
             f"             rule: {self.verdict_rule}",
             "",

@@ -16,6 +16,11 @@ sizes, so for narrower models the report adds a warning and the verdict should b
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+from scipy import special
+
 __all__ = [
     "REFERENCE_NULL_MEAN",
     "REFERENCE_NULL_STD",
@@ -25,6 +30,11 @@ __all__ = [
     "z_reference",
     "verdict",
     "VERDICT_RULE",
+    "CalibratedTest",
+    "cross_layer_test",
+    "matching_null_test",
+    "CALIBRATED_ALPHA",
+    "CALIBRATED_RULE",
 ]
 
 REFERENCE_NULL_MEAN = 0.00375
@@ -51,3 +61,116 @@ def verdict(z: float) -> str:
     if z <= INDEPENDENT_Z:
         return "independent"
     return "inconclusive"
+
+
+# --- Calibrated statistics: the cross-layer null ------------------------------------------------
+#
+# Independently trained models can share structure without sharing weights (same data, same
+# tokenizer): their aligned Q/K score well above the published reference, but equally well for
+# *mismatched* layers (layer i of A against layer j != i of B), which inherit nothing from one
+# another in either case. A derived model inherits each layer's weights, so its matched layers
+# score far above its mismatched ones. The null "no weight inheritance" is therefore: the matched
+# layers' scores are draws from the same distribution as the mismatched layers' scores. The
+# statistic is the mean matched score; its null mean and deviation come from the mismatched
+# scores of the same pair, so the null knows the pair's widths, depths and data.
+
+#: Below this many matched layers no p-value is given (the null has too few layer pairs).
+MIN_LAYERS_FOR_NULL = 3
+#: ``derived`` when p is below this (the false-positive rate the verdict implies under the null).
+CALIBRATED_ALPHA = 1e-3
+#: ``independent`` when p is above this; in between, ``inconclusive``.
+CALIBRATED_INDEPENDENT_P = 0.05
+CALIBRATED_RULE = (
+    f"calibrated cross-layer null (matched vs mismatched layers of this pair): derived if p < {CALIBRATED_ALPHA:g} "
+    f"(false-positive rate {CALIBRATED_ALPHA:g} under the null), independent if p > {CALIBRATED_INDEPENDENT_P:g}, "
+    "else inconclusive"
+)
+#: Monte Carlo draws for the null of a maximised (different-depth) layer matching.
+MATCHING_NULL_DRAWS = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratedTest:
+    """A p-value for "no weight inheritance" from the pair's own mismatched-layer scores.
+
+    Attributes:
+      statistic: mean score of the matched layers.
+      null_mean: mean of the statistic under the null.
+      null_std: its standard deviation under the null.
+      z: ``(statistic - null_mean) / null_std``.
+      p_value: one-sided normal tail of ``z`` (NaN when there are too few layers).
+      verdict: ``derived`` / ``independent`` / ``inconclusive`` / ``undetermined``.
+      method: how the null was obtained.
+      mismatched_pairs: number of mismatched layer pairs behind the null.
+    """
+
+    statistic: float
+    null_mean: float
+    null_std: float
+    z: float
+    p_value: float
+    verdict: str
+    method: str
+    mismatched_pairs: int
+
+    def to_dict(self) -> dict:
+        """Plain JSON: NaN (no p-value) becomes ``None``."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _finish(stat: float, mean: float, std: float, method: str, count: int) -> CalibratedTest:
+    if not np.isfinite(std) or std <= 0:
+        std = max(float(np.finfo(np.float32).eps), abs(stat - mean) * 1e-6)
+    z = (stat - mean) / std
+    p = float(special.ndtr(-z))
+    verdict = ("derived" if p < CALIBRATED_ALPHA else "independent" if p > CALIBRATED_INDEPENDENT_P
+               else "inconclusive")
+    return CalibratedTest(float(stat), float(mean), float(std), float(z), p, verdict, method, count)
+
+
+def _undetermined(stat: float, method: str, count: int) -> CalibratedTest:
+    nan = float("nan")
+    return CalibratedTest(float(stat), nan, nan, nan, nan, "undetermined", method, count)
+
+
+def cross_layer_test(matched: np.ndarray, mismatched: np.ndarray) -> CalibratedTest:
+    """Equal depth: matched scores against the mismatched ones (a two-sample z on the means).
+
+    Args:
+      matched: ``[L]`` scores of layer ``i`` against layer ``i``.
+      mismatched: ``[M]`` scores of layer ``i`` against layers ``j != i`` (all or a sample).
+    """
+    matched, mismatched = np.asarray(matched, float), np.asarray(mismatched, float)
+    method = f"cross-layer null: {matched.size} matched vs {mismatched.size} mismatched layer pairs"
+    if matched.size < MIN_LAYERS_FOR_NULL or mismatched.size < 2:
+        return _undetermined(matched.mean(), method + " (too few layers for a p-value)", mismatched.size)
+    spread = mismatched.std(ddof=1)
+    std = spread * np.sqrt(1.0 / matched.size + 1.0 / mismatched.size)
+    return _finish(matched.mean(), mismatched.mean(), std, method, mismatched.size)
+
+
+def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str, seed: int = 0) -> CalibratedTest:
+    """Different depths: the matched mean against its Monte Carlo null under shuffled grid entries.
+
+    The layer matching maximises over the grid, so a matched mean is inflated even without
+    inheritance. Under the null every layer pair is exchangeable, so the null shuffles the grid's
+    entries to random positions and repeats the same maximisation, ``MATCHING_NULL_DRAWS`` times
+    (a permutation null; resampling only the unmatched entries would be biased low, since the
+    maximisation has taken the largest).
+    """
+    from awm_jax.layer_match import match_layers
+
+    grid = np.asarray(grid, float)
+    stat = float(np.mean([grid[i, j] for i, j in pairs]))
+    matched = np.zeros(grid.shape, bool)
+    matched[tuple(np.array(pairs).T)] = True
+    mismatched = grid[~matched]
+    method = f"shuffled-grid null of the {mode} matching ({MATCHING_NULL_DRAWS} shuffles of {grid.size} layer pairs)"
+    if len(pairs) < MIN_LAYERS_FOR_NULL or mismatched.size < 2:
+        return _undetermined(stat, method + " (too few layers for a p-value)", mismatched.size)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(MATCHING_NULL_DRAWS)
+    for d in range(MATCHING_NULL_DRAWS):
+        g = rng.permutation(grid.ravel()).reshape(grid.shape)
+        draws[d] = np.mean([g[i, j] for i, j in match_layers(g, mode)])
+    return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched.size)

@@ -1,0 +1,62 @@
+"""Statistics: the signed reference z-score and the calibrated cross-layer null."""
+
+import numpy as np
+import pytest
+
+from awm_jax.layer_match import match_layers
+from awm_jax.statistics import (
+    CALIBRATED_ALPHA,
+    cross_layer_test,
+    matching_null_test,
+    verdict,
+    z_reference,
+)
+
+
+def test_reference_z_is_signed_and_verdict_thresholds():
+    assert z_reference(0.00375) == 0.0
+    assert z_reference(-0.05) < 0
+    assert verdict(z_reference(-0.05)) == "independent"  # a clearly negative score is no evidence
+    assert verdict(10.0) == "derived" and verdict(3.0) == "independent" and verdict(5.0) == "inconclusive"
+
+
+def test_cross_layer_null_is_calibrated_when_matched_layers_are_like_mismatched_ones():
+    rng = np.random.default_rng(0)
+    layers = 12
+    p = []
+    for _ in range(2000):
+        grid = 0.3 + 0.05 * rng.standard_normal((layers, layers))  # shared structure, no inheritance
+        off = grid[~np.eye(layers, dtype=bool)]
+        p.append(cross_layer_test(np.diag(grid), off).p_value)
+    p = np.array(p)
+    assert (p < 0.05).mean() == pytest.approx(0.05, abs=0.02)
+    assert (p < 0.01).mean() <= 0.02
+
+
+def test_cross_layer_null_detects_inherited_layers_and_needs_enough_layers():
+    rng = np.random.default_rng(1)
+    grid = 0.3 + 0.05 * rng.standard_normal((6, 6))
+    np.fill_diagonal(grid, 0.9)
+    t = cross_layer_test(np.diag(grid), grid[~np.eye(6, dtype=bool)])
+    assert t.p_value < 1e-6 and t.verdict == "derived" and t.z > 5
+    few = cross_layer_test(np.array([0.9, 0.9]), np.array([0.3, 0.3]))
+    assert few.verdict == "undetermined" and np.isnan(few.p_value)
+
+
+@pytest.mark.parametrize("mode", ["assignment", "monotone"])
+def test_matching_null_accounts_for_the_maximisation(mode):
+    rng = np.random.default_rng(2)
+    false_positives = 0
+    for _ in range(40):
+        grid = 0.2 + 0.05 * rng.standard_normal((8, 5))
+        t = matching_null_test(grid, match_layers(grid, mode), mode, seed=3)
+        false_positives += t.p_value < CALIBRATED_ALPHA
+    assert false_positives <= 1
+    grid = 0.2 + 0.05 * rng.standard_normal((24, 16))
+    keep = np.sort(rng.permutation(24)[:16])
+    grid[keep, range(16)] = 0.95  # a depth-pruned derivative: 16 of 24 layers kept
+    t = matching_null_test(grid, match_layers(grid, mode), mode)
+    assert t.p_value < 1e-6 and t.verdict == "derived"
+    small = 0.2 + 0.05 * rng.standard_normal((4, 3))
+    small[[0, 1, 3], range(3)] = 0.95  # 3 of 4 layers: too few cells for strong evidence
+    assert matching_null_test(small, match_layers(small, mode), mode).p_value > 1e-6
