@@ -8,7 +8,8 @@ and kept either in memory (small models, ``--no-cache``) or in the fingerprint c
 ``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
 
     fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
-    index/<file key>.json                                           # -> content key
+    fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
+    index/<file key>-<kind>.json                                    # -> content key
 
 The content key hashes the algorithm version, the layout and the bytes of every Q/K tensor
 used. The file key hashes the paths, sizes, modification times and inode numbers of the
@@ -39,12 +40,17 @@ from awm_jax.errors import CacheError, NumericalError
 from awm_jax.kernels import default_platform, gram_layers, gram_layers_host
 from awm_jax.layouts import ResolvedLayout
 
-__all__ = ["GramSet", "FingerprintCache", "default_cache_dir", "model_grams", "chunk_layers_for"]
+__all__ = ["GramSet", "FingerprintCache", "KINDS", "default_cache_dir", "model_grams", "chunk_layers_for"]
 
 #: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
 IN_MEMORY_BYTES = 512 * 1024 * 1024
 #: Rough device-memory budget of one chunk of layers (weights, Grams, temporaries).
 CHUNK_BYTES = 768 * 1024 * 1024
+
+
+#: Fingerprint kinds and their files: the attention Q/K Grams (the method), and the MLP input
+#: Grams (``[gate; up]`` rows, all experts of a mixture stacked) as extra evidence.
+KINDS: dict[str, tuple[str, ...]] = {"qk": ("gram_q.f32", "gram_k.f32"), "mlp": ("gram_mlp.f32",)}
 
 
 def default_cache_dir() -> Path:
@@ -63,34 +69,42 @@ def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class GramSet:
-    """Per-layer Q and K Grams of one model, in memory or in a folder of raw float32 files.
+    """Per-layer Grams of one model (one array per file of its kind), in memory or on disk.
 
     Attributes:
       num_layers: ``L``.
       n: hidden size.
-      folder: folder with ``gram_q.f32`` and ``gram_k.f32`` (``[L, n, n]``), or ``None``.
-      q: ``[L, n, n]`` in-memory Q Grams (when ``folder`` is ``None``).
-      k: ``[L, n, n]`` in-memory K Grams.
+      kind: ``"qk"`` (arrays: Q, K) or ``"mlp"`` (arrays: MLP inputs).
+      folder: folder with the kind's raw float32 files (``[L, n, n]`` each), or ``None``.
+      arrays: ``[L, n, n]`` in-memory Grams, one per file of the kind (when ``folder`` is ``None``).
       key: content key (empty when not computed under the cache).
       owner: keeps a temporary folder alive as long as the set (uncached large models).
     """
 
     num_layers: int
     n: int
+    kind: str = "qk"
     folder: Path | None = None
-    q: np.ndarray | None = None
-    k: np.ndarray | None = None
+    arrays: tuple[np.ndarray, ...] = ()
     key: str = ""
     owner: object = dataclasses.field(default=None, repr=False, compare=False)
 
-    def chunk(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Q and K Grams of layers ``[start, stop)``, each ``[stop - start, n, n]``."""
+    @property
+    def q(self) -> np.ndarray:
+        return self.arrays[0]
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.arrays[1]
+
+    def chunk(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
+        """The Grams of layers ``[start, stop)``, one ``[stop - start, n, n]`` array per file."""
         if self.folder is None:
-            return self.q[start:stop], self.k[start:stop]
+            return tuple(a[start:stop] for a in self.arrays)
         count = (stop - start) * self.n * self.n
         offset = start * self.n * self.n * 4
         out = []
-        for name in ("gram_q.f32", "gram_k.f32"):
+        for name in KINDS[self.kind]:
             path = self.folder / name
             try:
                 arr = np.fromfile(path, dtype=np.float32, count=count, offset=offset)
@@ -99,15 +113,14 @@ class GramSet:
             if arr.size != count:
                 raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} or pass --no-cache")
             out.append(arr.reshape(stop - start, self.n, self.n))
-        return out[0], out[1]
+        return tuple(out)
 
-
-    def take(self, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Q and K Grams of the given layers (any order), each ``[len(layers), n, n]``."""
+    def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
+        """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
         if self.folder is None:
-            return self.q[layers], self.k[layers]
+            return tuple(a[layers] for a in self.arrays)
         parts = [self.chunk(i, i + 1) for i in layers]
-        return np.concatenate([q for q, _ in parts]), np.concatenate([k for _, k in parts])
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 def _file_key(resolved: ResolvedLayout) -> str:
@@ -127,9 +140,12 @@ class FingerprintCache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def lookup(self, resolved: ResolvedLayout) -> GramSet | None:
+    def _index(self, resolved: ResolvedLayout, kind: str) -> Path:
+        return self.root / "index" / f"{_file_key(resolved)}-{kind}.json"
+
+    def lookup(self, resolved: ResolvedLayout, kind: str = "qk") -> GramSet | None:
         """The cached Grams of this checkpoint, or ``None`` (also when an entry is damaged)."""
-        index = self.root / "index" / f"{_file_key(resolved)}.json"
+        index = self._index(resolved, kind)
         try:
             key = json.loads(index.read_text())["content_key"]
             folder = self.root / "fingerprints" / key
@@ -137,16 +153,17 @@ class FingerprintCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         n, layers = resolved.hidden_size, resolved.num_layers
-        if meta.get("n") != n or meta.get("num_layers") != layers or meta.get("algorithm") != ALGORITHM_VERSION:
+        if (meta.get("n") != n or meta.get("num_layers") != layers or meta.get("algorithm") != ALGORITHM_VERSION
+                or meta.get("kind", "qk") != kind):
             return None
         size = layers * n * n * 4
-        for name in ("gram_q.f32", "gram_k.f32"):
+        for name in KINDS[kind]:
             try:
                 if (folder / name).stat().st_size != size:
                     return None
             except OSError:
                 return None
-        return GramSet(layers, n, folder=folder, key=key)
+        return GramSet(layers, n, kind, folder=folder, key=key)
 
     def _atomic_write_text(self, path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,38 +187,49 @@ class FingerprintCache:
             raise CacheError(f"{self.root}: cannot create the fingerprint cache ({e.strerror}); set AWM_JAX_CACHE "
                              "to a writable folder or pass --no-cache") from None
 
-    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str) -> GramSet:
+    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str = "qk") -> GramSet:
         """Moves a completed fingerprint into place and indexes it by the checkpoint's file key."""
         meta = {"algorithm": ALGORITHM_VERSION, "n": resolved.hidden_size, "num_layers": resolved.num_layers,
-                "layout": resolved.name, "source": str(resolved.ckpt.root)}
+                "layout": resolved.name, "kind": kind, "source": str(resolved.ckpt.root)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / "fingerprints" / key
         try:
             os.replace(tmp, final)
         except OSError:  # an identical fingerprint is already there (same weights elsewhere)
             shutil.rmtree(tmp, ignore_errors=True)
-        self._atomic_write_text(self.root / "index" / f"{_file_key(resolved)}.json", json.dumps({"content_key": key}))
-        return GramSet(resolved.num_layers, resolved.hidden_size, folder=final, key=key)
+        self._atomic_write_text(self._index(resolved, kind), json.dumps({"content_key": key}))
+        return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=final, key=key)
 
 
-def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher) -> tuple[np.ndarray, np.ndarray]:
-    """Reads layers ``[start, stop)`` as ``q [chunk, d_q, n]``, ``k [chunk, d_k, n]`` (zero-padded)."""
-    n = resolved.hidden_size
-    qs = np.zeros((chunk, resolved.q_dim, n), np.float32)
-    ks = np.zeros((chunk, resolved.k_dim, n), np.float32)
-    for i in range(start, stop):
-        q, k = resolved.read_qk(i)
-        for name, w in (("query", q), ("key", k)):
+def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
+    """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``."""
+    if kind == "qk":
+        return resolved.read_qk(layer)
+    rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
+    return (np.concatenate(rows).astype(np.float32, copy=False),)
+
+
+def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str) -> list[np.ndarray]:
+    """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
+    (zero rows and zero layers add nothing to a Gram)."""
+    layers = [_layer_matrices(resolved, i, kind) for i in range(start, stop)]
+    for i, mats in zip(range(start, stop), layers):
+        for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
             if not w.any():
                 raise NumericalError(
                     f"{resolved.ckpt.root}: layer {i} {name} projection is all zeros; the checkpoint is damaged "
                     "or a placeholder: fetch the real weights"
                 )
-        if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
-            hasher.update(memoryview(q).cast("B"))
-            hasher.update(memoryview(k).cast("B"))
-        qs[i - start], ks[i - start] = q, k
-    return qs, ks
+            if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
+                hasher.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+    stacks = []
+    for f in range(len(layers[0])):
+        rows = max(mats[f].shape[0] for mats in layers)
+        stack = np.zeros((chunk, rows, resolved.hidden_size), np.float32)
+        for j, mats in enumerate(layers):
+            stack[j, : mats[f].shape[0]] = mats[f]
+        stacks.append(stack)
+    return stacks
 
 
 def _grams(stack: np.ndarray, count: int) -> np.ndarray:
@@ -216,65 +244,66 @@ def _grams(stack: np.ndarray, count: int) -> np.ndarray:
 
 
 def model_grams(
-    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None
+    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk"
 ) -> GramSet:
-    """The per-layer Q/K Grams of a model: from the cache when present, else computed.
+    """The per-layer Grams of a model (``kind`` ``"qk"``: Q and K; ``"mlp"``: MLP inputs),
+    from the cache when present, else computed.
 
     Args:
       resolved: the model's bound layout.
       cache: the fingerprint cache, or ``None`` to compute without caching.
-      timings: optional dict; ``read_s`` and ``gram_s`` are added to it.
+      timings: optional dict; ``read_s`` and ``gram_s`` are added to it, ``cache_hit`` set.
+      kind: which fingerprint (a key of ``KINDS``).
 
     Returns:
       The model's Grams.
     """
     timings = timings if timings is not None else {}
     if cache is not None:
-        hit = cache.lookup(resolved)
+        hit = cache.lookup(resolved, kind)
         if hit is not None:
             timings["cache_hit"] = True
             return hit
     timings["cache_hit"] = False
+    names = KINDS[kind]
     n, layers = resolved.hidden_size, resolved.num_layers
-    chunk = chunk_layers_for(n, max(resolved.q_dim, resolved.k_dim), layers)
-    total_bytes = 2 * layers * n * n * 4
+    # MLP inputs are several times the size of Q/K: one layer at a time.
+    chunk = chunk_layers_for(n, max(resolved.q_dim, resolved.k_dim), layers) if kind == "qk" else 1
     tmp_ctx = None
     if cache is not None:
         folder = cache.new_folder()
-    elif total_bytes > IN_MEMORY_BYTES:
+    elif len(names) * layers * n * n * 4 > IN_MEMORY_BYTES:
         tmp_ctx = tempfile.TemporaryDirectory(prefix="awm_jax-")
         folder = Path(tmp_ctx.name)
     else:
         folder = None
     hasher = hashlib.sha256() if cache is not None else None
     if hasher is not None:
-        hasher.update(f"{ALGORITHM_VERSION}|{resolved.name}|{n}|{layers}".encode())
-    q_all = np.empty((layers, n, n), np.float32) if folder is None else None
-    k_all = np.empty((layers, n, n), np.float32) if folder is None else None
+        hasher.update(f"{ALGORITHM_VERSION}|{kind}|{resolved.name}|{n}|{layers}".encode())
+    arrays = [np.empty((layers, n, n), np.float32) for _ in names] if folder is None else []
     read_s = gram_s = 0.0
     try:
-        files = [open(folder / name, "wb") for name in ("gram_q.f32", "gram_k.f32")] if folder is not None else []
+        files = [open(folder / name, "wb") for name in names] if folder is not None else []
         try:
             bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
             # One reader thread fetches (and hashes) chunk i + 1 while the Grams of chunk i are computed.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader:
                 t = time.perf_counter()
-                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher)
+                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind)
                 for i, (start, stop) in enumerate(bounds):
-                    qs, ks = pending.result()
+                    stacks = pending.result()
                     if i + 1 < len(bounds):
-                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher)
+                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher, kind)
                     t1 = time.perf_counter()
                     read_s += t1 - t
-                    gq = _grams(qs, stop - start)
-                    gk = _grams(ks, stop - start)
+                    grams = [_grams(stack, stop - start) for stack in stacks]
                     t = time.perf_counter()
                     gram_s += t - t1
-                    if folder is None:
-                        q_all[start:stop], k_all[start:stop] = gq, gk
-                    else:
-                        files[0].write(gq.tobytes())
-                        files[1].write(gk.tobytes())
+                    for j, g in enumerate(grams):
+                        if folder is None:
+                            arrays[j][start:stop] = g
+                        else:
+                            files[j].write(g.tobytes())
             for f in files:
                 f.flush()
                 os.fsync(f.fileno())
@@ -284,7 +313,7 @@ def model_grams(
         timings["read_s"] = timings.get("read_s", 0.0) + read_s
         timings["gram_s"] = timings.get("gram_s", 0.0) + gram_s
         if cache is not None:
-            return cache.publish(folder, resolved, hasher.hexdigest())
+            return cache.publish(folder, resolved, hasher.hexdigest(), kind)
     except OSError as e:
         if folder is not None and cache is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -297,5 +326,5 @@ def model_grams(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if folder is None:
-        return GramSet(layers, n, q=q_all, k=k_all)
-    return GramSet(layers, n, folder=folder, owner=tmp_ctx)
+        return GramSet(layers, n, kind, arrays=tuple(arrays))
+    return GramSet(layers, n, kind, folder=folder, owner=tmp_ctx)

@@ -96,6 +96,7 @@ class PreparedModel:
       grams: the Q/K Gram fingerprint (from the cache or computed).
       cached: whether the Grams came from the cache.
       timings: seconds spent preparing (``open_s``, ``weights_read_s``, ``gram_s``).
+      mlp_grams: the MLP-input Gram fingerprint, when asked for.
     """
 
     resolved: ResolvedLayout
@@ -103,6 +104,7 @@ class PreparedModel:
     grams: GramSet
     cached: bool
     timings: dict
+    mlp_grams: GramSet | None = None
 
     @property
     def path(self) -> str:
@@ -121,7 +123,7 @@ def locate_model(spec: str | os.PathLike) -> Path:
 
 
 def prepare_model(
-    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None
+    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False
 ) -> PreparedModel:
     """Opens a model (folder or hub id), reads its vocabulary and gets its Gram fingerprint (cached or computed).
 
@@ -133,7 +135,10 @@ def prepare_model(
     vocab = load_vocabulary(ckpt.root)
     timings: dict = {"open_s": time.perf_counter() - t}
     grams = model_grams(resolved, cache, timings)
-    return PreparedModel(resolved, vocab, grams, bool(timings.pop("cache_hit")), timings)
+    cached = bool(timings.pop("cache_hit"))
+    mlp_grams = model_grams(resolved, cache, timings, kind="mlp") if mlp else None
+    timings.pop("cache_hit", None)
+    return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
 
 
 def _read_embedding(r: ResolvedLayout) -> np.ndarray:
@@ -188,6 +193,19 @@ def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.
             else:
                 off[shift][start:stop] = (sq + sk) / 2
     return wq, wk, off
+
+
+def _score_pairs(gb: GramSet, gt: GramSet, align, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Scores of the given (base layer, target layer) pairs for a one-array fingerprint kind."""
+    chunk = chunk_layers_for(gb.n, gb.n, len(pairs))
+    out = np.empty(len(pairs))
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        (kb,) = gb.take([b for b, _ in part])
+        (kt,) = gt.take([t for _, t in part])
+        scores = paired_cka(align(jnp.asarray(_padded(kb, chunk))), jnp.asarray(_padded(kt, chunk)))
+        out[start : start + len(part)] = np.asarray(scores)[: len(part)]
+    return out
 
 
 def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
@@ -295,14 +313,20 @@ def score_pair(
             match_mode = layer_match
             calibrated = matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)
         timings["scores_s"] = time.perf_counter() - t
+        mlp_scores = None
+        if base.mlp_grams is not None and target.mlp_grams is not None:
+            t = time.perf_counter()
+            mlp_scores = _score_pairs(base.mlp_grams, target.mlp_grams, align, pairs)
+            timings["mlp_scores_s"] = time.perf_counter() - t
     for key in ("open_s", "weights_read_s", "gram_s"):
         timings[key] = a.timings.get(key, 0.0) + b.timings.get(key, 0.0)
     timings["pair_s"] = time.perf_counter() - t_start
 
     layers = []
-    for pb, pt in pairs:
+    for idx, (pb, pt) in enumerate(pairs):
         ia, ib = (pb, pt) if base_is_a else (pt, pb)
-        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt])))
+        mlp_score = None if mlp_scores is None else float(mlp_scores[idx])
+        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt]), mlp=mlp_score))
     layers.sort(key=lambda l: l.a_layer)
     s_q = float(np.mean([l.wq for l in layers]))
     s_k = float(np.mean([l.wk for l in layers]))
@@ -323,7 +347,8 @@ def score_pair(
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     return CompareResult(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
-        wq=s_q, wk=s_k, mean=mean, z_reference=z, reference_verdict=verdict(z),
+        wq=s_q, wk=s_k, mean=mean, mlp=None if mlp_scores is None else float(np.mean(mlp_scores)),
+        z_reference=z, reference_verdict=verdict(z),
         verdict=calibrated.verdict if calibrated.verdict != "undetermined" else verdict(z),
         verdict_rule=CALIBRATED_RULE if calibrated.verdict != "undetermined" else VERDICT_RULE,
         layer_match=match_mode, layers=tuple(layers), alignment=diagnostics,
@@ -346,6 +371,7 @@ def compare(
     layout_a: str | None = None,
     layout_b: str | None = None,
     alignment: str = "assignment",
+    mlp: bool = False,
 ) -> CompareResult:
     """Runs the AWM lineage test on two model folders.
 
@@ -362,6 +388,8 @@ def compare(
       layout_b: likewise for B.
       alignment: ``"assignment"`` (the paper's signed permutation), ``"orthogonal"`` (Procrustes
         rotation) or ``"auto"``.
+      mlp: also score the MLP input matrices (gate and up; all experts of a mixture), reported
+        beside the attention scores (not part of the verdict).
 
     Returns:
       A frozen :class:`CompareResult`.
@@ -374,8 +402,8 @@ def compare(
     t = time.perf_counter()
     store = FingerprintCache(cache_dir) if cache else None
     with jax.default_device(dev):
-        a = prepare_model(model_a, layout=layout_a, cache=store)
-        b = prepare_model(model_b, layout=layout_b, cache=store)
+        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp)
+        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp)
         result = score_pair(a, b, layer_match=layer_match, alignment=alignment)
     result.timings["total_s"] = time.perf_counter() - t
     return result

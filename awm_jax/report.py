@@ -50,12 +50,14 @@ class LayerScore:
       b_layer: layer index in model B.
       wq: unbiased CKA of the aligned query projections.
       wk: unbiased CKA of the aligned key projections.
+      mlp: unbiased CKA of the aligned MLP inputs (when asked for).
     """
 
     a_layer: int
     b_layer: int
     wq: float
     wk: float
+    mlp: float | None = None
 
     @property
     def mean(self) -> float:
@@ -73,6 +75,7 @@ class CompareResult:
       wq: mean over paired layers of the query scores.
       wk: mean of the key scores.
       mean: ``(wq + wk) / 2``, the AWM similarity.
+      mlp: mean over paired layers of the MLP-input scores (``None`` unless asked for).
       z_reference: signed z-score of ``mean`` against the published negative reference.
       reference_verdict: the verdict from ``z_reference`` alone (``statistics.verdict``).
       verdict: ``derived``, ``independent`` or ``inconclusive``: the calibrated test's when it
@@ -94,6 +97,7 @@ class CompareResult:
     wq: float
     wk: float
     mean: float
+    mlp: float | None
     z_reference: float
     reference_verdict: str
     verdict: str
@@ -144,6 +148,7 @@ class CompareResult:
             f"  Wq score   {self.wq: .6f}",
             f"  Wk score   {self.wk: .6f}",
             f"  mean       {self.mean: .6f}",
+            *([f"  MLP score  {self.mlp: .6f}   (gate/up inputs; evidence beside the verdict)"] if self.mlp is not None else []),
             f"  z          {self.z_reference: .2f}   (signed, vs published reference of independent 7B/13B pairs: "
             f"{self.reference_verdict})",
             self._calibrated_line(),

@@ -116,3 +116,30 @@ def test_locate_model_sends_only_hub_ids_to_the_hub(tmp_path, monkeypatch):
     assert str(locate_model("missing")) == "missing"  # left to the checkpoint reader to report
     assert calls == []
     assert locate_model("org/model@main") == tmp_path and calls == ["org/model@main"]
+
+
+def _with_mlp(folder, emb, qs, ks, gates, ups):
+    extra = []
+    for i, (g, u) in enumerate(zip(gates, ups)):
+        extra.append((f"model.layers.{i}.mlp.gate_proj.weight", g.shape, np.float32, (lambda a=g: a)))
+        extra.append((f"model.layers.{i}.mlp.up_proj.weight", u.shape, np.float32, (lambda a=u: a)))
+        extra.append((f"model.layers.{i}.mlp.down_proj.weight", u.shape[::-1], np.float32, (lambda a=u: a.T.copy())))
+    return save_llama(folder, emb, qs, ks, extra=extra)
+
+
+def test_mlp_evidence_follows_the_same_alignment(tmp_path):
+    rng = np.random.default_rng(11)
+    emb, qs, ks = random_model(rng, vocab=300, hidden=64, layers=3, q_dim=64, k_dim=32)
+    gates = [rng.standard_normal((128, 64)).astype(np.float32) for _ in qs]
+    ups = [rng.standard_normal((128, 64)).astype(np.float32) for _ in qs]
+    a = _with_mlp(tmp_path / "a", emb, qs, ks, gates, ups)
+    perm = rng.permutation(64)
+    t = lambda w: w[:, perm]  # noqa: E731
+    b = _with_mlp(tmp_path / "b", t(emb), [t(q) for q in qs], [t(k) for k in ks], [t(g) for g in gates], [t(u) for u in ups])
+    r = awm_jax.compare(a, b, mlp=True)
+    np.testing.assert_allclose([r.mlp] + [l.mlp for l in r.layers], 1.0, atol=1e-5)
+    e2, q2, k2 = random_model(np.random.default_rng(12), vocab=300, hidden=64, layers=3, q_dim=64, k_dim=32)
+    g2 = [rng.standard_normal((128, 64)).astype(np.float32) for _ in q2]
+    c = _with_mlp(tmp_path / "c", e2, q2, k2, g2, g2)
+    assert abs(awm_jax.compare(a, c, mlp=True).mlp) < 0.05
+    assert awm_jax.compare(a, b).mlp is None
