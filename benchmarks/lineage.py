@@ -28,12 +28,12 @@ import numpy as np
 import awm_jax
 from benchmarks.rivals import RIVALS
 
-METHODS = ("awm", "awm_monotone", *RIVALS)
+METHODS = ("awm", "awm_monotone", "awm_neglog10p", "awm_mlp", "awm_auto", *RIVALS)
 
 
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     """AUC, pAUC (FPR <= 0.05, normalised), TPR at FPR <= 1% and = 0, separation margin."""
-    s = np.nan_to_num(np.asarray(scores, float))
+    s = np.nan_to_num(np.asarray([np.nan if x is None else x for x in scores], float))
     pos, neg = s[labels == 1], s[labels == 0]
     if not len(pos) or not len(neg):
         return {}
@@ -86,12 +86,14 @@ def derived_category(models: dict, a: str, b: str) -> str:
 
 def score_pair(a: Path, b: Path) -> dict:
     out = {}
-    for key, mode in (("awm", "assignment"), ("awm_monotone", "monotone")):
-        r = awm_jax.compare(a, b, layer_match=mode)
-        out[key] = r.mean
-        if key == "awm":
-            out["awm_z"] = r.z_reference
-            out["awm_wq"], out["awm_wk"] = r.wq, r.wk
+    r = awm_jax.compare(a, b, mlp=True)
+    p = r.calibrated["p_value"]
+    out.update(awm=r.mean, awm_z=r.z_reference, awm_wq=r.wq, awm_wk=r.wk, awm_mlp=r.mlp, awm_p=p,
+               awm_neglog10p=float("nan") if p is None else float(-np.log10(max(p, 1e-300))),
+               verdict=r.verdict, reference_verdict=r.reference_verdict)
+    out["awm_monotone"] = awm_jax.compare(a, b, layer_match="monotone").mean
+    auto = awm_jax.compare(a, b, alignment="auto")
+    out["awm_auto"], out["auto_used"] = auto.mean, auto.alignment["used"]
     for name, fn in RIVALS.items():
         try:
             out[name] = fn(str(a), str(b))
@@ -124,13 +126,32 @@ def run_set(name: str, root: Path, pairs: list[dict], models: dict, category) ->
     for r in rows:
         if r["label"] == "derived":
             cats[r["category"]].append(r)
+    verdicts = {}
+    for label in ("derived", "independent", "shared-init", "distilled"):
+        sel = [r for r in rows if r["label"] == label]
+        if sel:
+            verdicts[label] = {
+                "pairs": len(sel),
+                "calibrated": {v: sum(r["verdict"] == v for r in sel) for v in ("derived", "inconclusive", "independent")},
+                "reference": {v: sum(r["reference_verdict"] == v for r in sel) for v in ("derived", "inconclusive", "independent")},
+                "p_below_0.01": sum(r["awm_p"] is not None and r["awm_p"] < 0.01 for r in sel),
+                "p_below_1e-6": sum(r["awm_p"] is not None and r["awm_p"] < 1e-6 for r in sel),
+                "no_p_value": sum(r["awm_p"] is None for r in sel),
+                "auto_chose_orthogonal": sum(r["auto_used"] == "orthogonal" for r in sel),
+            }
     per_category = {c: {"pairs": len(v), "awm_mean": float(np.mean([r["awm"] for r in v])),
                         "awm_min": float(np.min([r["awm"] for r in v])),
                         "awm_z_min": float(np.min([r["awm_z"] for r in v])),
-                        "awm_monotone_min": float(np.min([r["awm_monotone"] for r in v]))}
+                        "awm_monotone_min": float(np.min([r["awm_monotone"] for r in v])),
+                        "awm_auto_min": float(np.min([r["awm_auto"] for r in v])),
+                        "max_p": max((r["awm_p"] for r in v if r["awm_p"] is not None), default=None)}
                     for c, v in sorted(cats.items())}
-    return {"pairs": rows, "metrics": metrics, "reported_apart": dict(apart), "per_category": per_category,
+    return {"pairs": rows, "metrics": metrics, "verdicts": verdicts, "reported_apart": dict(apart), "per_category": per_category,
             "seconds": time.perf_counter() - t}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
 def markdown(results: dict, command: str) -> str:
@@ -144,16 +165,26 @@ def markdown(results: dict, command: str) -> str:
             if v:
                 lines.append(f"| {m} | {v['auc']:.3f} | {v['pauc_fpr05']:.3f} | {v['tpr_at_fpr01']:.3f} | "
                              f"{v['tpr_at_fpr0']:.3f} | {v['min_derived']:.4f} | {v['max_independent']:.4f} |")
+        lines += ["", "Verdicts (calibrated cross-layer null vs the published reference z) and p-values:", "",
+                  "| label | pairs | calibrated: derived / inconclusive / independent | reference z: derived / inconclusive / independent "
+                  "| p < 0.01 | p < 1e-6 | no p-value | auto chose orthogonal |", "|---|---|---|---|---|---|---|---|"]
+        for label, v in res["verdicts"].items():
+            c, r = v["calibrated"], v["reference"]
+            lines.append(f"| {label} | {v['pairs']} | {c['derived']} / {c['inconclusive']} / {c['independent']} | "
+                         f"{r['derived']} / {r['inconclusive']} / {r['independent']} | {v['p_below_0.01']} | "
+                         f"{v['p_below_1e-6']} | {v['no_p_value']} | {v['auto_chose_orthogonal']} |")
         lines += ["", "Derived pairs by category (AWM mean score, paper layer assignment; z against the published reference):", "",
-                  "| category | pairs | mean score | lowest score | lowest z | lowest score (monotone) |", "|---|---|---|---|---|---|"]
+                  "| category | pairs | mean score | lowest score | lowest z | lowest (monotone) | lowest (auto alignment) | largest p |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c, v in res["per_category"].items():
+            maxp = "n/a" if v["max_p"] is None else f"{v['max_p']:.1e}"
             lines.append(f"| {c} | {v['pairs']} | {v['awm_mean']:.4f} | {v['awm_min']:.4f} | {v['awm_z_min']:.1f} | "
-                         f"{v['awm_monotone_min']:.4f} |")
+                         f"{v['awm_monotone_min']:.4f} | {v['awm_auto_min']:.4f} | {maxp} |")
         for label, rows in res["reported_apart"].items():
             lines += ["", f"Reported apart: `{label}` pairs", "", "| a | b | " + " | ".join(METHODS) + " |",
                       "|---|---|" + "---|" * len(METHODS)]
             for r in rows:
-                lines.append(f"| {r['a']} | {r['b']} | " + " | ".join(f"{r[m]:.4f}" for m in METHODS) + " |")
+                lines.append(f"| {r['a']} | {r['b']} | " + " | ".join(_fmt(r[m]) for m in METHODS) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -177,7 +208,7 @@ def plots(results: dict, folder: Path) -> list[str]:
         colors = {"derived": "tab:red", "independent": "tab:blue", "shared-init": "tab:orange", "distilled": "tab:purple"}
         for i, m in enumerate(METHODS):
             for lab in labels:
-                ys = [np.nan_to_num(r[m]) for r in res["pairs"] if r["label"] == lab]
+                ys = [np.nan_to_num(np.nan if r[m] is None else r[m]) for r in res["pairs"] if r["label"] == lab]
                 if ys:
                     xs = i + (labels.index(lab) - 1.5) * 0.18 + np.random.default_rng(i).uniform(-0.05, 0.05, len(ys))
                     axes[1].scatter(xs, ys, s=9, color=colors[lab], label=lab if i == 0 else None, alpha=0.7)
