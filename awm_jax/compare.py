@@ -4,14 +4,23 @@ Thin by design: parses arguments, calls :func:`awm_jax.compare`, prints the repo
 JSON record. JAX is imported only after the arguments are parsed, so ``--help`` is instant.
 Errors caused by the input print one line to stderr and exit with the code listed in
 :mod:`awm_jax.errors`; anything else is a bug and shows its traceback (exit 1).
+
+``python -m`` puts the current folder first on Python's import path. Run from inside a model
+folder, a ``json.py`` there would then be imported instead of the standard library's, so the
+first thing this module does as a script is to take the current folder off the path.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+
+if __name__ == "__main__":  # before any other import: nothing is imported from the current folder
+    _here = {"", ".", os.getcwd(), os.path.realpath(os.getcwd())}
+    sys.path[:] = [p for p in sys.path if p not in _here and os.path.realpath(p or ".") not in _here]
+
+import argparse
+import json
 import tempfile
 import types
 from pathlib import Path
@@ -25,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m awm_jax.compare",
         description="AWM lineage test: is model B derived from model A (or vice versa), from weights alone?",
-        epilog="Exit codes: 0 ok, 2 usage, 3 checkpoint, 4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal.",
+        epilog="Exit codes: 0 ok, 2 usage, 3 checkpoint, 4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, "
+               "130 interrupted. Model folders are never executed or written to; see docs/errors.md.",
     )
     p.add_argument("model_a", nargs="?", help="folder of model A (config.json, *.safetensors, tokenizer files)")
     p.add_argument("model_b", nargs="?", help="folder of model B")
@@ -36,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-match", default="assignment", choices=("assignment", "monotone"),
                    help="pairing of layers when depths differ: the paper's unconstrained assignment, "
                         "or order-preserving (default: assignment)")
+    p.add_argument("--alignment", default="assignment", choices=("assignment", "orthogonal", "auto"),
+                   help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
+                        "map that also undoes a rotated residual stream, or auto (default: assignment)")
+    p.add_argument("--mlp", action="store_true",
+                   help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
@@ -43,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force the layout of both models (a registry name or a TOML layout file)")
     p.add_argument("--layout-a", metavar="NAME_OR_FILE", help="force the layout of model A")
     p.add_argument("--layout-b", metavar="NAME_OR_FILE", help="force the layout of model B")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load pickle weights (pytorch_model.bin, *.pt) of folders without safetensors, through "
+                        "torch.load(weights_only=True); needs torch. Off by default: unpickling can run code")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
@@ -65,6 +83,7 @@ def _write_json(path: str, payload: object) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from awm_jax.checkpoint import pickle_loading
     from awm_jax.errors import UsageError
     from awm_jax.pipeline import compare
 
@@ -78,10 +97,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
     results = []
     for a, b in pairs:
-        r = compare(
-            a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
-            cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
-        )
+        with pickle_loading(args.allow_pickle):
+            r = compare(
+                a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
+                cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
+                alignment=args.alignment, mlp=args.mlp,
+            )
         results.append(r)
         if args.quiet:
             print(f"{r.verdict}\tmean {r.mean:.6f}\tz {r.z_reference:.2f}\t{a}\t{b}")
@@ -111,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except AWMError as e:
         print(f"awm_jax: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("awm_jax: interrupted", file=sys.stderr)
         return 130

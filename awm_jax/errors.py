@@ -8,12 +8,16 @@ class's ``exit_code``; it never shows a traceback for these.
 Exit codes:
   0  success
   1  internal error (a bug: please report it, with the traceback shown)
-  2  usage error (bad arguments, unknown option value, device not available)
+  2  usage error (bad arguments, unknown option value, device not available, --allow-pickle
+     without PyTorch installed)
   3  checkpoint error (missing, unreadable, truncated or corrupt files)
   4  layout error (architecture not recognised, tensors missing or of the wrong shape)
   5  vocabulary error (no tokenizer, unreadable tokenizer, no shared tokens)
   6  numerical error (NaN/Inf/all-zero weights, degenerate alignment)
   7  cache error (the fingerprint cache could not be written or read)
+  130  interrupted (Ctrl-C)
+
+docs/errors.md lists, for each kind of bad input the tests build, the message and exit code.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class AWMError(Exception):
 
 
 class UsageError(AWMError):
-    """Bad arguments: an unknown option value, a device that is not there."""
+    """Bad arguments: an unknown option value, a device that is not there, pickles without PyTorch."""
 
     exit_code = 2
 

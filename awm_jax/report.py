@@ -127,7 +127,8 @@ class CompareResult:
         c = self.calibrated
         if c["p_value"] is None:
             return f"  p          n/a     ({c['method']})"
-        return (f"  p          {c['p_value']:.3g}   (z {c['z']:.2f} vs this pair's mismatched layers, "
+        p = f"{c['p_value']:.3g}" if c["p_value"] > 0 else "< 1e-300"
+        return (f"  p          {p}   (z {c['z']:.2f} vs this pair's mismatched layers, "
                 f"mean {c['null_mean']:.4f} +- {c['null_std']:.4f})")
 
     def render_text(self) -> str:
