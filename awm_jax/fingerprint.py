@@ -16,7 +16,9 @@ used. The file key hashes the paths, sizes, modification times and inode numbers
 checkpoint's files plus its config, so a second comparison finds the fingerprint without
 reading any Q/K weight again; a changed file changes the file key and forces a recompute.
 Every write goes to a temporary name first and is published with ``os.replace``, so a process
-killed at any point leaves either no entry or a complete one.
+killed at any point leaves either no entry or a complete one. The Gram files are not fsync-ed
+(gigabytes for a 7B model; the disk would dominate the cold time): after a power loss an entry
+may need deleting, which ``lookup`` cannot always tell; the index and metadata are fsync-ed.
 """
 
 from __future__ import annotations
@@ -304,9 +306,11 @@ def model_grams(
                             arrays[j][start:stop] = g
                         else:
                             files[j].write(g.tobytes())
+            # No fsync: the entry is published by os.replace only after every byte is written, so a
+            # killed process never leaves a partial entry; durability across a power loss is left to
+            # the kernel (fsync-ing gigabytes of Grams would cost more than computing them).
             for f in files:
                 f.flush()
-                os.fsync(f.fileno())
         finally:
             for f in files:
                 f.close()
