@@ -18,7 +18,7 @@ reading any Q/K weight again; a changed file changes the file key and forces a r
 Every write goes to a temporary name first and is published with ``os.replace``, so a process
 killed at any point leaves either no entry or a complete one. The Gram files are not fsync-ed
 (gigabytes for a 7B model; the disk would dominate the cold time): after a power loss an entry
-may need deleting, which ``lookup`` cannot always tell; the index and metadata are fsync-ed.
+may need deleting, which ``lookup`` cannot always tell (the index file is fsync-ed).
 """
 
 from __future__ import annotations
