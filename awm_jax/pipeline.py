@@ -340,8 +340,15 @@ def score_pair(
             "reference; independent models of this width can score well above it, so the reference z-score "
             "overstates significance (the calibrated p-value does not rest on it)"
         )
-    if calibrated.verdict == "undetermined":
+    if calibrated.verdict != "undetermined":
+        final_verdict, rule = calibrated.verdict, CALIBRATED_RULE
+    elif narrow >= REFERENCE_MIN_HIDDEN:
+        final_verdict, rule = verdict(z), VERDICT_RULE
         warnings.append(f"no calibrated p-value: {calibrated.method}; the verdict uses the published reference")
+    else:
+        final_verdict = "inconclusive"
+        rule = (f"no calibrated p-value ({calibrated.method}) and hidden size {narrow} is below the "
+                f"{REFERENCE_MIN_HIDDEN}+ the published reference holds for: inconclusive")
     if assignment.base_dims != assignment.target_dims:
         warnings.append(f"widths differ ({assignment.base_dims} vs {assignment.target_dims}): only matched dimensions are scored")
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
@@ -349,8 +356,7 @@ def score_pair(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
         wq=s_q, wk=s_k, mean=mean, mlp=None if mlp_scores is None else float(np.mean(mlp_scores)),
         z_reference=z, reference_verdict=verdict(z),
-        verdict=calibrated.verdict if calibrated.verdict != "undetermined" else verdict(z),
-        verdict_rule=CALIBRATED_RULE if calibrated.verdict != "undetermined" else VERDICT_RULE,
+        verdict=final_verdict, verdict_rule=rule,
         layer_match=match_mode, layers=tuple(layers), alignment=diagnostics,
         vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
                     "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},

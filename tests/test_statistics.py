@@ -60,3 +60,11 @@ def test_matching_null_accounts_for_the_maximisation(mode):
     small = 0.2 + 0.05 * rng.standard_normal((4, 3))
     small[[0, 1, 3], range(3)] = 0.95  # 3 of 4 layers: too few cells for strong evidence
     assert matching_null_test(small, match_layers(small, mode), mode).p_value > 1e-6
+
+
+def test_small_but_significant_layer_structure_is_not_called_derived():
+    rng = np.random.default_rng(4)
+    grid = 0.02 + 0.002 * rng.standard_normal((8, 8))
+    np.fill_diagonal(grid, 0.07)  # models trained alike: position-specific structure, no inheritance
+    t = cross_layer_test(np.diag(grid), grid[~np.eye(8, dtype=bool)])
+    assert t.p_value < 1e-6 and t.verdict == "inconclusive"
