@@ -205,14 +205,15 @@ def plots(results: dict, folder: Path) -> list[str]:
         axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {set_name}")
         axes[0].legend(loc="lower right", fontsize=8)
         labels = ["derived", "independent", "shared-init", "distilled"]
+        similarity = [m for m in METHODS if m != "awm_neglog10p"]  # -log10 p is on another scale
         colors = {"derived": "tab:red", "independent": "tab:blue", "shared-init": "tab:orange", "distilled": "tab:purple"}
-        for i, m in enumerate(METHODS):
+        for i, m in enumerate(similarity):
             for lab in labels:
                 ys = [np.nan_to_num(np.nan if r[m] is None else r[m]) for r in res["pairs"] if r["label"] == lab]
                 if ys:
                     xs = i + (labels.index(lab) - 1.5) * 0.18 + np.random.default_rng(i).uniform(-0.05, 0.05, len(ys))
                     axes[1].scatter(xs, ys, s=9, color=colors[lab], label=lab if i == 0 else None, alpha=0.7)
-        axes[1].set_xticks(range(len(METHODS)), METHODS, rotation=20)
+        axes[1].set_xticks(range(len(similarity)), similarity, rotation=20)
         axes[1].set(ylabel="score", title=f"score by pair label, {set_name}")
         axes[1].axhline(0, color="grey", lw=0.5)
         axes[1].legend(fontsize=8)
