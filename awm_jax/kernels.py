@@ -36,6 +36,8 @@ __all__ = [
     "hsic_parts",
     "unbiased_cka",
     "paired_cka",
+    "paired_cka_from_parts",
+    "hsic_parts_layers",
     "grid_cka",
     "column_cosine_accumulate",
     "default_platform",
@@ -204,6 +206,25 @@ rotate_grams = jax.jit(jax.vmap(rotate_gram, in_axes=(0, None)))
 #: separate compiled stage: fused into the CKA reductions, XLA:CPU recomputes the gather per
 #: consumer (measured 3.5x slower than the two stages).
 align_grams = jax.jit(jax.vmap(align_gram, in_axes=(0, None, None)))
+
+
+#: ``[c, n, n] -> HsicParts`` with a leading ``c``: each Gram's parts, computed once and reused
+#: for every pairing it takes part in.
+hsic_parts_layers = jax.jit(jax.vmap(hsic_parts))
+
+
+@jax.jit
+def paired_cka_from_parts(k: jax.Array, kp: HsicParts, l: jax.Array, lp: HsicParts) -> jax.Array:
+    """``paired_cka`` with both sides' :class:`HsicParts` given: one pass over each pair of Grams.
+
+    Args:
+      k: ``[c, n, n]`` aligned base Grams; ``kp`` their parts (``hsic_parts_layers``).
+      l: ``[c, n, n]`` target Grams; ``lp`` their parts.
+
+    Returns:
+      ``[c]`` scores.
+    """
+    return jax.vmap(lambda a, ap, b, bp: _cka(_hsic(a, ap, b, bp), ap, bp))(k, kp, l, lp)
 
 
 @jax.jit

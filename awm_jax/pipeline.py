@@ -29,7 +29,15 @@ from awm_jax.alignment import (
 from awm_jax.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
 from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
-from awm_jax.kernels import align_grams, grid_cka, paired_cka, rotate_grams
+from awm_jax.kernels import (
+    HsicParts,
+    align_grams,
+    grid_cka,
+    hsic_parts_layers,
+    paired_cka,
+    paired_cka_from_parts,
+    rotate_grams,
+)
 from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelSummary
@@ -171,23 +179,42 @@ def mismatch_shifts(layers: int) -> tuple[int, ...]:
     return (1, layers // 2)
 
 
+def _stack_parts(parts: list[HsicParts]) -> HsicParts:
+    return HsicParts(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) for f in HsicParts._fields))
+
+
+def _take_parts(parts: HsicParts, layers: list[int], size: int) -> HsicParts:
+    """The parts of the given layers, zero-padded to ``size`` entries (a padded Gram's parts are zero)."""
+    return HsicParts(*(jnp.asarray(_padded(np.asarray(getattr(parts, f))[layers], size)) for f in HsicParts._fields))
+
+
 def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
-    """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs."""
+    """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
+
+    Every Gram's HSIC parts are computed once: the targets' in a first pass, each aligned base
+    chunk's as it is formed; each pairing then costs one pass over two Grams.
+    """
     layers = gb.num_layers
     chunk = chunk_layers_for(gb.n, gb.n, layers)
+    bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
+    target_parts: list[list[HsicParts]] = [[], []]
+    for start, stop in bounds:
+        for j, grams in enumerate(gt.chunk(start, stop)):
+            p = hsic_parts_layers(jnp.asarray(_padded(grams, chunk)))
+            target_parts[j].append(HsicParts(*(np.asarray(x)[: stop - start] for x in p)))
+    tparts = [_stack_parts(p) for p in target_parts]
     wq, wk = np.empty(layers), np.empty(layers)
     shifts = mismatch_shifts(layers)
     off = {s: np.empty(layers) for s in shifts}
-    for start in range(0, layers, chunk):
-        stop = min(start + chunk, layers)
-        qb, kb = (align(jnp.asarray(_padded(x, chunk))) for x in gb.chunk(start, stop))
+    for start, stop in bounds:
+        base = [align(jnp.asarray(_padded(x, chunk))) for x in gb.chunk(start, stop)]
+        bparts = [hsic_parts_layers(x) for x in base]
         for shift in (0, *shifts):
-            if shift == 0:
-                qt, kt = gt.chunk(start, stop)
-            else:
-                qt, kt = gt.take([(i + shift) % layers for i in range(start, stop)])
-            sq = np.asarray(paired_cka(qb, jnp.asarray(_padded(qt, chunk))))[: stop - start]
-            sk = np.asarray(paired_cka(kb, jnp.asarray(_padded(kt, chunk))))[: stop - start]
+            idx = [(i + shift) % layers for i in range(start, stop)]
+            targets = gt.chunk(start, stop) if shift == 0 else gt.take(idx)
+            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], jnp.asarray(_padded(targets[j], chunk)),
+                                                       _take_parts(tparts[j], idx, chunk)))[: stop - start]
+                      for j in range(2))
             if shift == 0:
                 wq[start:stop], wk[start:stop] = sq, sk
             else:

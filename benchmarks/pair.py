@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     shape = SHAPES[args.shape]
+    load_at_start = os.getloadavg()  # other work on the machine inflates every timing: recorded
     root = Path(args.dir) / shape.name
     marker = root / ".complete"
     t = time.perf_counter()
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
         "ratios": {"cold_over_floor": cold["wall_s"] / floor["floor_s"],
                    "straightforward_over_cold": naive["wall_s"] / cold["wall_s"] if naive else None},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average_at_start": load_at_start,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

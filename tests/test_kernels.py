@@ -163,3 +163,12 @@ def test_closed_form_equals_explicit_centering():
     n = 40
     np.testing.assert_allclose(float(jnp.sum(kc * lc)) / (n * (n - 3)),
                                hsic_u(np.asarray(k, np.float64), np.asarray(l, np.float64)), rtol=1e-5)
+
+
+def test_cka_from_precomputed_parts_equals_paired_cka():
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((2, 3, 12, 20)).astype(np.float32)
+    k = kernels.gram_layers(jnp.asarray(w[0]))
+    l = kernels.gram_layers(jnp.asarray(w[0] + 0.5 * w[1]))
+    got = kernels.paired_cka_from_parts(k, kernels.hsic_parts_layers(k), l, kernels.hsic_parts_layers(l))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(kernels.paired_cka(k, l)), rtol=0, atol=1e-6)
