@@ -42,7 +42,7 @@ from awm_jax.errors import CacheError, NumericalError
 from awm_jax.kernels import default_platform, gram_layers, gram_layers_host
 from awm_jax.layouts import ResolvedLayout
 
-__all__ = ["GramSet", "FingerprintCache", "KINDS", "default_cache_dir", "model_grams", "chunk_layers_for"]
+__all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams", "chunk_layers_for"]
 
 #: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
 IN_MEMORY_BYTES = 512 * 1024 * 1024
@@ -53,6 +53,18 @@ CHUNK_BYTES = 768 * 1024 * 1024
 #: Fingerprint kinds and their files: the attention Q/K Grams (the method), and the MLP input
 #: Grams (``[gate; up]`` rows, all experts of a mixture stacked) as extra evidence.
 KINDS: dict[str, tuple[str, ...]] = {"qk": ("gram_q.f32", "gram_k.f32"), "mlp": ("gram_mlp.f32",)}
+
+
+#: Buffers handed to JAX are aligned so the CPU backend can use them without a copy.
+BUFFER_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised array whose data starts on a ``BUFFER_ALIGNMENT``-byte boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + BUFFER_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % BUFFER_ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def default_cache_dir() -> Path:
@@ -103,26 +115,53 @@ class GramSet:
         """The Grams of layers ``[start, stop)``, one ``[stop - start, n, n]`` array per file."""
         if self.folder is None:
             return tuple(a[start:stop] for a in self.arrays)
-        count = (stop - start) * self.n * self.n
-        offset = start * self.n * self.n * 4
-        out = []
-        for name in KINDS[self.kind]:
-            path = self.folder / name
-            try:
-                arr = np.fromfile(path, dtype=np.float32, count=count, offset=offset)
-            except OSError as e:
-                raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
-            if arr.size != count:
-                raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} or pass --no-cache")
-            out.append(arr.reshape(stop - start, self.n, self.n))
-        return tuple(out)
+        return tuple(self._read(name, [(start, stop)]) for name in KINDS[self.kind])
+
+    def _read(self, name: str, spans: list[tuple[int, int]], pad_to: int = 0) -> np.ndarray:
+        """Layers of the given ``[start, stop)`` spans of one file into one aligned buffer,
+        zero-padded to ``pad_to`` layers."""
+        layer_bytes = self.n * self.n * 4
+        count = sum(stop - start for start, stop in spans)
+        out = aligned_empty((max(count, pad_to), self.n, self.n))
+        out[count:] = 0
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        path = self.folder / name
+        try:
+            with open(path, "rb", buffering=0) as f:
+                pos = 0
+                for start, stop in spans:
+                    f.seek(start * layer_bytes)
+                    want = (stop - start) * layer_bytes
+                    got = f.readinto(view[pos : pos + want])
+                    if got != want:
+                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} or pass --no-cache")
+                    pos += want
+        except OSError as e:
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
+        return out
+
+    def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
+        """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, in aligned buffers
+        (one per file of the kind): what the jitted kernels take, without a copy on the CPU."""
+        if self.folder is None:
+            out = []
+            for a in self.arrays:
+                buf = aligned_empty((size, self.n, self.n))
+                buf[: len(layers)] = a[layers]
+                buf[len(layers):] = 0
+                out.append(buf)
+            return tuple(out)
+        spans: list[tuple[int, int]] = []
+        for i in layers:  # consecutive layers become one read
+            if spans and spans[-1][1] == i:
+                spans[-1] = (spans[-1][0], i + 1)
+            else:
+                spans.append((i, i + 1))
+        return tuple(self._read(name, spans, size) for name in KINDS[self.kind])
 
     def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
         """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
-        if self.folder is None:
-            return tuple(a[layers] for a in self.arrays)
-        parts = [self.chunk(i, i + 1) for i in layers]
-        return tuple(np.concatenate(p) for p in zip(*parts))
+        return self.padded(layers, len(layers))
 
 
 def _file_key(resolved: ResolvedLayout) -> str:
@@ -282,7 +321,7 @@ def model_grams(
     hasher = hashlib.sha256() if cache is not None else None
     if hasher is not None:
         hasher.update(f"{ALGORITHM_VERSION}|{kind}|{resolved.name}|{n}|{layers}".encode())
-    arrays = [np.empty((layers, n, n), np.float32) for _ in names] if folder is None else []
+    arrays = [aligned_empty((layers, n, n)) for _ in names] if folder is None else []
     read_s = gram_s = 0.0
     try:
         files = [open(folder / name, "wb") for name in names] if folder is not None else []

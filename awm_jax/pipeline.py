@@ -199,20 +199,20 @@ def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.
     bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
     target_parts: list[list[HsicParts]] = [[], []]
     for start, stop in bounds:
-        for j, grams in enumerate(gt.chunk(start, stop)):
-            p = hsic_parts_layers(jnp.asarray(_padded(grams, chunk)))
+        for j, grams in enumerate(gt.padded(list(range(start, stop)), chunk)):
+            p = hsic_parts_layers(jax.device_put(grams))
             target_parts[j].append(HsicParts(*(np.asarray(x)[: stop - start] for x in p)))
     tparts = [_stack_parts(p) for p in target_parts]
     wq, wk = np.empty(layers), np.empty(layers)
     shifts = mismatch_shifts(layers)
     off = {s: np.empty(layers) for s in shifts}
     for start, stop in bounds:
-        base = [align(jnp.asarray(_padded(x, chunk))) for x in gb.chunk(start, stop)]
+        base = [align(jax.device_put(x)) for x in gb.padded(list(range(start, stop)), chunk)]
         bparts = [hsic_parts_layers(x) for x in base]
         for shift in (0, *shifts):
             idx = [(i + shift) % layers for i in range(start, stop)]
-            targets = gt.chunk(start, stop) if shift == 0 else gt.take(idx)
-            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], jnp.asarray(_padded(targets[j], chunk)),
+            targets = gt.padded(idx, chunk)
+            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], jax.device_put(targets[j]),
                                                        _take_parts(tparts[j], idx, chunk)))[: stop - start]
                       for j in range(2))
             if shift == 0:
@@ -228,9 +228,9 @@ def _score_pairs(gb: GramSet, gt: GramSet, align, pairs: list[tuple[int, int]]) 
     out = np.empty(len(pairs))
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
-        (kb,) = gb.take([b for b, _ in part])
-        (kt,) = gt.take([t for _, t in part])
-        scores = paired_cka(align(jnp.asarray(_padded(kb, chunk))), jnp.asarray(_padded(kt, chunk)))
+        (kb,) = gb.padded([b for b, _ in part], chunk)
+        (kt,) = gt.padded([t for _, t in part], chunk)
+        scores = paired_cka(align(jax.device_put(kb)), jax.device_put(kt))
         out[start : start + len(part)] = np.asarray(scores)[: len(part)]
     return out
 
@@ -242,10 +242,10 @@ def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray
     grid_k = np.empty_like(grid_q)
     for b0 in range(0, gb.num_layers, cb):
         b1 = min(b0 + cb, gb.num_layers)
-        qb, kb = (align(jnp.asarray(_padded(x, cb))) for x in gb.chunk(b0, b1))
+        qb, kb = (align(jax.device_put(x)) for x in gb.padded(list(range(b0, b1)), cb))
         for t0 in range(0, gt.num_layers, ct):
             t1 = min(t0 + ct, gt.num_layers)
-            qt, kt = (jnp.asarray(_padded(x, ct)) for x in gt.chunk(t0, t1))
+            qt, kt = (jax.device_put(x) for x in gt.padded(list(range(t0, t1)), ct))
             grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt))[: b1 - b0, : t1 - t0]
             grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt))[: b1 - b0, : t1 - t0]
     return grid_q, grid_k
