@@ -150,18 +150,24 @@ def prepare_model(
 
 
 def _read_embedding(r: ResolvedLayout) -> np.ndarray:
+    """The input embedding in its stored dtype (NaN/Inf in the rows used are caught by
+    :func:`_check_embedding_sums`, without a full float32 copy here)."""
     emb = r.read_embedding()
     if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
-    finite = np.isfinite(emb.astype(np.float32) if emb.dtype.itemsize < 4 else emb)
-    if not finite.all():
-        raise NumericalError(
-            f"{r.ckpt.root}: embedding {r.embedding_name} holds {int(finite.size - finite.sum())} NaN/Inf values; "
-            "the weights are damaged: fetch them again"
-        )
     if not np.any(emb):
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is all zeros; nothing to align")
     return emb
+
+
+def _check_embedding_sums(r: ResolvedLayout, squares: np.ndarray) -> None:
+    """A NaN/Inf in any shared row makes its column's sum of squares non-finite."""
+    bad = int((~np.isfinite(squares)).sum())
+    if bad:
+        raise NumericalError(
+            f"{r.ckpt.root}: embedding {r.embedding_name} holds NaN/Inf values in the shared-token rows "
+            f"({bad} of {squares.size} columns affected); the weights are damaged: fetch them again"
+        )
 
 
 def _padded(a: np.ndarray, size: int) -> np.ndarray:
@@ -305,6 +311,8 @@ def score_pair(
         t = time.perf_counter()
         cross = embedding_cross(emb_base, emb_target, shared.ids_a, shared.ids_b)
         del emb_base, emb_target
+        _check_embedding_sums(base.resolved, cross.sq_base)
+        _check_embedding_sums(target.resolved, cross.sq_target)
         timings["embedding_cosine_s"] = time.perf_counter() - t
         t = time.perf_counter()
         assignment = assign_dimensions(cross.cosine())
