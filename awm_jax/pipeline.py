@@ -30,7 +30,6 @@ from awm_jax.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
 from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
 from awm_jax.kernels import (
-    HsicParts,
     align_grams,
     grid_cka,
     hsic_parts_layers,
@@ -170,57 +169,37 @@ def _check_embedding_sums(r: ResolvedLayout, squares: np.ndarray) -> None:
         )
 
 
-def _padded(a: np.ndarray, size: int) -> np.ndarray:
-    if a.shape[0] == size:
-        return a
-    return np.concatenate([a, np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)])
-
-
 def mismatch_shifts(layers: int) -> tuple[int, ...]:
     """Layer offsets whose pairs (``i``, ``i + s mod L``) sample the mismatched layers for the
-    cross-layer null: all of them up to 8 layers, else two (neighbours and half the depth away),
-    ``2 L`` mismatched pairs, which costs about twice the matched layers' scores."""
+    cross-layer null: all of them up to 8 layers; two (neighbours and half the depth away) up to
+    16; beyond, half the depth away only (``L`` mismatched pairs are plenty, and each offset costs
+    one more read of the target's Grams)."""
     if layers <= 8:
         return tuple(range(1, layers))
-    return (1, layers // 2)
-
-
-def _stack_parts(parts: list[HsicParts]) -> HsicParts:
-    return HsicParts(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) for f in HsicParts._fields))
-
-
-def _take_parts(parts: HsicParts, layers: list[int], size: int) -> HsicParts:
-    """The parts of the given layers, zero-padded to ``size`` entries (a padded Gram's parts are zero)."""
-    return HsicParts(*(jnp.asarray(_padded(np.asarray(getattr(parts, f))[layers], size)) for f in HsicParts._fields))
+    if layers <= 16:
+        return (1, layers // 2)
+    return (layers // 2,)
 
 
 def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
 
-    Every Gram's HSIC parts are computed once: the targets' in a first pass, each aligned base
-    chunk's as it is formed; each pairing then costs one pass over two Grams.
+    Each aligned base chunk (and its HSIC parts) is formed once and scored against the matched
+    target layers and each shifted set of target layers.
     """
     layers = gb.num_layers
     chunk = chunk_layers_for(gb.n, gb.n, layers)
-    bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
-    target_parts: list[list[HsicParts]] = [[], []]
-    for start, stop in bounds:
-        for j, grams in enumerate(gt.padded(list(range(start, stop)), chunk)):
-            p = hsic_parts_layers(jax.device_put(grams))
-            target_parts[j].append(HsicParts(*(np.asarray(x)[: stop - start] for x in p)))
-    tparts = [_stack_parts(p) for p in target_parts]
     wq, wk = np.empty(layers), np.empty(layers)
     shifts = mismatch_shifts(layers)
     off = {s: np.empty(layers) for s in shifts}
-    for start, stop in bounds:
+    for start in range(0, layers, chunk):
+        stop = min(start + chunk, layers)
         base = [align(jax.device_put(x)) for x in gb.padded(list(range(start, stop)), chunk)]
         bparts = [hsic_parts_layers(x) for x in base]
         for shift in (0, *shifts):
-            idx = [(i + shift) % layers for i in range(start, stop)]
-            targets = gt.padded(idx, chunk)
-            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], jax.device_put(targets[j]),
-                                                       _take_parts(tparts[j], idx, chunk)))[: stop - start]
-                      for j in range(2))
+            targets = [jax.device_put(x) for x in gt.padded([(i + shift) % layers for i in range(start, stop)], chunk)]
+            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], targets[j], hsic_parts_layers(targets[j])))
+                      [: stop - start] for j in range(2))
             if shift == 0:
                 wq[start:stop], wk[start:stop] = sq, sk
             else:
