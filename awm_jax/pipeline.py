@@ -145,6 +145,7 @@ def prepare_model(
     cached = bool(timings.pop("cache_hit"))
     mlp_grams = model_grams(resolved, cache, timings, kind="mlp") if mlp else None
     timings.pop("cache_hit", None)
+    timings["weights_read_s"] = timings.pop("read_s", 0.0)  # waiting on the reader thread
     return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
 
 
