@@ -41,10 +41,8 @@ from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelSummary
 from awm_jax.statistics import (
-    CALIBRATED_RULE,
-    REFERENCE_MIN_HIDDEN,
-    VERDICT_RULE,
     cross_layer_test,
+    decide,
     matching_null_test,
     verdict,
     z_reference,
@@ -347,23 +345,7 @@ def score_pair(
     s_k = float(np.mean([l.wk for l in layers]))
     mean = (s_q + s_k) / 2
     z = z_reference(mean)
-    warnings = []
-    narrow = min(a.resolved.hidden_size, b.resolved.hidden_size)
-    if narrow < REFERENCE_MIN_HIDDEN:
-        warnings.append(
-            f"hidden size {narrow} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
-            "reference; independent models of this width can score well above it, so the reference z-score "
-            "overstates significance (the calibrated p-value does not rest on it)"
-        )
-    if calibrated.verdict != "undetermined":
-        final_verdict, rule = calibrated.verdict, CALIBRATED_RULE
-    elif narrow >= REFERENCE_MIN_HIDDEN:
-        final_verdict, rule = verdict(z), VERDICT_RULE
-        warnings.append(f"no calibrated p-value: {calibrated.method}; the verdict uses the published reference")
-    else:
-        final_verdict = "inconclusive"
-        rule = (f"no calibrated p-value ({calibrated.method}) and hidden size {narrow} is below the "
-                f"{REFERENCE_MIN_HIDDEN}+ the published reference holds for: inconclusive")
+    final_verdict, rule, warnings = decide(z, calibrated, min(a.resolved.hidden_size, b.resolved.hidden_size))
     if assignment.base_dims != assignment.target_dims:
         warnings.append(f"widths differ ({assignment.base_dims} vs {assignment.target_dims}): only matched dimensions are scored")
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)

@@ -36,6 +36,7 @@ __all__ = [
     "CALIBRATED_ALPHA",
     "CALIBRATED_RULE",
     "CALIBRATED_MIN_EFFECT",
+    "decide",
 ]
 
 REFERENCE_NULL_MEAN = 0.00375
@@ -183,3 +184,26 @@ def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str
         g = rng.permutation(grid.ravel()).reshape(grid.shape)
         draws[d] = np.mean([g[i, j] for i, j in match_layers(g, mode)])
     return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched.size)
+
+
+def decide(z: float, calibrated: CalibratedTest, narrowest_hidden: int) -> tuple[str, str, list[str]]:
+    """The verdict of a pair, the rule that gave it, and the caveats to print with it.
+
+    The calibrated test decides when it has a p-value; otherwise the published reference z
+    decides for models as wide as those behind it, and narrower ones are ``inconclusive``.
+    """
+    warnings = []
+    if narrowest_hidden < REFERENCE_MIN_HIDDEN:
+        warnings.append(
+            f"hidden size {narrowest_hidden} is below the {REFERENCE_MIN_HIDDEN}+ of the models behind the published "
+            "reference; independent models of this width can score well above it, so the reference z-score "
+            "overstates significance (the calibrated p-value does not rest on it)"
+        )
+    if calibrated.verdict != "undetermined":
+        return calibrated.verdict, CALIBRATED_RULE, warnings
+    if narrowest_hidden >= REFERENCE_MIN_HIDDEN:
+        warnings.append(f"no calibrated p-value: {calibrated.method}; the verdict uses the published reference")
+        return verdict(z), VERDICT_RULE, warnings
+    rule = (f"no calibrated p-value ({calibrated.method}) and hidden size {narrowest_hidden} is below the "
+            f"{REFERENCE_MIN_HIDDEN}+ the published reference holds for: inconclusive")
+    return "inconclusive", rule, warnings
