@@ -17,15 +17,19 @@ from awm_jax._version import ALGORITHM_VERSION, __version__
 __all__ = [
     "ALGORITHM_VERSION",
     "AWMError",
+    "AuditResult",
     "CompareResult",
     "LayerScore",
     "ModelSummary",
     "__version__",
+    "audit",
     "compare",
 ]
 
 _LAZY = {
     "AWMError": "awm_jax.errors",
+    "AuditResult": "awm_jax.audit_core",
+    "audit": "awm_jax.audit_core",
     "CompareResult": "awm_jax.report",
     "LayerScore": "awm_jax.report",
     "ModelSummary": "awm_jax.report",

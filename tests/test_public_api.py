@@ -5,7 +5,8 @@ import awm_jax
 
 def test_public_names():
     assert sorted(awm_jax.__all__) == sorted(
-        ["ALGORITHM_VERSION", "AWMError", "CompareResult", "LayerScore", "ModelSummary", "__version__", "compare"]
+        ["ALGORITHM_VERSION", "AWMError", "AuditResult", "CompareResult", "LayerScore", "ModelSummary", "__version__",
+         "audit", "compare"]
     )
     for name in awm_jax.__all__:
         assert getattr(awm_jax, name) is not None

@@ -1,0 +1,183 @@
+"""Command line: ``python -m awm_jax.audit MODEL... | --list FILE | --suite NAME [--against BASE...]``.
+
+Audits a set of models: the N x N matrix of AWM scores (or N x M with ``--against``), per-pair
+detail, families and the lineage tree, written to ``--out`` (see :mod:`awm_jax.audit_report`).
+An interrupted audit rerun with the same arguments resumes where it stopped. The work is done
+by :func:`awm_jax.audit_core.audit`; this module only parses arguments and prints. JAX is
+imported after parsing, so ``--help`` is instant. Errors caused by the input print one line and
+exit with the codes of :mod:`awm_jax.errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "read_model_list"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m awm_jax.audit",
+        description="AWM lineage audit of many models: score matrix, per-pair detail, families, lineage tree.",
+        epilog="Outputs in --out: audit.json, matrix_{mean,wq,wk,z,verdict}.csv, pairs.csv, heatmap.png, lineage.png, "
+               "summary.txt, run.json, progress.jsonl (resume file). Exit codes: 0 ok, 2 usage, 3 checkpoint, "
+               "4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, 130 interrupted. See docs/audit.md.",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL", help="model folders or hub ids (owner/name[@revision])")
+    p.add_argument("--list", metavar="FILE", help="file with one model per line (FOLDER or hub id, or NAME<TAB>MODEL); "
+                                                  "lines starting with # are comments")
+    p.add_argument("--suite", metavar="NAME", help="the models of a suite (configs/NAME.toml, or a path to a .toml)")
+    p.add_argument("--against", nargs="+", metavar="BASE", help="score the models against these references only (N x M)")
+    p.add_argument("--against-list", metavar="FILE", help="references from a file, as --list")
+    p.add_argument("--out", metavar="DIR", required=False, help="output folder (required; created if missing)")
+    p.add_argument("--fresh", action="store_true", help="discard the progress of an earlier run in --out")
+    p.add_argument("--family-rule", default="fwer", choices=("fwer", "verdict"),
+                   help="pairs that join families: calibrated p-value significant over the whole audit (fwer, "
+                        "default) or the per-pair verdict 'derived'")
+    p.add_argument("--family-threshold", type=float, metavar="SCORE",
+                   help="instead, families join pairs with mean score >= SCORE (for narrow or shallow models, "
+                        "see docs/audit.md)")
+    p.add_argument("--layer-match", default="assignment", choices=("assignment", "monotone"),
+                   help="pairing of layers when depths differ (default: assignment)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"),
+                   help="platform whose devices (all of them) share the pairs (default: auto)")
+    p.add_argument("--cosine", default="auto", choices=("auto", "host", "device"),
+                   help="where the embedding-column cosine runs: host BLAS (CPU default) or batched on the devices")
+    p.add_argument("--memory-gb", type=float, default=2.0,
+                   help="memory for embeddings and Grams held at once (default: 2)")
+    p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
+    p.add_argument("--layout", metavar="NAME_OR_FILE", help="force the layout of every model")
+    p.add_argument("--no-download", action="store_true", help="use hub ids only from the local hub cache")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-host run (jax.distributed.initialize; see docs/audit.md for the launch command)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load pickle weights of folders without safetensors, through torch.load(weights_only=True)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def read_model_list(path: str) -> dict[str, str] | list[str]:
+    """Models of a list file: one per line, ``MODEL`` or ``NAME<TAB>MODEL``; ``#`` comments."""
+    from awm_jax.errors import UsageError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--list {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--list {path}: not a UTF-8 text file") from None
+    named, plain = {}, []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\t" in line:
+            name, spec = (x.strip() for x in line.split("\t", 1))
+            if not name or not spec:
+                raise UsageError(f"--list {path} line {number}: expected NAME<TAB>MODEL")
+            if name in named:
+                raise UsageError(f"--list {path} line {number}: name {name!r} used twice")
+            named[name] = spec
+        else:
+            plain.append(line)
+    if named and plain:
+        raise UsageError(f"--list {path}: name every model (NAME<TAB>MODEL) or none")
+    if not named and not plain:
+        raise UsageError(f"--list {path}: lists no model")
+    return named or plain
+
+
+def _models(args: argparse.Namespace):
+    """The models, and a suite's labelled pairs (``(a, b, label)``; empty without ``--suite``)."""
+    from awm_jax.errors import UsageError
+
+    given = [bool(args.models), bool(args.list), bool(args.suite)]
+    if sum(given) != 1:
+        raise UsageError("give the models one way: MODEL..., --list FILE or --suite NAME; see --help")
+    if args.models:
+        return args.models, []
+    if args.list:
+        return read_model_list(args.list), []
+    from awm_jax.suites import load_suite
+
+    suite = load_suite(args.suite)
+    return {key: m.spec for key, m in suite.models.items()}, [(p.a, p.b, p.label) for p in suite.pairs]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from awm_jax.checkpoint import pickle_loading
+    from awm_jax.errors import UsageError
+
+    if not args.out:
+        raise UsageError("--out DIR is required: the audit writes its results and its progress file there")
+    if args.against and args.against_list:
+        raise UsageError("give the references one way: --against or --against-list")
+    if args.distributed:
+        from awm_jax.sharding import initialize_distributed
+
+        initialize_distributed()
+    models, labelled = _models(args)
+    against = args.against or (read_model_list(args.against_list) if args.against_list else None)
+    from awm_jax.audit_core import audit
+    from awm_jax.audit_report import render_summary, write_label_check
+
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    with pickle_loading(args.allow_pickle):
+        result = audit(
+            models, against=against, out_dir=args.out, layer_match=args.layer_match, device=args.device,
+            cache_dir=args.cache_dir, layouts={"*": args.layout} if args.layout else None,
+            family_rule=args.family_rule if args.family_threshold is None else args.family_threshold,
+            memory_gb=args.memory_gb, cosine=args.cosine, fresh=args.fresh,
+            progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
+        )
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
+    check = write_label_check(result, labelled, args.out) if labelled and not against else ""
+    if not args.quiet:
+        print(render_summary(result), end="")
+        if check:
+            print(f"\n{check} (details in {args.out}/labels.csv)")
+        t = result.timings
+        print(f"\n{len(result.pairs)} pairs in {t['total_s']:.1f}s (fingerprints {t['fingerprint_s']:.1f}s, pairs "
+              f"{t['pair_phase_s']:.1f}s); results in {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        from awm_jax.errors import AWMError
+    except ImportError as e:  # pragma: no cover - broken installation
+        print(f"awm_jax: error: cannot import awm_jax ({e}); reinstall with: pip install -e .", file=sys.stderr)
+        return 1
+    try:
+        return _run(args)
+    except AWMError as e:
+        print(f"awm_jax: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("awm_jax: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+class _CallableModule(types.ModuleType):
+    """Keeps ``awm_jax.audit(models, ...)`` (the API, :func:`awm_jax.audit_core.audit`) working
+    after ``import awm_jax.audit`` binds the package attribute to this module."""
+
+    def __call__(self, *args, **kwargs):
+        from awm_jax.audit_core import audit
+
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    sys.exit(main())

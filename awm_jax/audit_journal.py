@@ -1,0 +1,136 @@
+"""The audit's progress file: an append-only journal of finished work that survives SIGKILL.
+
+``<out>/progress.jsonl`` holds one record per line, ``<json>\\t<crc32 hex>\\n``. The first
+record is a header naming the audit (a key over its models' identities and the options that
+change scores); every later record is a unit of finished work (one pair's alignment, one
+layer's scores for a set of pairs). Each line is written whole, flushed and ``fsync``-ed before
+the next unit starts, so a process killed at any instant leaves complete lines plus at most one
+torn last line. The reader checks every line's checksum, drops a torn *last* line (and
+truncates it away before appending), and refuses a damaged line anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+from awm_jax.errors import CacheError, UsageError
+
+__all__ = ["Journal", "JOURNAL_NAME", "JOURNAL_FORMAT"]
+
+JOURNAL_NAME = "progress.jsonl"
+JOURNAL_FORMAT = "awm_jax.audit-progress/1"
+
+
+def _encode(record: dict) -> bytes:
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"{text}\t{zlib.crc32(text.encode()):08x}\n".encode()
+
+
+def _decode(line: bytes) -> dict | None:
+    """The record of one complete line, or ``None`` when its checksum or JSON is bad."""
+    try:
+        text, crc = line.decode().rstrip("\n").rsplit("\t", 1)
+        if int(crc, 16) != zlib.crc32(text.encode()):
+            return None
+        record = json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class Journal:
+    """An append-only, checksummed, ``fsync``-ed JSON-lines progress file.
+
+    Args:
+      folder: the audit's output folder (created if missing).
+      key: identity of the audit; a journal with another key is refused.
+      fresh: discard an existing journal instead of resuming it.
+      writer: whether this process appends (process 0 of a multi-host run); others only read.
+
+    Attributes:
+      path: the file.
+      records: the finished-work records found (header excluded), in order.
+    """
+
+    def __init__(self, folder: str | os.PathLike, key: str, *, fresh: bool = False, writer: bool = True):
+        self.path = Path(folder) / JOURNAL_NAME
+        self.writer = writer
+        self.records: list[dict] = []
+        if writer:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"--out {self.path.parent}: cannot create the folder ({e.strerror})") from None
+            if fresh:
+                self.path.unlink(missing_ok=True)
+        good_bytes = self._read(key)
+        self._file = None
+        if writer:
+            try:
+                self._file = open(self.path, "ab")
+                if self._file.tell() != good_bytes:  # drop a torn last line before appending
+                    self._file.truncate(good_bytes)
+                    self._file.seek(good_bytes)
+                if good_bytes == 0:
+                    self._write({"kind": "header", "format": JOURNAL_FORMAT, "key": key})
+            except OSError as e:
+                raise CacheError(f"{self.path}: cannot write the progress file ({e.strerror}); free disk space or "
+                                 "choose another --out") from None
+
+    def _read(self, key: str) -> int:
+        """Loads the records; returns the byte length of the valid prefix."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise CacheError(f"{self.path}: cannot read the progress file ({e.strerror})") from None
+        lines = data.split(b"\n")
+        tail = lines.pop()  # bytes after the last newline: a torn line, or b""
+        good = 0
+        for i, line in enumerate(lines):
+            record = _decode(line + b"\n")
+            if record is None:
+                if i == len(lines) - 1 and not tail:  # a damaged last line: treat it as torn
+                    break
+                raise CacheError(f"{self.path}: line {i + 1} is damaged; delete the file (or pass --fresh) to "
+                                 "restart the audit")
+            if i == 0:
+                if record.get("kind") != "header" or record.get("format") != JOURNAL_FORMAT:
+                    raise UsageError(f"{self.path}: not an awm_jax audit progress file; choose another --out")
+                if record.get("key") != key:
+                    raise UsageError(f"{self.path}: the folder holds the progress of a different audit (other models, "
+                                     "files or options); pass --fresh to discard it, or choose another --out")
+            else:
+                self.records.append(record)
+            good += len(line) + 1
+        return good
+
+    def _write(self, record: dict) -> None:
+        self._file.write(_encode(record))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def append(self, record: dict) -> None:
+        """Appends one finished-work record durably (a no-op on non-writing processes)."""
+        if not self.writer:
+            return
+        try:
+            self._write(record)
+        except OSError as e:
+            raise CacheError(f"{self.path}: cannot write the progress file ({e.strerror}); free disk space and "
+                             "rerun: finished work is kept") from None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,403 @@
+"""The N-model audit: equal to pairwise ``compare``, families recovered, resumable, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import random_model, save_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORE_ATOL = 1e-6
+#: Families of the synthetic zoo below, as built (a threshold between its independent and derived scores).
+FAMILY_THRESHOLD = 0.3
+EXPECTED_FAMILIES = {("a0", "a1", "a2", "a3"), ("b0", "b1"), ("c0",), ("d0",), ("e0",)}
+
+
+def _derive(rng, model, noise, *, keep=None, extra_layer=False):
+    """A derivative: noise on every scored tensor, then one signed permutation of the residual dims."""
+    emb, qs, ks = model
+    n = emb.shape[1]
+    perm = rng.permutation(n)[: keep or n]
+    signs = rng.choice(np.array([-1.0, 1.0], np.float32), perm.size)
+
+    def edit(w, scale):
+        w = w + noise * scale * rng.standard_normal(w.shape).astype(np.float32)
+        return (w[:, perm] * signs).astype(np.float32)
+
+    emb2 = edit(emb, float(np.std(emb)))
+    qs2 = [edit(q, float(np.std(q))) for q in qs]
+    ks2 = [edit(k, float(np.std(k))) for k in ks]
+    if extra_layer:
+        qs2.append(rng.standard_normal(qs2[0].shape).astype(np.float32) / 8)
+        ks2.append(rng.standard_normal(ks2[0].shape).astype(np.float32) / 8)
+    return emb2, qs2, ks2
+
+
+def build_synthetic_zoo(root: Path) -> dict[str, Path]:
+    """Nine small Llama checkpoints: two families, two independents, one with a foreign vocabulary.
+
+    ``a0 -> a1 -> a2`` (a chain), ``a0 -> a3`` (one layer deeper: the layer-grid path),
+    ``b0 -> b1`` (8 residual dimensions pruned: widths differ), ``c0``, ``d0`` independent,
+    ``e0`` with tokens no other model has (its pairs cannot be scored).
+    """
+    rng = np.random.default_rng(7)
+    shape = dict(vocab=400, hidden=48, layers=3, q_dim=48, k_dim=16)
+    a0, b0, c0, d0, e0 = (random_model(rng, **shape) for _ in range(5))
+    models = {
+        "a0": a0, "a1": (a1 := _derive(rng, a0, 0.2)), "a2": _derive(rng, a1, 0.2),
+        "a3": _derive(rng, a0, 0.2, extra_layer=True), "b0": b0, "b1": _derive(rng, b0, 0.3, keep=40),
+        "c0": c0, "d0": d0, "e0": e0,
+    }
+    out = {}
+    for name, (emb, qs, ks) in models.items():
+        tokens = [f"other{i}" for i in range(emb.shape[0])] if name == "e0" else None
+        out[name] = save_llama(root / name, emb, qs, ks, tokens=tokens)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic zoo (shared with ``test_sharding``)."""
+    return build_synthetic_zoo(tmp_path_factory.mktemp("audit-zoo"))
+
+
+@pytest.fixture(scope="session")
+def reference(zoo, tmp_path_factory):
+    """The audit of the synthetic zoo on one device, run once: ``(result, out folder, cache)``."""
+    from awm_jax.audit_core import audit
+
+    out = tmp_path_factory.mktemp("audit-out")
+    cache = tmp_path_factory.mktemp("audit-cache")
+    result = audit(zoo, out_dir=out, cache_dir=cache, family_rule=FAMILY_THRESHOLD)
+    return result, out, cache
+
+
+def _assert_matches_compare(result, paths: dict[str, Path], cache: Path) -> None:
+    from awm_jax.pipeline import compare
+
+    if not result.against:
+        assert [(p.a, p.b) for p in result.pairs] == [(a, b) for i, a in enumerate(result.rows) for b in result.rows[i + 1:]]
+    for p in result.pairs:
+        if p.error:
+            continue
+        ref = compare(paths[p.a], paths[p.b], cache_dir=cache)
+        for field in ("wq", "wk", "mean"):
+            assert getattr(p, field) == pytest.approx(getattr(ref, field), abs=SCORE_ATOL), (p.a, p.b, field)
+        assert p.z_reference == pytest.approx(ref.z_reference, abs=SCORE_ATOL / 0.0028)
+        assert (p.verdict, p.reference_verdict, p.verdict_rule) == (ref.verdict, ref.reference_verdict, ref.verdict_rule)
+        c, rc = p.calibrated, ref.calibrated
+        assert (c["verdict"], c["method"], c["mismatched_pairs"]) == (rc["verdict"], rc["method"], rc["mismatched_pairs"])
+        for key in ("statistic", "null_mean", "null_std"):
+            assert c[key] == pytest.approx(rc[key], abs=SCORE_ATOL, nan_ok=True), (p.a, p.b, key)
+        # z and p divide by the null's spread, so score rounding (1e-7) reaches them amplified.
+        for key in ("z", "p_value"):
+            assert c[key] == pytest.approx(rc[key], rel=1e-4, abs=1e-9, nan_ok=True), (p.a, p.b, key)
+        assert p.layer_match == ref.layer_match and p.base == ref.base
+        assert [(l.a_layer, l.b_layer) for l in p.layers] == [(l.a_layer, l.b_layer) for l in ref.layers]
+        np.testing.assert_allclose([l.wq for l in p.layers], [l.wq for l in ref.layers], rtol=0, atol=SCORE_ATOL)
+        np.testing.assert_allclose([l.wk for l in p.layers], [l.wk for l in ref.layers], rtol=0, atol=SCORE_ATOL)
+        assert p.alignment == pytest.approx(ref.alignment, abs=1e-6)
+        assert p.vocabulary == ref.vocabulary
+        assert p.warnings == ref.warnings
+
+
+def test_audit_equals_pairwise_compare(zoo, reference):
+    result, _, cache = reference
+    assert result.rows == tuple(zoo) and result.columns == tuple(zoo)
+    _assert_matches_compare(result, zoo, cache)
+    modes = {p.layer_match for p in result.pairs if not p.error}
+    assert modes == {"equal-depth", "assignment"}, "the zoo must exercise both layer pairings"
+    assert any(p.alignment.get("base_dims") != p.alignment.get("matched_dims") for p in result.pairs if not p.error)
+
+
+def test_families_recovered(reference):
+    result, _, _ = reference
+    assert set(result.families) == EXPECTED_FAMILIES
+
+
+def test_matrices_symmetric_and_consistent(reference):
+    result, _, _ = reference
+    n = len(result.rows)
+    assert result.mean.shape == (n, n)
+    assert np.all(np.isnan(np.diag(result.mean)))
+    np.testing.assert_array_equal(np.nan_to_num(result.mean, nan=9.0), np.nan_to_num(result.mean.T, nan=9.0))
+    for p in result.pairs:
+        i, j = result.rows.index(p.a), result.rows.index(p.b)
+        assert result.verdict[i, j] == p.verdict
+        if not p.error:
+            assert result.mean[i, j] == p.mean and result.wq[i, j] == p.wq and result.z[i, j] == p.z_reference
+
+
+def test_unscorable_pairs_are_reported_not_fatal(reference):
+    result, _, _ = reference
+    bad = [p for p in result.pairs if "e0" in (p.a, p.b)]
+    assert len(bad) == len(result.rows) - 1
+    assert all(p.verdict == "unscored" and "share no tokens" in p.error and math.isnan(p.mean) for p in bad)
+    assert all(not p.error for p in result.pairs if "e0" not in (p.a, p.b))
+
+
+def test_outputs_written(reference):
+    result, out, _ = reference
+    from awm_jax.audit_report import OUTPUT_FILES
+
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "audit.json").read_text())
+    assert data["rows"] == list(result.rows)
+    assert sorted(map(tuple, data["families"])) == sorted(result.families)
+    lines = (out / "matrix_mean.csv").read_text().splitlines()
+    assert lines[0].split(",")[1:] == list(result.rows) and len(lines) == len(result.rows) + 1
+    cell = float(lines[1].split(",")[2])
+    assert cell == result.mean[0, 1]  # repr: exact round trip
+    assert len((out / "pairs.csv").read_text().splitlines()) == len(result.pairs) + 1
+    summary = (out / "summary.txt").read_text()
+    assert "family 1 (4 models" in summary and "a0, a1, a2, a3" in summary
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_family_rules():
+    """fwer: Bonferroni over the audit's pairs; verdict: compare's verdict; a float: a score cut."""
+    from types import SimpleNamespace
+
+    from awm_jax.lineage_tree import derived_edges
+    from awm_jax.statistics import CALIBRATED_ALPHA
+
+    nan = float("nan")
+
+    def pair(mean, verdict, p, error=""):
+        return SimpleNamespace(mean=mean, verdict=verdict, p_value=p, error=error)
+
+    pairs = [pair(0.9, "derived", 0.0), pair(0.02, "derived", CALIBRATED_ALPHA / 2),  # a chance pass at alpha
+             pair(0.5, "derived", nan), pair(0.01, "independent", nan), pair(nan, "unscored", nan, "no tokens")]
+    assert derived_edges(pairs, "verdict") == [True, True, True, False, False]
+    assert derived_edges(pairs, "fwer") == [True, False, True, False, False]  # alpha / 4 scored pairs
+    assert derived_edges(pairs, 0.3) == [True, False, True, False, False]
+    with pytest.raises(ValueError, match="unknown family rule"):
+        derived_edges(pairs, "fdr")
+
+
+def test_against_mode_scores_n_by_m(zoo, reference, tmp_path):
+    from awm_jax.audit_core import audit
+
+    full, _, cache = reference
+    new = {k: zoo[k] for k in ("a2", "b1", "c0")}
+    bases = {k: zoo[k] for k in ("a0", "b0")}
+    result = audit(new, against=bases, out_dir=tmp_path, cache_dir=cache, family_rule=FAMILY_THRESHOLD)
+    assert result.rows == ("a2", "b1", "c0") and result.columns == ("a0", "b0")
+    assert result.mean.shape == (3, 2) and len(result.pairs) == 6
+    assert [(p.a, p.b) for p in result.pairs] == [(a, b) for a in result.rows for b in result.columns]
+    _assert_matches_compare(result, zoo, cache)  # compare(new model, reference): A is the row
+    for r, a in enumerate(result.rows):
+        for c, b in enumerate(result.columns):
+            assert result.mean[r, c] == result.pair(a, b).mean
+    assert set(result.families) == {("a2", "a0"), ("b1", "b0"), ("c0",)}
+    assert "a2: same lineage as a0" in (tmp_path / "summary.txt").read_text()
+    assert not (tmp_path / "lineage.png").exists()
+
+
+def test_memory_budget_tiles_and_evicts_with_identical_scores(zoo, reference, tmp_path):
+    """A budget of a few models forces the embedding store to evict and the Gram stage to tile."""
+    from awm_jax.audit_core import audit
+
+    full, _, cache = reference
+    tiny = 2 * 400 * 48 * 4 / 2**30 + 3 * 2 * 4 * 48 * 48 / 2**30  # about two embeddings, three models' layer Grams
+    result = audit(zoo, out_dir=tmp_path, cache_dir=cache, family_rule=FAMILY_THRESHOLD, memory_gb=tiny)
+    np.testing.assert_array_equal(result.mean, full.mean)
+    assert result.families == full.families
+    lines = (tmp_path / "progress.jsonl").read_text().splitlines()
+    tiles = [json.loads(l.rsplit("\t", 1)[0]) for l in lines]
+    tiles = [t for t in tiles if t["kind"] == "scores"]
+    assert len(tiles) > 3 * 3, "one tile per base layer and block pair, not one per layer"
+    assert max(len(t["pairs"]) for t in tiles) < len(full.pairs)
+
+
+def test_single_linkage_cut_equals_families():
+    from scipy.cluster.hierarchy import fcluster
+
+    from awm_jax.lineage_tree import families, lineage_linkage
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = int(rng.integers(2, 12))
+        s = rng.uniform(-0.1, 1.0, (n, n))
+        s = (s + s.T) / 2
+        t = float(rng.uniform(0.2, 0.9))
+        edges = [(i, j) for i in range(n) for j in range(i + 1, n) if s[i, j] >= t]
+        fams = families([str(i) for i in range(n)], edges)
+        labels = fcluster(lineage_linkage(s), 1.0 - t, criterion="distance")
+        by_label = {}
+        for i, lab in enumerate(labels):
+            by_label.setdefault(lab, []).append(str(i))
+        assert sorted(map(tuple, by_label.values())) == sorted(fams), trial
+
+
+def test_journal_torn_and_damaged_lines(tmp_path):
+    from awm_jax.audit_journal import Journal
+    from awm_jax.errors import CacheError, UsageError
+
+    with Journal(tmp_path, "k1") as j:
+        j.append({"kind": "align", "pair": 0})
+        j.append({"kind": "align", "pair": 1})
+    path = tmp_path / "progress.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"kind":"align","pa')  # torn by a kill
+    with Journal(tmp_path, "k1") as j:
+        assert [r["pair"] for r in j.records] == [0, 1]
+        j.append({"kind": "align", "pair": 2})
+    assert [r["pair"] for r in Journal(tmp_path, "k1", writer=False).records] == [0, 1, 2]
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"pair":0', b'"pair":5')  # checksum no longer matches
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CacheError, match="line 2 is damaged"):
+        Journal(tmp_path, "k1")
+    with pytest.raises(UsageError, match="different audit"):
+        Journal(tmp_path / "other", "k1").close() or Journal(tmp_path / "other", "k2")
+    assert Journal(tmp_path, "k2", fresh=True).records == []
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from awm_jax import audit_journal
+
+    limit = int(os.environ["KILL_AFTER"])
+    original = audit_journal.Journal.append
+    count = [0]
+
+    def append(self, record):
+        if count[0] == limit:  # half a line on disk, then SIGKILL: a torn line to recover from
+            data = audit_journal._encode(record)
+            self._file.write(data[: len(data) // 2])
+            self._file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        count[0] += 1
+        original(self, record)
+
+    audit_journal.Journal.append = append
+    from awm_jax.audit import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("kill_after", [3, 40], ids=["during-alignments", "during-scores"])
+def test_killed_audit_resumes_to_identical_files(zoo, reference, tmp_path, kill_after):
+    from awm_jax.audit import main
+
+    full, ref_out, cache = reference
+    out = tmp_path / "out"
+    args = [str(p) for p in zoo.values()] + ["--out", str(out), "--cache-dir", str(cache),
+                                              "--family-threshold", str(FAMILY_THRESHOLD), "--no-progress"]
+    env = dict(os.environ, KILL_AFTER=str(kill_after), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _KILLER, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (out / "audit.json").exists()
+    done = (out / "progress.jsonl").read_bytes()
+    assert done.count(b"\n") == kill_after + 1 and not done.endswith(b"\n")  # header + records + a torn line
+    assert main(args + ["--quiet"]) == 0
+    records = [json.loads(l.rsplit("\t", 1)[0]) for l in (out / "progress.jsonl").read_text().splitlines()]
+    computed = sum(1 for r in records if r["kind"] == "align")
+    assert computed == len(full.pairs), "each alignment is recorded once, none redone"
+    for name in ("audit.json", "matrix_mean.csv", "matrix_wq.csv", "matrix_wk.csv", "matrix_z.csv",
+                 "matrix_verdict.csv", "pairs.csv", "summary.txt"):
+        assert (out / name).read_bytes() == (ref_out / name).read_bytes(), name
+
+
+def test_cli_help_is_fast_and_errors_are_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "awm_jax.audit", "--help"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "--against" in out.stdout
+    assert time.perf_counter() - t < 5.0
+    from awm_jax.audit import main
+
+    assert main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # one model only
+    assert main(["--out", str(tmp_path / "o")]) == 2  # no models
+    listing = tmp_path / "models.txt"
+    listing.write_text("# comment\nx\t/nowhere/x\ny\t/nowhere/y\n")
+    assert main(["--list", str(listing), "--out", str(tmp_path / "o")]) == 3  # no such folder
+
+
+def test_label_check_counts_agreement(reference, tmp_path):
+    from awm_jax.audit_report import write_label_check
+
+    result, _, _ = reference
+    labelled = [("a0", "a1", "derived"), ("a0", "c0", "independent"), ("c0", "d0", "derived")]
+    line = write_label_check(result, labelled, tmp_path)
+    expected_ok = [result.pair(a, b).verdict == label for a, b, label in labelled]
+    assert expected_ok[:2] == [True, True]
+    assert line.startswith(f"labelled pairs: derived found derived {int(expected_ok[0]) + int(expected_ok[2])}/2")
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].startswith("a0,a1,derived,derived,")
+
+
+def test_module_is_callable_as_the_api(zoo, reference):
+    import awm_jax.audit as cli
+
+    full, _, cache = reference
+    result = cli({k: zoo[k] for k in ("a0", "a1")}, cache_dir=cache)
+    assert result.mean[0, 1] == full.mean[0, 1]
+
+
+def test_model_list_parsing(tmp_path):
+    from awm_jax.audit import read_model_list
+    from awm_jax.errors import UsageError
+
+    f = tmp_path / "l.txt"
+    f.write_text("# models\n/a/b\n\n  /c/d  \n")
+    assert read_model_list(str(f)) == ["/a/b", "/c/d"]
+    f.write_text("base\t/a/b\nft\t/c/d\n")
+    assert read_model_list(str(f)) == {"base": "/a/b", "ft": "/c/d"}
+    f.write_text("base\t/a/b\n/c/d\n")
+    with pytest.raises(UsageError, match="name every model"):
+        read_model_list(str(f))
+
+
+def test_unique_names():
+    from awm_jax.audit_core import _unique_names
+
+    paths = [Path("/x/a/model"), Path("/y/b/model"), Path("/z/c"), Path("/z/c")]
+    assert _unique_names(paths) == ["a/model", "b/model", "c", "c#2"]
+
+
+def _micro_zoo_dir(tmp_path_factory) -> Path:
+    """The micro lineage zoo: ``$AWM_MICRO_ZOO`` or the zoo's default micro folder when it holds a
+    complete build (``python -m awm_jax.zoo build --micro``), else built here (15-30 s)."""
+    from awm_jax.zoo.build import build_plan, default_cache_dir
+    from awm_jax.zoo.plans import micro_plan
+
+    for folder in (os.environ.get("AWM_MICRO_ZOO"), default_cache_dir("micro")):
+        manifest = Path(folder) / "MANIFEST.json" if folder else None
+        if manifest is not None and manifest.is_file() and json.loads(manifest.read_text()).get("complete"):
+            return Path(folder)
+
+    cache = tmp_path_factory.mktemp("micro-zoo")
+    build_plan(micro_plan(), cache, progress=False, log=lambda s: None)
+    return cache
+
+
+def test_micro_lineage_zoo(tmp_path_factory, tmp_path):
+    """The micro zoo: families as its manifest labels them, every pair equal to ``compare``."""
+    from awm_jax.audit_core import audit
+
+    zoo_dir = _micro_zoo_dir(tmp_path_factory)
+    manifest = json.loads((zoo_dir / "MANIFEST.json").read_text())
+    paths = {m["name"]: zoo_dir / m["folder"] for m in manifest["models"]}
+    cache = tmp_path / "cache"
+    result = audit(paths, out_dir=tmp_path / "out", cache_dir=cache, family_rule=0.5)
+    _assert_matches_compare(result, paths, cache)
+    edges = [(p["a"], p["b"]) for p in manifest["pairs"] if p["label"] == "derived"]
+    from awm_jax.lineage_tree import families
+
+    names = list(paths)
+    expected = families(names, [(names.index(a), names.index(b)) for a, b in edges])
+    assert set(result.families) == set(expected)
+    assert len([f for f in expected if len(f) > 1]) >= 1 and len(expected) >= 2
