@@ -11,6 +11,8 @@ exit with the codes of :mod:`awm_jax.errors`.
 from __future__ import annotations
 
 import argparse
+
+from awm_jax.errors import OneLineArgumentParser
 import sys
 import types
 from pathlib import Path
@@ -19,7 +21,7 @@ __all__ = ["main", "build_parser", "read_model_list"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m awm_jax.audit",
         description="AWM lineage audit of many models: score matrix, per-pair detail, families, lineage tree.",
         epilog="Outputs in --out: audit.json, matrix_{mean,wq,wk,z,verdict}.csv, pairs.csv, heatmap.png, lineage.png, "

@@ -20,6 +20,8 @@ if __name__ == "__main__":  # before any other import: nothing is imported from 
     sys.path[:] = [p for p in sys.path if p not in _here and os.path.realpath(p or ".") not in _here]
 
 import argparse
+
+from awm_jax.errors import OneLineArgumentParser
 import json
 import tempfile
 import types
@@ -31,7 +33,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m awm_jax.compare",
         description="AWM lineage test: is model B derived from model A (or vice versa), from weights alone?",
         epilog="Exit codes: 0 ok, 2 usage, 3 checkpoint, 4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, "

@@ -12,6 +12,8 @@ the exit code is that of the first failure (see :mod:`awm_jax.errors`).
 from __future__ import annotations
 
 import argparse
+
+from awm_jax.errors import OneLineArgumentParser
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser."""
     from awm_jax.suites import CONFIG_DIR, suite_names
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m awm_jax.download",
         description="Fetch the files awm_jax reads (config, tokenizer, safetensors weights) of hub models into the "
         "Hugging Face cache (HF_HUB_CACHE / HF_HOME). Interrupted downloads resume when run again.",

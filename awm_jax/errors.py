@@ -22,6 +22,9 @@ docs/errors.md lists, for each kind of bad input the tests build, the message an
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 __all__ = [
     "AWMError",
     "UsageError",
@@ -30,6 +33,7 @@ __all__ = [
     "VocabularyError",
     "NumericalError",
     "CacheError",
+    "OneLineArgumentParser",
 ]
 
 
@@ -77,3 +81,10 @@ class CacheError(AWMError):
     """The fingerprint cache could not be written (disk full, permissions) or read."""
 
     exit_code = 7
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose usage errors are one stderr line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(UsageError.exit_code, f"awm_jax: error: {message}; see {self.prog} --help\n")
