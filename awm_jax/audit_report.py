@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-import tempfile
+from awm_jax._atomic import atomic_write
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +32,6 @@ __all__ = ["write_outputs", "write_run_info", "render_summary", "write_label_che
 
 OUTPUT_FILES = ("audit.json", "matrix_mean.csv", "matrix_wq.csv", "matrix_wk.csv", "matrix_z.csv", "matrix_p.csv",
                 "matrix_verdict.csv", "pairs.csv", "heatmap.png", "lineage.png", "summary.txt", "run.json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _num(v: float) -> str:
@@ -198,13 +185,13 @@ def write_outputs(result, out_dir: str | os.PathLike) -> None:
     files["summary.txt"] = render_summary(result).encode()
     files.update(_plots(result))
     for name, data in files.items():
-        _atomic_write(folder / name, data)
+        atomic_write(folder / name, data)
 
 
 def write_run_info(result, out_dir: str | os.PathLike) -> None:
     """Writes ``run.json``: timings, devices and versions of this run."""
     payload = {"timings": result.timings, "environment": result.environment}
-    _atomic_write(Path(out_dir) / "run.json", (json.dumps(payload, indent=1, default=str) + "\n").encode())
+    atomic_write(Path(out_dir) / "run.json", (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def write_label_check(result, labelled: list[tuple[str, str, str]], out_dir: str | os.PathLike) -> str:
@@ -228,7 +215,7 @@ def write_label_check(result, labelled: list[tuple[str, str, str]], out_dir: str
         agree[label][0] += ok
         agree[label][1] += 1
         w.writerow([a, b, label, p.verdict, _num(p.mean), _num(p.p_value), "yes" if ok else "no"])
-    _atomic_write(Path(out_dir) / "labels.csv", buf.getvalue().encode())
+    atomic_write(Path(out_dir) / "labels.csv", buf.getvalue().encode())
     return (f"labelled pairs: derived found derived {agree['derived'][0]}/{agree['derived'][1]}, "
             f"independent found independent {agree['independent'][0]}/{agree['independent'][1]}")
 

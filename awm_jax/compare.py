@@ -23,7 +23,6 @@ import argparse
 
 from awm_jax.errors import OneLineArgumentParser
 import json
-import tempfile
 import types
 from pathlib import Path
 
@@ -74,12 +73,10 @@ def _write_json(path: str, payload: object) -> None:
     target = Path(path)
     if not target.parent.is_dir():
         raise UsageError(f"--json {path}: folder {target.parent} does not exist; create it or choose another path")
+    from awm_jax._atomic import atomic_write
+
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, target)
+        atomic_write(target, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
     except OSError as e:
         raise UsageError(f"--json {path}: cannot write ({e.strerror})") from None
 

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from awm_jax._atomic import atomic_write
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
 from awm_jax.kernels import default_platform, gram_layers, gram_layers_host
@@ -206,19 +207,6 @@ class FingerprintCache:
                 return None
         return GramSet(layers, n, kind, folder=folder, key=key)
 
-    def _atomic_write_text(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
     def new_folder(self) -> Path:
         """A fresh temporary folder inside the cache to write a fingerprint into."""
         try:
@@ -238,7 +226,9 @@ class FingerprintCache:
             os.replace(tmp, final)
         except OSError:  # an identical fingerprint is already there (same weights elsewhere)
             shutil.rmtree(tmp, ignore_errors=True)
-        self._atomic_write_text(self._index(resolved, kind), json.dumps({"content_key": key}))
+        index = self._index(resolved, kind)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(index, json.dumps({"content_key": key}).encode())
         return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=final, key=key)
 
 
