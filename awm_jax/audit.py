@@ -154,19 +154,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        from awm_jax.errors import AWMError
-    except ImportError as e:  # pragma: no cover - broken installation
-        print(f"awm_jax: error: cannot import awm_jax ({e}); reinstall with: pip install -e .", file=sys.stderr)
-        return 1
-    try:
-        return _run(args)
-    except AWMError as e:
-        print(f"awm_jax: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("awm_jax: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    from awm_jax.errors import run_cli
+
+    return run_cli(lambda: _run(args), "interrupted; rerun the same command to resume")
 
 
 class _CallableModule(types.ModuleType):

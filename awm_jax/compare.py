@@ -121,22 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"awm_jax {__version__}")
         return 0
-    try:
-        from awm_jax.errors import AWMError
-    except ImportError as e:  # pragma: no cover - broken installation
-        print(f"awm_jax: error: cannot import awm_jax ({e}); reinstall with: pip install -e .", file=sys.stderr)
-        return 1
-    try:
-        return _run(args)
-    except AWMError as e:
-        print(f"awm_jax: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    except KeyboardInterrupt:
-        print("awm_jax: interrupted", file=sys.stderr)
-        return 130
+    from awm_jax.errors import run_cli
+
+    return run_cli(lambda: _run(args), "interrupted")
 
 
 class _CallableModule(types.ModuleType):

@@ -23,6 +23,9 @@ docs/errors.md lists, for each kind of bad input the tests build, the message an
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "NumericalError",
     "CacheError",
     "OneLineArgumentParser",
+    "run_cli",
 ]
 
 
@@ -88,3 +92,20 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(UsageError.exit_code, f"awm_jax: error: {message}; see {self.prog} --help\n")
+
+
+def run_cli(run: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """Runs a command's body: an :class:`AWMError` becomes one stderr line and its exit code,
+    Ctrl-C exits 130 with ``interrupted``, a reader that went away (``| head``) exits 141 quietly.
+    Anything else is a bug and keeps its traceback."""
+    try:
+        return run()
+    except AWMError as e:
+        print(f"awm_jax: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print(f"awm_jax: {interrupted}", file=sys.stderr)
+        return 130
