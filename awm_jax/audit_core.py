@@ -51,6 +51,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from awm_jax.errors import AWMError, UsageError
+from awm_jax.report import ModelInfo
 
 __all__ = ["AuditModel", "PairScore", "AuditResult", "audit", "COSINE_MODES", "DEFAULT_MEMORY_GB"]
 
@@ -64,35 +65,11 @@ MESSAGE_BYTES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class AuditModel:
-    """One audited model.
-
-    Attributes:
-      name: the name used in the matrices (unique).
-      path: absolute model folder.
-      layout: layout name.
-      hidden_size: residual width.
-      num_layers: decoder layers.
-      q_dim: rows of each ``Wq``.
-      k_dim: rows of each ``Wk``.
-      vocab_size: tokens in its vocabulary.
-      vocab_source: the tokenizer file read.
-      embedding_rows: rows of the input embedding.
-      dtype: stored dtype of the embedding.
-      fingerprint: content key of its Gram fingerprint.
-    """
+class AuditModel(ModelInfo):
+    """One audited model: :class:`~awm_jax.report.ModelInfo`, its unique ``name`` in the
+    matrices, and the content key of its Gram fingerprint (``fingerprint``)."""
 
     name: str
-    path: str
-    layout: str
-    hidden_size: int
-    num_layers: int
-    q_dim: int
-    k_dim: int
-    vocab_size: int
-    vocab_source: str
-    embedding_rows: int
-    dtype: str
     fingerprint: str
 
 
@@ -355,12 +332,12 @@ class _EmbeddingStore:
             self.items.move_to_end(idx)
             entry = self.items[idx]
         else:
-            from awm_jax.pipeline import _read_embedding
+            from awm_jax.pipeline import read_embedding
             from awm_jax.vocab import load_vocabulary
 
             t = time.perf_counter()
             try:
-                entry = (load_vocabulary(model.resolved.ckpt.root), _read_embedding(model.resolved), None)
+                entry = (load_vocabulary(model.resolved.ckpt.root), read_embedding(model.resolved), None)
             except AWMError as e:
                 entry = (None, None, e)
             self.timings["embedding_read_s"] = self.timings.get("embedding_read_s", 0.0) + time.perf_counter() - t
@@ -534,7 +511,7 @@ class _Auditor:
     def _align_batch(self, chunk: list[int], shape: tuple[int, int], batch: int, store: _EmbeddingStore,
                      device: bool) -> list[_Aligned]:
         from awm_jax.alignment import assign_dimensions, embedding_cross
-        from awm_jax.pipeline import _check_embedding_sums
+        from awm_jax.pipeline import check_embedding_sums
         from awm_jax.vocab import shared_rows
 
         n_b, n_t = shape
@@ -573,8 +550,8 @@ class _Auditor:
                     _, et = store.get(t, self.models[t])
                     tc = time.perf_counter()
                     cross = embedding_cross(eb, et, s.ids_a, s.ids_b)
-                    _check_embedding_sums(self.models[b].resolved, cross.sq_base)
-                    _check_embedding_sums(self.models[t].resolved, cross.sq_target)
+                    check_embedding_sums(self.models[b].resolved, cross.sq_base)
+                    check_embedding_sums(self.models[t].resolved, cross.sq_target)
                     cos = cross.cosine()
                     self.timings["cosine_s"] += time.perf_counter() - tc
                 ta = time.perf_counter()
@@ -649,15 +626,15 @@ class _Auditor:
         from awm_jax.alignment import EmbeddingCross
 
         as64 = lambda x: np.asarray(x, np.float64)  # noqa: E731  (as alignment.embedding_cross finishes)
-        from awm_jax.pipeline import _check_embedding_sums
+        from awm_jax.pipeline import check_embedding_sums
 
         out: dict[int, np.ndarray | AWMError] = {}
         for r, k in enumerate(mine):
             if k in shared:
                 b, t, _ = self.base_target(k)
                 try:
-                    _check_embedding_sums(self.models[b].resolved, as64(sq_b[r]))
-                    _check_embedding_sums(self.models[t].resolved, as64(sq_t[r]))
+                    check_embedding_sums(self.models[b].resolved, as64(sq_b[r]))
+                    check_embedding_sums(self.models[t].resolved, as64(sq_t[r]))
                     out[k] = EmbeddingCross(as64(cross[r]), as64(sq_b[r]), as64(sq_t[r])).cosine()
                 except AWMError as e:
                     out[k] = e
@@ -905,14 +882,14 @@ class _Auditor:
         import jax.numpy as jnp
 
         from awm_jax.kernels import align_grams
-        from awm_jax.pipeline import _score_grid
+        from awm_jax.pipeline import score_grid
 
         b, t, _ = self.base_target(k)
         t0 = time.perf_counter()
         with jax.default_device(jax.local_devices()[0]):
             al = self.aligned[k]  # the dtypes compare passes: int32 perm, float32 signs
             perm, signs = jnp.asarray(al.perm.astype(np.int32)), jnp.asarray(al.signs.astype(np.float32))
-            gq, gk = _score_grid(self.models[b].grams, self.models[t].grams, lambda g: align_grams(g, perm, signs))
+            gq, gk = score_grid(self.models[b].grams, self.models[t].grams, lambda g: align_grams(g, perm, signs))
         self.timings["grid_s"] += time.perf_counter() - t0
         bar.update(2 * gq.size)
         self.grids[k] = (gq, gk)
@@ -1113,12 +1090,7 @@ def audit(
             r = prepared.resolved
             m.resolved, m.grams = r, prepared.grams
             m.emb_dtype = str(np.dtype(r.read_embedding(slice(0, 1)).dtype))
-            m.info = AuditModel(
-                name=m.name, path=str(r.ckpt.root), layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers,
-                q_dim=r.q_dim, k_dim=r.k_dim, vocab_size=len(prepared.vocab), vocab_source=prepared.vocab.source,
-                embedding_rows=r.vocab_rows, dtype=r.ckpt.info(r.embedding_name).dtype.lower(),
-                fingerprint=prepared.grams.key,
-            )
+            m.info = AuditModel(**dataclasses.asdict(prepared.info()), name=m.name, fingerprint=prepared.grams.key)
             del prepared
             bar.update(1)
     timings["fingerprint_s"] = time.perf_counter() - t

@@ -317,10 +317,13 @@ def model_grams(
         files = [open(folder / name, "wb") for name in names] if folder is not None else []
         try:
             bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
-            # One reader thread fetches (and hashes) chunk i + 1 while the Grams of chunk i are computed.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader:
+            # One reader thread fetches (and hashes) chunk i + 1 and one writer thread stores chunk
+            # i - 1 while the Grams of chunk i are computed (file I/O and hashing release the GIL).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer:
                 t = time.perf_counter()
                 pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind)
+                written = None
                 for i, (start, stop) in enumerate(bounds):
                     stacks = pending.result()
                     if i + 1 < len(bounds):
@@ -330,11 +333,15 @@ def model_grams(
                     grams = [_grams(stack, stop - start) for stack in stacks]
                     t = time.perf_counter()
                     gram_s += t - t1
-                    for j, g in enumerate(grams):
-                        if folder is None:
+                    if folder is None:
+                        for j, g in enumerate(grams):
                             arrays[j][start:stop] = g
-                        else:
-                            files[j].write(g.tobytes())
+                        continue
+                    if written is not None:
+                        written.result()  # at most one chunk waits to be written: bounded memory
+                    written = writer.submit(lambda gs: [f.write(memoryview(g)) for f, g in zip(files, gs)], grams)
+                if written is not None:
+                    written.result()
             # No fsync: the entry is published by os.replace only after every byte is written, so a
             # killed process never leaves a partial entry; durability across a power loss is left to
             # the kernel (fsync-ing gigabytes of Grams would cost more than computing them).

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import jax
@@ -39,7 +40,7 @@ from awm_jax.kernels import (
 )
 from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
-from awm_jax.report import CompareResult, LayerScore, ModelSummary
+from awm_jax.report import CompareResult, LayerScore, ModelInfo, ModelSummary
 from awm_jax.statistics import (
     cross_layer_test,
     decide,
@@ -49,7 +50,19 @@ from awm_jax.statistics import (
 )
 from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
-__all__ = ["compare", "locate_model", "mismatch_shifts", "prepare_model", "score_pair", "PreparedModel", "select_device", "DEVICES"]
+__all__ = [
+    "DEVICES",
+    "PreparedModel",
+    "check_embedding_sums",
+    "compare",
+    "locate_model",
+    "mismatch_shifts",
+    "prepare_model",
+    "read_embedding",
+    "score_grid",
+    "score_pair",
+    "select_device",
+]
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")
 
@@ -115,6 +128,15 @@ class PreparedModel:
     def path(self) -> str:
         return str(self.resolved.ckpt.root)
 
+    def info(self) -> ModelInfo:
+        """What was read of the model, for reports."""
+        r = self.resolved
+        return ModelInfo(
+            path=self.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers, q_dim=r.q_dim,
+            k_dim=r.k_dim, vocab_size=len(self.vocab), vocab_source=self.vocab.source, embedding_rows=r.vocab_rows,
+            dtype=r.ckpt.info(r.embedding_name).dtype.lower(),
+        )
+
 
 def locate_model(spec: str | os.PathLike) -> Path:
     """A local model folder for ``spec``: a path as given (the checkpoint reader reports any problem
@@ -147,9 +169,9 @@ def prepare_model(
     return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
 
 
-def _read_embedding(r: ResolvedLayout) -> np.ndarray:
+def read_embedding(r: ResolvedLayout) -> np.ndarray:
     """The input embedding in its stored dtype (NaN/Inf in the rows used are caught by
-    :func:`_check_embedding_sums`, without a full float32 copy here)."""
+    :func:`check_embedding_sums`, without a full float32 copy here)."""
     emb = r.read_embedding()
     if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
@@ -158,8 +180,10 @@ def _read_embedding(r: ResolvedLayout) -> np.ndarray:
     return emb
 
 
-def _check_embedding_sums(r: ResolvedLayout, squares: np.ndarray) -> None:
-    """A NaN/Inf in any shared row makes its column's sum of squares non-finite."""
+def check_embedding_sums(r: ResolvedLayout, squares: np.ndarray) -> None:
+    """Refuses an embedding whose shared rows hold NaN/Inf (``NumericalError``), seen in its
+    column sums of squares (``squares``, from ``embedding_cross``): a non-finite value in any
+    shared row makes its column's sum non-finite."""
     bad = int((~np.isfinite(squares)).sum())
     if bad:
         raise NumericalError(
@@ -180,6 +204,19 @@ def mismatch_shifts(layers: int) -> tuple[int, ...]:
     return (layers // 2,)
 
 
+def _prefetched(read, args: list[tuple]):
+    """``read(*a)`` for each ``a`` of ``args``, in order, each read started while the previous
+    result is being used (file reads release the GIL): one read ahead, so memory stays bounded."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-grams") as reader:
+        pending = reader.submit(read, *args[0]) if args else None
+        for i in range(len(args)):
+            result = pending.result()
+            if i + 1 < len(args):
+                pending = reader.submit(read, *args[i + 1])
+            yield result
+            del result
+
+
 def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
 
@@ -191,12 +228,16 @@ def _score_equal_depth(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.
     wq, wk = np.empty(layers), np.empty(layers)
     shifts = mismatch_shifts(layers)
     off = {s: np.empty(layers) for s in shifts}
-    for start in range(0, layers, chunk):
+    starts = range(0, layers, chunk)
+    reads = [(g, [(i + shift) % layers for i in range(start, min(start + chunk, layers))])
+             for start in starts for g, shift in ((gb, 0), *((gt, s) for s in (0, *shifts)))]
+    grams = _prefetched(lambda g, ls: g.padded(ls, chunk), reads)
+    for start in starts:
         stop = min(start + chunk, layers)
-        base = [align(jax.device_put(x)) for x in gb.padded(list(range(start, stop)), chunk)]
+        base = [align(jax.device_put(x)) for x in next(grams)]
         bparts = [hsic_parts_layers(x) for x in base]
         for shift in (0, *shifts):
-            targets = [jax.device_put(x) for x in gt.padded([(i + shift) % layers for i in range(start, stop)], chunk)]
+            targets = [jax.device_put(x) for x in next(grams)]
             sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], targets[j], hsic_parts_layers(targets[j])))
                       [: stop - start] for j in range(2))
             if shift == 0:
@@ -219,7 +260,15 @@ def _score_pairs(gb: GramSet, gt: GramSet, align, pairs: list[tuple[int, int]]) 
     return out
 
 
-def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
+def score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]:
+    """Every aligned base layer against every target layer (different depths): the ``[L_b, L_t]``
+    Q and K score grids, a chunk of base layers against a chunk of target layers at a time.
+
+    Args:
+      gb: the base model's Q/K Grams.
+      gt: the target model's.
+      align: applies the alignment to a chunk of base Grams (``align_grams`` or ``rotate_grams``).
+    """
     cb = chunk_layers_for(gb.n, gb.n, gb.num_layers)
     ct = chunk_layers_for(gt.n, gt.n, gt.num_layers)
     grid_q = np.empty((gb.num_layers, gt.num_layers))
@@ -236,12 +285,7 @@ def _score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray
 
 
 def _summary(m: PreparedModel) -> ModelSummary:
-    r = m.resolved
-    return ModelSummary(
-        path=m.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers,
-        q_dim=r.q_dim, k_dim=r.k_dim, vocab_size=len(m.vocab), vocab_source=m.vocab.source,
-        embedding_rows=r.vocab_rows, dtype=r.ckpt.info(r.embedding_name).dtype.lower(), fingerprint_cached=m.cached,
-    )
+    return ModelSummary(**dataclasses.asdict(m.info()), fingerprint_cached=m.cached)
 
 
 def _environment(device: jax.Device) -> dict:
@@ -284,13 +328,13 @@ def score_pair(
     with _compile_timer(timings):
         t = time.perf_counter()
         shared = shared_rows(base.vocab, target.vocab, base.resolved.vocab_rows, target.resolved.vocab_rows)
-        emb_base, emb_target = _read_embedding(base.resolved), _read_embedding(target.resolved)
+        emb_base, emb_target = read_embedding(base.resolved), read_embedding(target.resolved)
         timings["embedding_read_s"] = time.perf_counter() - t
         t = time.perf_counter()
         cross = embedding_cross(emb_base, emb_target, shared.ids_a, shared.ids_b)
         del emb_base, emb_target
-        _check_embedding_sums(base.resolved, cross.sq_base)
-        _check_embedding_sums(target.resolved, cross.sq_target)
+        check_embedding_sums(base.resolved, cross.sq_base)
+        check_embedding_sums(target.resolved, cross.sq_target)
         timings["embedding_cosine_s"] = time.perf_counter() - t
         t = time.perf_counter()
         assignment = assign_dimensions(cross.cosine())
@@ -321,7 +365,7 @@ def score_pair(
             grid_q, grid_k = np.diag(wq), np.diag(wk)
             calibrated = cross_layer_test((wq + wk) / 2, np.concatenate(list(off.values())) if off else np.empty(0))
         else:
-            grid_q, grid_k = _score_grid(g_base, g_target, align)
+            grid_q, grid_k = score_grid(g_base, g_target, align)
             pairs = match_layers((grid_q + grid_k) / 2, layer_match)
             match_mode = layer_match
             calibrated = matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)

@@ -7,12 +7,12 @@ import json
 import math
 from typing import Any
 
-__all__ = ["ModelSummary", "LayerScore", "CompareResult"]
+__all__ = ["ModelInfo", "ModelSummary", "LayerScore", "CompareResult"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSummary:
-    """What was read of one model.
+class ModelInfo:
+    """What was read of one model (shared by comparison and audit reports).
 
     Attributes:
       path: absolute path of the model folder.
@@ -25,7 +25,6 @@ class ModelSummary:
       vocab_source: the tokenizer file read.
       embedding_rows: rows of the input embedding.
       dtype: stored dtype of the embedding.
-      fingerprint_cached: whether its Grams came from the cache.
     """
 
     path: str
@@ -38,6 +37,13 @@ class ModelSummary:
     vocab_source: str
     embedding_rows: int
     dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary(ModelInfo):
+    """A compared model: :class:`ModelInfo`, and whether its Grams came from the cache
+    (``fingerprint_cached``)."""
+
     fingerprint_cached: bool
 
 

@@ -14,6 +14,9 @@ def main() -> None:
         cache_dir = sys.argv[4]
         device = sys.argv[5] if len(sys.argv) > 5 else "auto"
         import awm_jax
+        from awm_jax._memory import tune_allocator
+
+        tune_allocator()  # as the CLI does
 
         t = time.perf_counter()
         r = awm_jax.compare(a, b, cache_dir=cache_dir, device=device)

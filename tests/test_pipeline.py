@@ -143,3 +143,20 @@ def test_mlp_evidence_follows_the_same_alignment(tmp_path):
     c = _with_mlp(tmp_path / "c", e2, q2, k2, g2, g2)
     assert abs(awm_jax.compare(a, c, mlp=True).mlp) < 0.05
     assert awm_jax.compare(a, b).mlp is None
+
+
+def test_prefetched_reads_in_order_one_ahead():
+    from awm_jax.pipeline import _prefetched
+
+    started, consumed = [], []
+
+    def read(i):
+        started.append(i)
+        return i * 10
+
+    for value in _prefetched(read, [(i,) for i in range(5)]):
+        # the read of the next item may have started, never the one after it
+        assert max(started) <= len(consumed) + 1
+        consumed.append(value)
+    assert consumed == [0, 10, 20, 30, 40]
+    assert list(_prefetched(read, [])) == []
