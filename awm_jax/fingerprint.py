@@ -158,7 +158,20 @@ class GramSet:
                 spans[-1] = (spans[-1][0], i + 1)
             else:
                 spans.append((i, i + 1))
+        if len(spans) == 1 and len(layers) == size:
+            return tuple(self._mapped(name, *spans[0]) for name in KINDS[self.kind])
         return tuple(self._read(name, spans, size) for name in KINDS[self.kind])
+
+    def _mapped(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Layers ``[start, stop)`` of one file, memory-mapped read-only: no copy is made (on the
+        CPU, ``device_put`` takes the mapped pages as they are; cache files are never modified
+        once published)."""
+        path = self.folder / name
+        try:
+            return np.memmap(path, np.float32, "r", offset=start * self.n * self.n * 4,
+                             shape=(stop - start, self.n, self.n))
+        except (OSError, ValueError) as e:
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
 
     def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
         """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""

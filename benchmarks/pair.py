@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
         synthesize_pair(shape, root, lean=args.lean)
-        marker.write_text("ok")
+        marker.write_text("lean" if args.lean else "full")
+    lean = marker.read_text().strip() == "lean"  # kept checkpoints are reused as they were written
     synth_s = time.perf_counter() - t
     base, derived = root / "base", root / "derived"
     print(f"[{shape.name}] checkpoints ready in {synth_s:.1f}s", flush=True)
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     result = {
         "shape": shape.__dict__, "machine": {"platform": platform.platform(), "processor": platform.processor(),
                                              "cpus": os.cpu_count(), "device": cold["environment"]["device"]},
-        "synthesis_s": synth_s, "lean_checkpoints": args.lean, "floor": floor, "cold": cold, "warm": warm, "straightforward": naive,
+        "synthesis_s": synth_s, "lean_checkpoints": lean, "floor": floor, "cold": cold, "warm": warm, "straightforward": naive,
         "ratios": {"cold_over_floor": cold["wall_s"] / floor["floor_s"],
                    "straightforward_over_cold": naive["wall_s"] / cold["wall_s"] if naive else None},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -58,6 +58,21 @@ def test_cached_grams_equal_computed_grams(tmp_path, models):
         np.testing.assert_array_equal(k1, mem.k[1:3])
 
 
+def test_padded_maps_whole_spans_and_copies_the_rest(tmp_path, models):
+    a, _ = models
+    r = detect(Checkpoint(a))
+    mem = model_grams(r, None)
+    cached = model_grams(r, FingerprintCache(tmp_path / "c"))
+    cases = {(1, 2): True, (0, 1, 2): True, (2, 0): False, (1,): False}  # layers -> mapped (no padding, one span)
+    for layers, mapped in cases.items():
+        size = len(layers) if mapped else len(layers) + 1
+        for got, want in zip(cached.padded(list(layers), size), mem.padded(list(layers), size)):
+            assert isinstance(got, np.memmap) == mapped
+            assert not mapped or not got.flags.writeable  # the cache file is mapped read-only
+            np.testing.assert_array_equal(got, want)
+            assert got.ctypes.data % 64 == 0
+
+
 def test_interrupted_write_leaves_no_entry(tmp_path, models, monkeypatch):
     a, _ = models
     r = detect(Checkpoint(a))
