@@ -633,13 +633,7 @@ class Checkpoint:
             start += r0 * math.prod(shape[1:]) * dtype.itemsize
             shape[0] = r1 - r0
         nbytes = math.prod(shape) * dtype.itemsize
-        limit = memory_limit()
-        if limit is not None and nbytes > limit:
-            raise CheckpointError(
-                f"{info.file}: tensor {_short(name)} ({info.dtype} x {list(info.shape)}) needs {nbytes / 2**30:.1f} GiB, "
-                f"more than the {limit / 2**30:.1f} GiB of memory here; the header is corrupt (absurd size) or the "
-                "machine too small: fetch the file again or use a larger machine"
-            )
+        self._check_size(name, nbytes)
         if name in self._pickled:
             return self._read_pickled(info, r0, r1)
         out = np.empty(nbytes, dtype=np.uint8)
@@ -655,6 +649,48 @@ class Checkpoint:
                 "the file is truncated: fetch it again"
             )
         return out.view(dtype).reshape(shape)
+
+    def _check_size(self, name: str, nbytes: int) -> None:
+        """Refuses a tensor larger than this machine's memory (an absurd header, or a sparse-file
+        bomb): reading it would exhaust the memory, and scanning a map of it would never end."""
+        limit = memory_limit()
+        if limit is not None and nbytes > limit:
+            info = self.info(name)
+            raise CheckpointError(
+                f"{info.file}: tensor {_short(name)} ({info.dtype} x {list(info.shape)}) needs {nbytes / 2**30:.1f} GiB, "
+                f"more than the {limit / 2**30:.1f} GiB of memory here; the header is corrupt (absurd size) or the "
+                "machine too small: fetch the file again or use a larger machine"
+            )
+
+    def map(self, name: str) -> np.ndarray:
+        """A read-only memory map of one whole tensor in its stored dtype: no copy is made, pages
+        come from the page cache as they are used (for large tensors read once, such as the
+        embedding). Tensors of pickled checkpoints (and empty ones) are read as by :meth:`read`.
+
+        The file must not be truncated while the map is in use (the kernel would raise SIGBUS);
+        checkpoints are not modified by awm_jax, and a file found short here is refused.
+
+        Raises:
+          CheckpointError: the file is unreadable or shorter than its header says, or the tensor
+            is larger than the memory of this machine (as :meth:`read`).
+        """
+        info = self.info(name)
+        dtype = SAFETENSORS_DTYPES[info.dtype]
+        nbytes = math.prod(info.shape) * dtype.itemsize
+        if name in self._pickled or nbytes == 0:
+            return self.read(name)
+        self._check_size(name, nbytes)
+        with open_regular(info.file) as f:
+            size = os.fstat(f.fileno()).st_size
+            if info.start + nbytes > size:
+                raise CheckpointError(
+                    f"{info.file}: tensor {_short(name)} is cut short ({max(size - info.start, 0)} of {nbytes} bytes); "
+                    "the file is truncated: fetch it again"
+                )
+            try:
+                return np.memmap(f, dtype, "r", offset=info.start, shape=tuple(info.shape))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{info.file}: cannot map tensor {_short(name)} ({e}); check the file") from None
 
 
 def _torch_reason(e: Exception) -> str:

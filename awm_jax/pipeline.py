@@ -170,9 +170,10 @@ def prepare_model(
 
 
 def read_embedding(r: ResolvedLayout) -> np.ndarray:
-    """The input embedding in its stored dtype (NaN/Inf in the rows used are caught by
-    :func:`check_embedding_sums`, without a full float32 copy here)."""
-    emb = r.read_embedding()
+    """The input embedding in its stored dtype, memory-mapped where it can be (only the shared
+    rows are ever copied, a block at a time); NaN/Inf in the rows used are caught by
+    :func:`check_embedding_sums`, without a full float32 copy here."""
+    emb = r.read_embedding(mapped=True)
     if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
     if not np.any(emb):

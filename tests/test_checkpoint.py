@@ -97,3 +97,18 @@ def test_tensor_cut_short_after_header_validation(tmp_path):
         f.truncate(f.seek(0, 2) - 8)
     with pytest.raises(CheckpointError, match="cut short"):
         ck.read("a")
+    with pytest.raises(CheckpointError, match="cut short"):
+        ck.map("a")
+
+
+def test_map_is_a_read_only_view_equal_to_read(tmp_path):
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = (np.arange(6, dtype=np.float32) / 7).astype(ml_dtypes.bfloat16).reshape(2, 3)
+    write_safetensors(tmp_path / "model.safetensors", [("a", a.shape, np.float32, lambda: a),
+                                                       ("b", b.shape, ml_dtypes.bfloat16, lambda: b)])
+    ck = Checkpoint(tmp_path)
+    for name in ("a", "b"):
+        mapped = ck.map(name)
+        assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+        assert mapped.dtype == ck.read(name).dtype and mapped.shape == ck.read(name).shape
+        np.testing.assert_array_equal(mapped, ck.read(name))

@@ -260,12 +260,16 @@ class ResolvedLayout:
         """The names of the tensors read for ``layer``'s query and key."""
         return [n for proj in (self.layout.query, self.layout.key) for n in self._names(proj, layer)]
 
-    def read_embedding(self, rows: slice | None = None) -> np.ndarray:
+    def read_embedding(self, rows: slice | None = None, mapped: bool = False) -> np.ndarray:
         """Reads the input embedding (or a block of rows), ``[rows, n]``.
 
         Returns the stored dtype, except for models with an embedding projection (OPT-350m),
-        whose effective embedding ``E @ P^T`` is returned as float32.
+        whose effective embedding ``E @ P^T`` is returned as float32. ``mapped`` returns the
+        whole stored tensor as a read-only memory map (:meth:`Checkpoint.map`) where there is
+        no projection to apply.
         """
+        if mapped and rows is None and self.embedding_projection is None:
+            return self.ckpt.map(self.embedding_name)
         emb = self.ckpt.read(self.embedding_name, rows)
         if self.embedding_projection is None:
             return emb
