@@ -2,9 +2,8 @@
 
 awm_jax allocates and frees arrays of tens of megabytes per layer (Gram chunks, aligned copies,
 XLA's outputs). glibc serves each of them with a fresh ``mmap`` and unmaps it when freed, so every
-chunk pays the kernel's page faults again; on virtual machines that costs as much as the
-arithmetic (measured here: a TinyLlama-shaped warm comparison's layer scores 2.0-3.8 s by
-default, 1.7-1.9 s with the settings below). The CLIs therefore ask glibc to serve blocks up to
+chunk pays the kernel's page faults again; on virtual machines that can cost as much as the
+memory-bound layer scores themselves. The CLIs therefore ask glibc to serve blocks up to
 its maximum mmap threshold from the heap and to keep freed heap memory for reuse. Peak RSS is
 not raised (freed memory is reused, not added to). The library itself never changes
 process-wide settings: :func:`tune_allocator` is called by the command-line entry points only.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -165,13 +166,22 @@ class GramSet:
     def _mapped(self, name: str, start: int, stop: int) -> np.ndarray:
         """Layers ``[start, stop)`` of one file, memory-mapped read-only: no copy is made (on the
         CPU, ``device_put`` takes the mapped pages as they are; cache files are never modified
-        once published)."""
+        once published). The kernel is asked to read the pages ahead (``MADV_WILLNEED``), so a
+        prefetching caller gets the disk reads started early."""
         path = self.folder / name
+        layer_bytes = self.n * self.n * 4
+        offset = start * layer_bytes
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
-            return np.memmap(path, np.float32, "r", offset=start * self.n * self.n * 4,
-                             shape=(stop - start, self.n, self.n))
+            with open(path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), offset - base + (stop - start) * layer_bytes, access=mmap.ACCESS_READ,
+                                   offset=base)
         except (OSError, ValueError) as e:
             raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)
+        return np.frombuffer(mapped, np.float32, (stop - start) * self.n * self.n, offset - base).reshape(
+            stop - start, self.n, self.n)
 
     def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
         """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
