@@ -5,7 +5,9 @@ described by ``model.safetensors.index.json`` (exactly the shards the index name
 other ``*.safetensors`` files in the folder, such as adapters or duplicates, are ignored).
 Opening a checkpoint reads and validates only the JSON headers; tensor data is read on
 request, one tensor (or a block of rows) at a time, so peak memory is bounded by the largest
-tensor the method needs, never by the checkpoint size.
+tensor the method needs, never by the checkpoint size. The embedding, read once per comparison
+and used a block of shared rows at a time, is instead memory-mapped read-only (:meth:`Checkpoint.map`):
+its pages come from the page cache and count against no allocation.
 
 Model folders come from strangers, so every file is treated as hostile:
 
@@ -17,7 +19,7 @@ Model folders come from strangers, so every file is treated as hostile:
   a symlink loop standing where a file is expected is refused, so nothing blocks);
 * every size read from a file is checked before anything is allocated: safetensors headers
   (``MAX_HEADER_BYTES``), JSON files (``MAX_JSON_BYTES``), tensor extents against the file
-  size, tensor reads against the memory of the machine, sizes in ``config.json``
+  size, tensor reads and maps against the memory of the machine, sizes in ``config.json``
   (``MAX_CONFIG_INT``).
 
 Every problem raises :class:`~awm_jax.errors.CheckpointError` with a one-line message naming

@@ -143,8 +143,9 @@ class GramSet:
         return out
 
     def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
-        """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, in aligned buffers
-        (one per file of the kind): what the jitted kernels take, without a copy on the CPU."""
+        """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, one array per file
+        of the kind: read-only maps of the cache files when the layers are one whole span, else
+        copies in aligned buffers; either way what the jitted kernels take without a copy on the CPU."""
         if self.folder is None:
             out = []
             for a in self.arrays:
