@@ -38,6 +38,8 @@ from benchmarks.shapes import BF16, SHAPES, Shape
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Relative noise of successive derivatives of a family (cycled).
 NOISES = (0.15, 0.3, 0.5, 0.25, 0.4, 0.2)
+#: First seed word of each random stream (see ``_tensor``).
+SEED_BASE, SEED_NOISE, SEED_PERMUTATION = 0, 1, 2
 #: Free disk space left untouched (GB).
 DISK_MARGIN_GB = 8.0
 
@@ -84,14 +86,19 @@ def plan_models(count: int, seed: int = 0) -> list[Member]:
 
 
 def _tensor(member: Member, shape: Shape, tag: int, rows: int, scale: float) -> np.ndarray:
-    """One ``[rows, n]`` float32 tensor of a member, regenerated from seeds."""
+    """One ``[rows, n]`` float32 tensor of a member, regenerated from seeds.
+
+    Base weights, derivation noise and permutations draw from separate seed spaces (the first
+    seed word): a derivation's noise must never equal another family's base weights, or the
+    derivative really is related to that family.
+    """
     n = shape.hidden
-    w = np.random.default_rng([member.base_seed, tag]).standard_normal((rows, n), np.float32)
+    w = np.random.default_rng([SEED_BASE, member.base_seed, tag]).standard_normal((rows, n), np.float32)
     w *= scale
     for step in member.steps:
-        noise = np.random.default_rng([step.seed, tag]).standard_normal((rows, n), np.float32)
+        noise = np.random.default_rng([SEED_NOISE, step.seed, tag]).standard_normal((rows, n), np.float32)
         w += (step.noise * scale) * noise
-        prng = np.random.default_rng([step.seed, 999_999])
+        prng = np.random.default_rng([SEED_PERMUTATION, step.seed])
         perm = prng.permutation(n)
         signs = prng.choice(np.array([-1.0, 1.0], np.float32), n)
         w = w[:, perm] * signs
