@@ -1,5 +1,6 @@
 """The fingerprint cache: warm runs read no Q/K weights, changes invalidate, writes are atomic."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -68,6 +69,8 @@ def test_padded_maps_whole_spans_and_copies_the_rest(tmp_path, models):
         size = len(layers) if mapped else len(layers) + 1
         for got, want in zip(cached.padded(list(layers), size), mem.padded(list(layers), size)):
             assert (not got.flags.owndata and not got.flags.writeable) == mapped  # mapped read-only, or a copy
+            if mapped:  # on the CPU, JAX takes the mapped pages without a copy
+                assert jax.device_put(got, jax.devices("cpu")[0]).unsafe_buffer_pointer() == got.ctypes.data
             np.testing.assert_array_equal(got, want)
             assert got.ctypes.data % 64 == 0
 
