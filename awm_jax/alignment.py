@@ -28,6 +28,7 @@ __all__ = [
     "ROW_BLOCK",
     "Rotation",
     "assign_dimensions",
+    "block_rows",
     "choose_alignment",
     "column_cosine",
     "embedding_cross",
@@ -77,7 +78,9 @@ class Alignment:
         }
 
 
-def _block_size(rows: int) -> int:
+def block_rows(rows: int) -> int:
+    """Shared rows per accumulation block for ``rows`` shared rows: the next power of two,
+    at most ``ROW_BLOCK``."""
     return min(ROW_BLOCK, 1 << max(rows - 1, 1).bit_length())
 
 
@@ -94,6 +97,11 @@ class EmbeddingCross:
     cross: np.ndarray
     sq_base: np.ndarray
     sq_target: np.ndarray
+
+    @classmethod
+    def of(cls, cross, sq_base, sq_target) -> "EmbeddingCross":
+        """The sums as float64 host arrays, from any array type (float32 accumulators)."""
+        return cls(*(np.asarray(x, np.float64) for x in (cross, sq_base, sq_target)))
 
     def cosine(self) -> np.ndarray:
         """``[n_b, n_t]`` float32 column cosines; a column that is zero over the shared rows gets 0."""
@@ -120,7 +128,7 @@ def embedding_cross(
       ids_target: ``[T]`` target rows of the same tokens, in the same order.
     """
     n_b, n_t = emb_base.shape[1], emb_target.shape[1]
-    block = _block_size(ids_base.size)
+    block = block_rows(ids_base.size)
     host = default_platform() == "cpu"  # host BLAS: ~2x XLA:CPU's dot (see kernels.gram_layers_host)
     zeros = np.zeros if host else jnp.zeros
     cross, sq_b, sq_t = zeros((n_b, n_t), np.float32), zeros((n_b,), np.float32), zeros((n_t,), np.float32)
@@ -137,8 +145,7 @@ def embedding_cross(
             rb = np.concatenate([rb, np.zeros((block - rb.shape[0], n_b), rb.dtype)])
             rt = np.concatenate([rt, np.zeros((block - rt.shape[0], n_t), rt.dtype)])
         cross, sq_b, sq_t = column_cosine_accumulate(cross, sq_b, sq_t, jnp.asarray(rb), jnp.asarray(rt))
-    as64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
-    return EmbeddingCross(as64(cross), as64(sq_b), as64(sq_t))
+    return EmbeddingCross.of(cross, sq_b, sq_t)
 
 
 def column_cosine(

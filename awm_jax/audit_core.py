@@ -395,31 +395,6 @@ def _aligned_from_record(rec: dict, n_t: int) -> _Aligned:
     return _Aligned(_from_b64(rec["perm"], "<i4", n_t), np.where(neg, -1, 1), rec["diagnostics"], rec["vocabulary"])
 
 
-def _read_layer(grams, proj: int, layer: int, out: np.ndarray) -> None:
-    """Reads one layer's Q (``proj`` 0) or K (1) Gram from a fingerprint into ``out`` ``[n, n]``."""
-    from awm_jax.errors import CacheError
-    from awm_jax.fingerprint import KINDS
-
-    if grams.folder is None:
-        out[...] = grams.arrays[proj][layer]
-        return
-    path = grams.folder / KINDS[grams.kind][proj]
-    try:
-        with open(path, "rb", buffering=0) as f:
-            f.seek(layer * out.nbytes)
-            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-    except OSError as e:
-        raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); clear the cache and rerun") from None
-    if got != out.nbytes:
-        raise CacheError(f"{path}: cached fingerprint is truncated; delete {grams.folder} and rerun")
-
-
-def _block_size(rows: int) -> int:
-    from awm_jax.alignment import ROW_BLOCK
-
-    return min(ROW_BLOCK, 1 << max(rows - 1, 1).bit_length())
-
-
 # --------------------------------------------------------------------------------------------
 # The audit
 
@@ -599,10 +574,12 @@ class _Auditor:
     def _device_cosines(self, mine: list, shared: dict, shape: tuple[int, int], batch: int,
                         store: _EmbeddingStore) -> dict[int, np.ndarray]:
         """Column cosines of this process's pairs, their sums batched over the mesh."""
+        from awm_jax.alignment import block_rows
+
         n_b, n_t = shape
         t0 = time.perf_counter()
         most = self.mesh.all_rows(np.array([[max([len(shared[k]) for k in mine if k in shared] or [0])]]))
-        block = _block_size(int(most.max()))
+        block = block_rows(int(most.max()))
         blocks = max(1, -(-int(most.max()) // block))
         dtype = self._shape_dtype(shape)
         rows = len(mine)
@@ -624,8 +601,6 @@ class _Auditor:
         cross, sq_b, sq_t = (self.mesh.local_result(x) for x in (cross, sq_b, sq_t))
         self.timings["cosine_s"] += time.perf_counter() - t0
         from awm_jax.alignment import EmbeddingCross
-
-        as64 = lambda x: np.asarray(x, np.float64)  # noqa: E731  (as alignment.embedding_cross finishes)
         from awm_jax.pipeline import check_embedding_sums
 
         out: dict[int, np.ndarray | AWMError] = {}
@@ -633,9 +608,10 @@ class _Auditor:
             if k in shared:
                 b, t, _ = self.base_target(k)
                 try:
-                    check_embedding_sums(self.models[b].resolved, as64(sq_b[r]))
-                    check_embedding_sums(self.models[t].resolved, as64(sq_t[r]))
-                    out[k] = EmbeddingCross(as64(cross[r]), as64(sq_b[r]), as64(sq_t[r])).cosine()
+                    sums = EmbeddingCross.of(cross[r], sq_b[r], sq_t[r])
+                    check_embedding_sums(self.models[b].resolved, sums.sq_base)
+                    check_embedding_sums(self.models[t].resolved, sums.sq_target)
+                    out[k] = sums.cosine()
                 except AWMError as e:
                     out[k] = e
         return out
@@ -756,7 +732,7 @@ class _Auditor:
                 stack = aligned_empty((capacity[n], n, n))
                 stack[len(slots):] = 0
                 for (m, layer), i in slots.items():
-                    _read_layer(self.models[m].grams, proj, layer, stack[i])
+                    self.models[m].grams.read_into(proj, [(layer, layer + 1)], stack[i : i + 1])
                 stacks.append(stack)
             out[n] = (stacks[0], stacks[1], slots)
         self.timings["gram_read_s"] += time.perf_counter() - t

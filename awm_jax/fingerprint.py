@@ -117,17 +117,30 @@ class GramSet:
         """The Grams of layers ``[start, stop)``, one ``[stop - start, n, n]`` array per file."""
         if self.folder is None:
             return tuple(a[start:stop] for a in self.arrays)
-        return tuple(self._read(name, [(start, stop)]) for name in KINDS[self.kind])
+        return tuple(self._read(i, [(start, stop)]) for i in range(len(KINDS[self.kind])))
 
-    def _read(self, name: str, spans: list[tuple[int, int]], pad_to: int = 0) -> np.ndarray:
-        """Layers of the given ``[start, stop)`` spans of one file into one aligned buffer,
+    def _read(self, index: int, spans: list[tuple[int, int]], pad_to: int = 0) -> np.ndarray:
+        """Layers of the given ``[start, stop)`` spans of array ``index`` into one aligned buffer,
         zero-padded to ``pad_to`` layers."""
-        layer_bytes = self.n * self.n * 4
         count = sum(stop - start for start, stop in spans)
         out = aligned_empty((max(count, pad_to), self.n, self.n))
         out[count:] = 0
+        self.read_into(index, spans, out)
+        return out
+
+    def read_into(self, index: int, spans: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Copies the layers of the given ``[start, stop)`` spans of array ``index`` (for ``qk``:
+        0 the Q Grams, 1 the K Grams), one span after another, into the leading layers of ``out``
+        (a C-contiguous float32 ``[>= layers, n, n]`` buffer)."""
+        if self.folder is None:
+            pos = 0
+            for start, stop in spans:
+                out[pos : pos + stop - start] = self.arrays[index][start:stop]
+                pos += stop - start
+            return
+        layer_bytes = self.n * self.n * 4
         view = memoryview(out.reshape(-1).view(np.uint8))
-        path = self.folder / name
+        path = self.folder / KINDS[self.kind][index]
         try:
             with open(path, "rb", buffering=0) as f:
                 pos = 0
@@ -136,11 +149,12 @@ class GramSet:
                     want = (stop - start) * layer_bytes
                     got = f.readinto(view[pos : pos + want])
                     if got != want:
-                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} or pass --no-cache")
+                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} and rerun "
+                                         "(the fingerprint is computed again)")
                     pos += want
         except OSError as e:
-            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
-        return out
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); delete {self.folder} and rerun "
+                             "(the fingerprint is computed again)") from None
 
     def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
         """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, one array per file
@@ -162,7 +176,7 @@ class GramSet:
                 spans.append((i, i + 1))
         if len(spans) == 1 and len(layers) == size:
             return tuple(self._mapped(name, *spans[0]) for name in KINDS[self.kind])
-        return tuple(self._read(name, spans, size) for name in KINDS[self.kind])
+        return tuple(self._read(i, spans, size) for i in range(len(KINDS[self.kind])))
 
     def _mapped(self, name: str, start: int, stop: int) -> np.ndarray:
         """Layers ``[start, stop)`` of one file, memory-mapped read-only: no copy is made (on the
