@@ -875,9 +875,8 @@ class _Auditor:
 
     def pair_score(self, k: int) -> PairScore:
         """The pair's result, assembled as ``pipeline.score_pair`` assembles it."""
-        from awm_jax.layer_match import match_layers
-        from awm_jax.report import LayerScore
-        from awm_jax.statistics import cross_layer_test, decide, matching_null_test, verdict, z_reference
+        from awm_jax.pipeline import assemble, layer_pairing
+        from awm_jax.statistics import verdict
 
         i, j = self.pairs[k]
         a, b = self.models[i], self.models[j]
@@ -893,31 +892,14 @@ class _Auditor:
             wk = np.array([kk[0] for _, kk in scores])
             off = {s: np.array([(np.float32(q[si]) + np.float32(kk[si])) / np.float32(2) for q, kk in scores])
                    for si, s in enumerate(self.shifts(k)) if s != 0}
-            pairs = [(l, l) for l in range(a.layers)]
-            mode = "equal-depth"
-            grid_q, grid_k = np.diag(wq), np.diag(wk)
-            calibrated = cross_layer_test((wq + wk) / 2, np.concatenate(list(off.values())) if off else np.empty(0))
+            pairing = layer_pairing(self.layer_match, matched=(wq, wk, off))
         else:
-            grid_q, grid_k = self.grids[k]
-            pairs = match_layers((grid_q + grid_k) / 2, self.layer_match)
-            mode = self.layer_match
-            calibrated = matching_null_test((grid_q + grid_k) / 2, pairs, self.layer_match)
-        layers = []
-        for pb, pt in pairs:
-            ia, ib = (pb, pt) if base_is_a else (pt, pb)
-            layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt])))
-        layers.sort(key=lambda l: l.a_layer)
-        s_q = float(np.mean([l.wq for l in layers]))
-        s_k = float(np.mean([l.wk for l in layers]))
-        mean = (s_q + s_k) / 2
-        z = z_reference(mean)
-        final_verdict, rule, warnings = decide(z, calibrated, min(a.n, b.n))
+            pairing = layer_pairing(self.layer_match, grids=self.grids[k])
         diag = al.diagnostics
-        if diag["base_dims"] != diag["matched_dims"]:
-            warnings.append(f"widths differ ({diag['base_dims']} vs {diag['matched_dims']}): only matched dimensions are scored")
+        pv = assemble(pairing, base_is_a, min(a.n, b.n), diag["base_dims"], diag["matched_dims"])
         return PairScore(
-            a.name, b.name, "a" if base_is_a else "b", s_q, s_k, mean, z, verdict(z), final_verdict, rule, mode,
-            tuple(layers), dict(diag), dict(al.vocabulary), calibrated.to_dict(), tuple(warnings),
+            a.name, b.name, "a" if base_is_a else "b", pv.wq, pv.wk, pv.mean, pv.z, verdict(pv.z), pv.verdict, pv.rule,
+            pv.layer_match, pv.layers, dict(diag), dict(al.vocabulary), pv.calibrated.to_dict(), tuple(pv.warnings),
         )
 
 

@@ -42,6 +42,7 @@ from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelInfo, ModelSummary
 from awm_jax.statistics import (
+    CalibratedTest,
     cross_layer_test,
     decide,
     matching_null_test,
@@ -52,9 +53,12 @@ from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
 __all__ = [
     "DEVICES",
+    "PairVerdict",
     "PreparedModel",
+    "assemble",
     "check_embedding_sums",
     "compare",
+    "layer_pairing",
     "locate_model",
     "mismatch_shifts",
     "prepare_model",
@@ -285,6 +289,76 @@ def score_grid(gb: GramSet, gt: GramSet, align) -> tuple[np.ndarray, np.ndarray]
     return grid_q, grid_k
 
 
+@dataclasses.dataclass(frozen=True)
+class PairVerdict:
+    """A pair's layers, aggregate scores and verdict, assembled from its layer scores (ALGORITHM.md
+    steps 7-9 and the calibrated test); ``compare`` and the audit both assemble through :func:`assemble`.
+
+    Attributes:
+      layers: the paired layers, in model A's layer order.
+      wq: mean Q score over the paired layers.
+      wk: mean K score.
+      mean: ``(wq + wk) / 2``.
+      z: the reference z-score of ``mean``.
+      layer_match: ``"equal-depth"`` or the pairing mode used.
+      calibrated: the calibrated test.
+      verdict: the verdict; ``rule`` the rule that gave it; ``warnings`` the caveats.
+    """
+
+    layers: tuple[LayerScore, ...]
+    wq: float
+    wk: float
+    mean: float
+    z: float
+    layer_match: str
+    calibrated: CalibratedTest
+    verdict: str
+    rule: str
+    warnings: list
+
+
+def layer_pairing(layer_match: str, *, matched: tuple | None = None, grids: tuple | None = None) -> tuple:
+    """The paired layers, pairing mode, score grids and calibrated test of a pair.
+
+    Args:
+      layer_match: pairing for different depths.
+      matched: equal depth: ``(wq, wk, off)``, the matched-layer Q and K scores and the mismatched
+        scores per shift (``_score_equal_depth``).
+      grids: different depths: ``(grid_q, grid_k)``, every base layer against every target layer.
+
+    Returns:
+      ``(pairs, mode, grid_q, grid_k, calibrated)``.
+    """
+    if matched is not None:
+        wq, wk, off = matched
+        mismatched = np.concatenate(list(off.values())) if off else np.empty(0)
+        return ([(i, i) for i in range(len(wq))], "equal-depth", np.diag(wq), np.diag(wk),
+                cross_layer_test((wq + wk) / 2, mismatched))
+    grid_q, grid_k = grids
+    pairs = match_layers((grid_q + grid_k) / 2, layer_match)
+    return pairs, layer_match, grid_q, grid_k, matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)
+
+
+def assemble(pairing: tuple, base_is_a: bool, narrowest: int, base_dims: int, matched_dims: int,
+             mlp_scores: np.ndarray | None = None) -> PairVerdict:
+    """Aggregates a pair's layer scores (``layer_pairing``'s result) into its :class:`PairVerdict`."""
+    pairs, mode, grid_q, grid_k, calibrated = pairing
+    layers = []
+    for idx, (pb, pt) in enumerate(pairs):
+        ia, ib = (pb, pt) if base_is_a else (pt, pb)
+        mlp_score = None if mlp_scores is None else float(mlp_scores[idx])
+        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt]), mlp=mlp_score))
+    layers.sort(key=lambda l: l.a_layer)
+    s_q = float(np.mean([l.wq for l in layers]))
+    s_k = float(np.mean([l.wk for l in layers]))
+    mean = (s_q + s_k) / 2
+    z = z_reference(mean)
+    final_verdict, rule, warnings = decide(z, calibrated, narrowest)
+    if base_dims != matched_dims:
+        warnings.append(f"widths differ ({base_dims} vs {matched_dims}): only matched dimensions are scored")
+    return PairVerdict(tuple(layers), s_q, s_k, mean, z, mode, calibrated, final_verdict, rule, warnings)
+
+
 def _summary(m: PreparedModel) -> ModelSummary:
     return ModelSummary(**dataclasses.asdict(m.info()), fingerprint_cached=m.cached)
 
@@ -360,51 +434,33 @@ def score_pair(
         t = time.perf_counter()
         g_base, g_target = base.grams, target.grams
         if g_base.num_layers == g_target.num_layers:
-            wq, wk, off = _score_equal_depth(g_base, g_target, align)
-            pairs = [(i, i) for i in range(g_base.num_layers)]
-            match_mode = "equal-depth"
-            grid_q, grid_k = np.diag(wq), np.diag(wk)
-            calibrated = cross_layer_test((wq + wk) / 2, np.concatenate(list(off.values())) if off else np.empty(0))
+            pairing = layer_pairing(layer_match, matched=_score_equal_depth(g_base, g_target, align))
         else:
-            grid_q, grid_k = score_grid(g_base, g_target, align)
-            pairs = match_layers((grid_q + grid_k) / 2, layer_match)
-            match_mode = layer_match
-            calibrated = matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)
+            pairing = layer_pairing(layer_match, grids=score_grid(g_base, g_target, align))
         timings["scores_s"] = time.perf_counter() - t
         mlp_scores = None
         if base.mlp_grams is not None and target.mlp_grams is not None:
             t = time.perf_counter()
-            mlp_scores = _score_pairs(base.mlp_grams, target.mlp_grams, align, pairs)
+            mlp_scores = _score_pairs(base.mlp_grams, target.mlp_grams, align, pairing[0])
             timings["mlp_scores_s"] = time.perf_counter() - t
     for key in ("open_s", "weights_read_s", "gram_s"):
         timings[key] = a.timings.get(key, 0.0) + b.timings.get(key, 0.0)
     timings["pair_s"] = time.perf_counter() - t_start
 
-    layers = []
-    for idx, (pb, pt) in enumerate(pairs):
-        ia, ib = (pb, pt) if base_is_a else (pt, pb)
-        mlp_score = None if mlp_scores is None else float(mlp_scores[idx])
-        layers.append(LayerScore(a_layer=ia, b_layer=ib, wq=float(grid_q[pb, pt]), wk=float(grid_k[pb, pt]), mlp=mlp_score))
-    layers.sort(key=lambda l: l.a_layer)
-    s_q = float(np.mean([l.wq for l in layers]))
-    s_k = float(np.mean([l.wk for l in layers]))
-    mean = (s_q + s_k) / 2
-    z = z_reference(mean)
-    final_verdict, rule, warnings = decide(z, calibrated, min(a.resolved.hidden_size, b.resolved.hidden_size))
-    if assignment.base_dims != assignment.target_dims:
-        warnings.append(f"widths differ ({assignment.base_dims} vs {assignment.target_dims}): only matched dimensions are scored")
+    pv = assemble(pairing, base_is_a, min(a.resolved.hidden_size, b.resolved.hidden_size), assignment.base_dims,
+                  assignment.target_dims, mlp_scores)
     dropped = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     return CompareResult(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
-        wq=s_q, wk=s_k, mean=mean, mlp=None if mlp_scores is None else float(np.mean(mlp_scores)),
-        z_reference=z, reference_verdict=verdict(z),
-        verdict=final_verdict, verdict_rule=rule,
-        layer_match=match_mode, layers=tuple(layers), alignment=diagnostics,
+        wq=pv.wq, wk=pv.wk, mean=pv.mean, mlp=None if mlp_scores is None else float(np.mean(mlp_scores)),
+        z_reference=pv.z, reference_verdict=verdict(pv.z),
+        verdict=pv.verdict, verdict_rule=pv.rule,
+        layer_match=pv.layer_match, layers=pv.layers, alignment=diagnostics,
         vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
                     "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
-        calibrated=calibrated.to_dict(),
+        calibrated=pv.calibrated.to_dict(),
         timings=timings, environment=_environment(jax.config.jax_default_device or jax.devices()[0]),
-        warnings=tuple(warnings),
+        warnings=tuple(pv.warnings),
     )
 
 
