@@ -1,6 +1,7 @@
-"""Markdown table of the pair benchmark results: ``python -m benchmarks.summary``.
+"""Markdown tables of the benchmark results: ``python -m benchmarks.summary [pair|audit]``.
 
-Reads ``benchmarks/results/pair-*.json`` (written by ``python -m benchmarks.pair``).
+Reads ``benchmarks/results/pair-*.json`` (written by ``python -m benchmarks.pair``) and
+``benchmarks/results/audit-*.json`` (written by ``python -m benchmarks.audit``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ["tinyllama-1.1b", "llama-2-7b", "llama-3-8b", "llama-2-70b-4layers"]
 
 
-def main() -> int:
+def pair_tables() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("pair-*.json"))]
     runs.sort(key=lambda r: ORDER.index(r["shape"]["name"]) if r["shape"]["name"] in ORDER else 99)
     print("| shape | device | cold wall | warm wall | peak RSS cold / warm | floor (read + compute) | cold / floor "
@@ -36,6 +37,39 @@ def main() -> int:
     for r in runs:
         cells = [f"{r['cold']['timings'].get(k, 0):.1f} / {r['warm']['timings'].get(k, 0):.1f}" for k in keys]
         print(f"| {r['shape']['name']} | " + " | ".join(cells) + " |")
+
+
+def audit_table() -> None:
+    runs = [json.loads(p.read_text()) for p in RESULTS.glob("audit-*.json")]
+    runs.sort(key=lambda r: r["models"])
+    print("| models | pairs | total | fingerprints | pair stages (share) | per pair | peak RSS | `--memory-gb` "
+          "| families | vs `compare` | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        b, pairs = r["breakdown_s"], r["pairs"]
+        checked = r["checked_against_compare"]
+        diff = max(c["max_abs_diff"] for c in checked)
+        print(f"| {r['models']} | {pairs} | {r['total_s']:.0f} s | {r['fingerprint_s']:.0f} s "
+              f"({r['per_model_fingerprint_s']:.1f} s/model) | {r['pair_phase_s']:.0f} s "
+              f"({100 * r['pair_phase_share']:.0f}%) | {r['per_pair_s']:.1f} s: cosine {b['cosine_s'] / pairs:.1f}, "
+              f"CKA {b['cka_s'] / pairs:.1f} | {r['peak_rss_gb']:.2f} GB | {r['memory_gb_budget']:.0f} GB | "
+              f"{r['families_found']} of {r['families_expected']}, {'exact' if r['families_exact'] else 'NOT exact'} | "
+              f"{len(checked)} pairs, diff {diff:g} | {r['machine']['load_before'][0]:.1f} |")
+
+
+TABLES = {"pair": pair_tables, "audit": audit_table}
+
+
+def main(argv=None) -> int:
+    which = (argv if argv is not None else sys.argv[1:]) or list(TABLES)
+    unknown = [name for name in which if name not in TABLES]
+    if unknown:
+        print(f"unknown table {unknown[0]!r}: choose from {', '.join(TABLES)}", file=sys.stderr)
+        return 2
+    for i, name in enumerate(which):
+        if i:
+            print()
+        TABLES[name]()
     return 0
 
 
