@@ -574,7 +574,8 @@ class _Auditor:
     def _device_cosines(self, mine: list, shared: dict, shape: tuple[int, int], batch: int,
                         store: _EmbeddingStore) -> dict[int, np.ndarray]:
         """Column cosines of this process's pairs, their sums batched over the mesh."""
-        from awm_jax.alignment import block_rows
+        from awm_jax.alignment import EmbeddingCross, block_rows
+        from awm_jax.pipeline import check_embedding_sums
 
         n_b, n_t = shape
         t0 = time.perf_counter()
@@ -600,8 +601,6 @@ class _Auditor:
             cross, sq_b, sq_t = self.mesh.cosine_sums(cross, sq_b, sq_t, put(rb), put(rt))
         cross, sq_b, sq_t = (self.mesh.local_result(x) for x in (cross, sq_b, sq_t))
         self.timings["cosine_s"] += time.perf_counter() - t0
-        from awm_jax.alignment import EmbeddingCross
-        from awm_jax.pipeline import check_embedding_sums
 
         out: dict[int, np.ndarray | AWMError] = {}
         for r, k in enumerate(mine):
@@ -876,7 +875,6 @@ class _Auditor:
     def pair_score(self, k: int) -> PairScore:
         """The pair's result, assembled as ``pipeline.score_pair`` assembles it."""
         from awm_jax.pipeline import assemble, layer_pairing
-        from awm_jax.statistics import verdict
 
         i, j = self.pairs[k]
         a, b = self.models[i], self.models[j]
@@ -898,8 +896,8 @@ class _Auditor:
         diag = al.diagnostics
         pv = assemble(pairing, base_is_a, min(a.n, b.n), diag["base_dims"], diag["matched_dims"])
         return PairScore(
-            a.name, b.name, "a" if base_is_a else "b", pv.wq, pv.wk, pv.mean, pv.z, verdict(pv.z), pv.verdict, pv.rule,
-            pv.layer_match, pv.layers, dict(diag), dict(al.vocabulary), pv.calibrated.to_dict(), tuple(pv.warnings),
+            a.name, b.name, "a" if base_is_a else "b", pv.wq, pv.wk, pv.mean, pv.z, pv.reference_verdict, pv.verdict, pv.rule,
+            pv.layer_match, pv.layers, dict(diag), dict(al.vocabulary), pv.calibrated.to_dict(), pv.warnings,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import NamedTuple
 from pathlib import Path
 import threading
 import time
@@ -53,6 +54,7 @@ from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
 
 __all__ = [
     "DEVICES",
+    "LayerPairing",
     "PairVerdict",
     "PreparedModel",
     "assemble",
@@ -299,7 +301,7 @@ class PairVerdict:
       wq: mean Q score over the paired layers.
       wk: mean K score.
       mean: ``(wq + wk) / 2``.
-      z: the reference z-score of ``mean``.
+      z: the reference z-score of ``mean``; ``reference_verdict`` its verdict.
       layer_match: ``"equal-depth"`` or the pairing mode used.
       calibrated: the calibrated test.
       verdict: the verdict; ``rule`` the rule that gave it; ``warnings`` the caveats.
@@ -310,14 +312,26 @@ class PairVerdict:
     wk: float
     mean: float
     z: float
+    reference_verdict: str
     layer_match: str
     calibrated: CalibratedTest
     verdict: str
     rule: str
-    warnings: list
+    warnings: tuple[str, ...]
 
 
-def layer_pairing(layer_match: str, *, matched: tuple | None = None, grids: tuple | None = None) -> tuple:
+class LayerPairing(NamedTuple):
+    """A pair's paired ``(base, target)`` layers, pairing mode (``"equal-depth"`` or the
+    ``layer_match`` mode), ``[L_base, L_target]`` Q and K score grids and calibrated test."""
+
+    pairs: list[tuple[int, int]]
+    mode: str
+    grid_q: np.ndarray
+    grid_k: np.ndarray
+    calibrated: CalibratedTest
+
+
+def layer_pairing(layer_match: str, *, matched: tuple | None = None, grids: tuple | None = None) -> LayerPairing:
     """The paired layers, pairing mode, score grids and calibrated test of a pair.
 
     Args:
@@ -325,21 +339,18 @@ def layer_pairing(layer_match: str, *, matched: tuple | None = None, grids: tupl
       matched: equal depth: ``(wq, wk, off)``, the matched-layer Q and K scores and the mismatched
         scores per shift (``_score_equal_depth``).
       grids: different depths: ``(grid_q, grid_k)``, every base layer against every target layer.
-
-    Returns:
-      ``(pairs, mode, grid_q, grid_k, calibrated)``.
     """
     if matched is not None:
         wq, wk, off = matched
         mismatched = np.concatenate(list(off.values())) if off else np.empty(0)
-        return ([(i, i) for i in range(len(wq))], "equal-depth", np.diag(wq), np.diag(wk),
-                cross_layer_test((wq + wk) / 2, mismatched))
+        return LayerPairing([(i, i) for i in range(len(wq))], "equal-depth", np.diag(wq), np.diag(wk),
+                            cross_layer_test((wq + wk) / 2, mismatched))
     grid_q, grid_k = grids
     pairs = match_layers((grid_q + grid_k) / 2, layer_match)
-    return pairs, layer_match, grid_q, grid_k, matching_null_test((grid_q + grid_k) / 2, pairs, layer_match)
+    return LayerPairing(pairs, layer_match, grid_q, grid_k, matching_null_test((grid_q + grid_k) / 2, pairs, layer_match))
 
 
-def assemble(pairing: tuple, base_is_a: bool, narrowest: int, base_dims: int, matched_dims: int,
+def assemble(pairing: LayerPairing, base_is_a: bool, narrowest: int, base_dims: int, matched_dims: int,
              mlp_scores: np.ndarray | None = None) -> PairVerdict:
     """Aggregates a pair's layer scores (``layer_pairing``'s result) into its :class:`PairVerdict`."""
     pairs, mode, grid_q, grid_k, calibrated = pairing
@@ -356,7 +367,8 @@ def assemble(pairing: tuple, base_is_a: bool, narrowest: int, base_dims: int, ma
     final_verdict, rule, warnings = decide(z, calibrated, narrowest)
     if base_dims != matched_dims:
         warnings.append(f"widths differ ({base_dims} vs {matched_dims}): only matched dimensions are scored")
-    return PairVerdict(tuple(layers), s_q, s_k, mean, z, mode, calibrated, final_verdict, rule, warnings)
+    return PairVerdict(tuple(layers), s_q, s_k, mean, z, verdict(z), mode, calibrated, final_verdict, rule,
+                       tuple(warnings))
 
 
 def _summary(m: PreparedModel) -> ModelSummary:
@@ -441,7 +453,7 @@ def score_pair(
         mlp_scores = None
         if base.mlp_grams is not None and target.mlp_grams is not None:
             t = time.perf_counter()
-            mlp_scores = _score_pairs(base.mlp_grams, target.mlp_grams, align, pairing[0])
+            mlp_scores = _score_pairs(base.mlp_grams, target.mlp_grams, align, pairing.pairs)
             timings["mlp_scores_s"] = time.perf_counter() - t
     for key in ("open_s", "weights_read_s", "gram_s"):
         timings[key] = a.timings.get(key, 0.0) + b.timings.get(key, 0.0)
@@ -453,14 +465,14 @@ def score_pair(
     return CompareResult(
         model_a=_summary(a), model_b=_summary(b), base="a" if base_is_a else "b",
         wq=pv.wq, wk=pv.wk, mean=pv.mean, mlp=None if mlp_scores is None else float(np.mean(mlp_scores)),
-        z_reference=pv.z, reference_verdict=verdict(pv.z),
+        z_reference=pv.z, reference_verdict=pv.reference_verdict,
         verdict=pv.verdict, verdict_rule=pv.rule,
         layer_match=pv.layer_match, layers=pv.layers, alignment=diagnostics,
         vocabulary={"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped[0],
                     "dropped_b": dropped[1], "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)},
         calibrated=pv.calibrated.to_dict(),
         timings=timings, environment=_environment(jax.config.jax_default_device or jax.devices()[0]),
-        warnings=tuple(pv.warnings),
+        warnings=pv.warnings,
     )
 
 
