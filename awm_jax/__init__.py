@@ -28,16 +28,19 @@ __all__ = [
 
 _LAZY = {
     "AWMError": "awm_jax.errors",
-    "AuditResult": "awm_jax.audit_core",
-    "audit": "awm_jax.audit_core",
+    "AuditResult": "awm_jax.audit.core",
     "CompareResult": "awm_jax.report",
     "LayerScore": "awm_jax.report",
     "ModelSummary": "awm_jax.report",
-    "compare": "awm_jax.pipeline",
+    "compare": "awm_jax.engine",
 }
 
 
 def __getattr__(name: str):
+    if name == "audit":  # the package is callable as the API (awm_jax.audit(models, ...))
+        value = importlib.import_module("awm_jax.audit")
+        globals()[name] = value
+        return value
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

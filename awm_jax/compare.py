@@ -1,141 +1,27 @@
-"""Command line: ``python -m awm_jax.compare MODEL_A MODEL_B``.
+"""``python -m awm_jax.compare MODEL_A MODEL_B``: the compare command line (:mod:`awm_jax.cli.compare`).
 
-Thin by design: parses arguments, calls :func:`awm_jax.compare`, prints the report, writes the
-JSON record. JAX is imported only after the arguments are parsed, so ``--help`` is instant.
-Errors caused by the input print one line to stderr and exit with the code listed in
-:mod:`awm_jax.errors`; anything else is a bug and shows its traceback (exit 1).
-
-``python -m`` puts the current folder first on Python's import path. Run from inside a model
-folder, a ``json.py`` there would then be imported instead of the standard library's, so the
-first thing this module does as a script is to take the current folder off the path.
+Imported, this module stays callable as the API (``awm_jax.compare(a, b)`` after
+``import awm_jax.compare`` binds the package attribute to this module).
 """
 
-from __future__ import annotations
-
-import os
 import sys
-
-if __name__ == "__main__":  # before any other import: nothing is imported from the current folder
-    _here = {"", ".", os.getcwd(), os.path.realpath(os.getcwd())}
-    sys.path[:] = [p for p in sys.path if p not in _here and os.path.realpath(p or ".") not in _here]
-
-import argparse
-
-from awm_jax.errors import OneLineArgumentParser
-import json
 import types
-from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+if __name__ == "__main__":
+    from awm_jax.cli import launch
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+    sys.exit(launch("compare"))
 
+from awm_jax.cli.compare import build_parser, main  # noqa: E402  (no JAX: the CLI imports it lazily)
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(
-        prog="python -m awm_jax.compare",
-        description="AWM lineage test: is model B derived from model A (or vice versa), from weights alone?",
-        epilog="Exit codes: 0 ok, 2 usage, 3 checkpoint, 4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, "
-               "130 interrupted. Model folders are never executed or written to; see docs/errors.md.",
-    )
-    p.add_argument("model_a", nargs="?", help="folder of model A (config.json, *.safetensors, tokenizer files)")
-    p.add_argument("model_b", nargs="?", help="folder of model B")
-    p.add_argument("--example", action="store_true",
-                   help="compare the example checkpoints shipped with the package (base vs derived, base vs independent)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"),
-                   help="JAX device; a device that is not there is an error (default: auto)")
-    p.add_argument("--layer-match", default="assignment", choices=("assignment", "monotone"),
-                   help="pairing of layers when depths differ: the paper's unconstrained assignment, "
-                        "or order-preserving (default: assignment)")
-    p.add_argument("--alignment", default="assignment", choices=("assignment", "orthogonal", "auto"),
-                   help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
-                        "map that also undoes a rotated residual stream, or auto (default: assignment)")
-    p.add_argument("--mlp", action="store_true",
-                   help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
-    p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
-    p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
-    p.add_argument("--layout", metavar="NAME_OR_FILE",
-                   help="force the layout of both models (a registry name or a TOML layout file)")
-    p.add_argument("--layout-a", metavar="NAME_OR_FILE", help="force the layout of model A")
-    p.add_argument("--layout-b", metavar="NAME_OR_FILE", help="force the layout of model B")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="load pickle weights (pytorch_model.bin, *.pt) of folders without safetensors, through "
-                        "torch.load(weights_only=True); needs torch. Off by default: unpickling can run code")
-    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    return p
-
-
-def _write_json(path: str, payload: object) -> None:
-    from awm_jax.errors import UsageError
-
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UsageError(f"--json {path}: folder {target.parent} does not exist; create it or choose another path")
-    from awm_jax._atomic import atomic_write
-
-    try:
-        atomic_write(target, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
-    except OSError as e:
-        raise UsageError(f"--json {path}: cannot write ({e.strerror})") from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    from awm_jax.checkpoint import pickle_loading
-    from awm_jax.errors import UsageError
-    from awm_jax.pipeline import compare
-
-    if args.example:
-        if args.model_a or args.model_b:
-            raise UsageError("--example takes no model folders")
-        pairs = [(EXAMPLES / "base", EXAMPLES / "derived"), (EXAMPLES / "base", EXAMPLES / "independent")]
-    elif args.model_a and args.model_b:
-        pairs = [(Path(args.model_a), Path(args.model_b))]
-    else:
-        raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
-    results = []
-    for a, b in pairs:
-        with pickle_loading(args.allow_pickle):
-            r = compare(
-                a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
-                cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
-                alignment=args.alignment, mlp=args.mlp,
-            )
-        results.append(r)
-        if args.quiet:
-            print(f"{r.verdict}\tmean {r.mean:.6f}\tz {r.z_reference:.2f}\t{a}\t{b}")
-        else:
-            print(r.render_text())
-            print()
-    if args.json:
-        _write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.version:
-        from awm_jax._version import __version__
-
-        print(f"awm_jax {__version__}")
-        return 0
-    from awm_jax.errors import run_cli
-
-    return run_cli(lambda: _run(args), "interrupted")
+__all__ = ["build_parser", "main"]
 
 
 class _CallableModule(types.ModuleType):
-    """Keeps ``awm_jax.compare(a, b)`` working after ``import awm_jax.compare`` rebinds the name."""
-
     def __call__(self, *args, **kwargs):
-        from awm_jax.pipeline import compare
+        from awm_jax.engine import compare
 
         return compare(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -98,8 +98,8 @@ def run_cli(run: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Runs a command's body: an :class:`AWMError` becomes one stderr line and its exit code,
     Ctrl-C exits 130 with ``interrupted``, a reader that went away (``| head``) exits 141 quietly.
     Anything else is a bug and keeps its traceback. The process allocator is tuned first
-    (:func:`awm_jax._memory.tune_allocator`)."""
-    from awm_jax._memory import tune_allocator
+    (:func:`awm_jax.io.memory.tune_allocator`)."""
+    from awm_jax.io.memory import tune_allocator
 
     tune_allocator()
     try:

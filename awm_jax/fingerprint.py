@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awm_jax._atomic import atomic_write
+from awm_jax.io.atomic import atomic_write
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
-from awm_jax.kernels import default_platform, gram_layers, gram_layers_host
+from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
 from awm_jax.layouts import ResolvedLayout
 
 __all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams", "chunk_layers_for"]

@@ -14,7 +14,7 @@ def main() -> None:
         cache_dir = sys.argv[4]
         device = sys.argv[5] if len(sys.argv) > 5 else "auto"
         import awm_jax
-        from awm_jax._memory import tune_allocator
+        from awm_jax.io.memory import tune_allocator
 
         tune_allocator()  # as the CLI does
 

@@ -150,7 +150,7 @@ def run_audit(listing: Path, out: Path, cache: Path, memory_gb: float) -> dict:
 
 def check_pairs(result: dict, paths: dict[str, Path], cache: Path, count: int = 3) -> list[dict]:
     """Recompares a derived, a chained and an independent pair with ``compare``; 1e-6 or fail."""
-    from awm_jax.pipeline import compare
+    from awm_jax.engine import compare
 
     pairs = result["pairs"]
     derived = [p for p in pairs if p["a"].split("-")[0] == p["b"].split("-")[0] and p["a"].startswith("fam")]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts import detect
-from awm_jax.vocab import load_vocabulary, shared_rows
+from awm_jax.io.vocab import load_vocabulary, shared_rows
 
 __all__ = ["naive_compare"]
 

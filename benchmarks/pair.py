@@ -57,7 +57,7 @@ def _timed(fn) -> float:
 
 
 def needed_tensors(folder: Path) -> list[tuple[Path, int, int]]:
-    from awm_jax.checkpoint import Checkpoint
+    from awm_jax.io.checkpoint import Checkpoint
     from awm_jax.layouts import detect
 
     r = detect(Checkpoint(folder))

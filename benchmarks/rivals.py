@@ -25,10 +25,10 @@ from functools import lru_cache
 import jax.numpy as jnp
 import numpy as np
 
-from awm_jax.checkpoint import Checkpoint
-from awm_jax.kernels import gram, unbiased_cka
+from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.numerics.kernels import gram, unbiased_cka
 from awm_jax.layouts import detect
-from awm_jax.vocab import load_vocabulary, shared_rows
+from awm_jax.io.vocab import load_vocabulary, shared_rows
 
 __all__ = ["RIVALS", "pcs", "ics", "std_profile", "cka_unaligned"]
 

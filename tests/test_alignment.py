@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from awm_jax.alignment import assign_dimensions
+from awm_jax.numerics.alignment import assign_dimensions
 from awm_jax.errors import NumericalError
 
 

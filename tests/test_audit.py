@@ -74,7 +74,7 @@ def zoo(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def reference(zoo, tmp_path_factory):
     """The audit of the synthetic zoo on one device, run once: ``(result, out folder, cache)``."""
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     out = tmp_path_factory.mktemp("audit-out")
     cache = tmp_path_factory.mktemp("audit-cache")
@@ -83,7 +83,7 @@ def reference(zoo, tmp_path_factory):
 
 
 def _assert_matches_compare(result, paths: dict[str, Path], cache: Path) -> None:
-    from awm_jax.pipeline import compare
+    from awm_jax.engine import compare
 
     if not result.against:
         assert [(p.a, p.b) for p in result.pairs] == [(a, b) for i, a in enumerate(result.rows) for b in result.rows[i + 1:]]
@@ -148,7 +148,7 @@ def test_unscorable_pairs_are_reported_not_fatal(reference):
 
 def test_outputs_written(reference):
     result, out, _ = reference
-    from awm_jax.audit_report import OUTPUT_FILES
+    from awm_jax.audit.outputs import OUTPUT_FILES
 
     for name in OUTPUT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -169,8 +169,8 @@ def test_family_rules():
     """fwer: Bonferroni over the audit's pairs; verdict: compare's verdict; a float: a score cut."""
     from types import SimpleNamespace
 
-    from awm_jax.lineage_tree import derived_edges
-    from awm_jax.statistics import CALIBRATED_ALPHA
+    from awm_jax.audit.lineage_tree import derived_edges
+    from awm_jax.numerics.statistics import CALIBRATED_ALPHA
 
     nan = float("nan")
 
@@ -187,7 +187,7 @@ def test_family_rules():
 
 
 def test_against_mode_scores_n_by_m(zoo, reference, tmp_path):
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     full, _, cache = reference
     new = {k: zoo[k] for k in ("a2", "b1", "c0")}
@@ -207,7 +207,7 @@ def test_against_mode_scores_n_by_m(zoo, reference, tmp_path):
 
 def test_memory_budget_tiles_and_evicts_with_identical_scores(zoo, reference, tmp_path):
     """A budget of a few models forces the embedding store to evict and the Gram stage to tile."""
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     full, _, cache = reference
     tiny = 2 * 400 * 48 * 4 / 2**30 + 3 * 2 * 4 * 48 * 48 / 2**30  # about two embeddings, three models' layer Grams
@@ -224,7 +224,7 @@ def test_memory_budget_tiles_and_evicts_with_identical_scores(zoo, reference, tm
 def test_single_linkage_cut_equals_families():
     from scipy.cluster.hierarchy import fcluster
 
-    from awm_jax.lineage_tree import families, lineage_linkage
+    from awm_jax.audit.lineage_tree import families, lineage_linkage
 
     rng = np.random.default_rng(3)
     for trial in range(20):
@@ -242,7 +242,7 @@ def test_single_linkage_cut_equals_families():
 
 
 def test_journal_torn_and_damaged_lines(tmp_path):
-    from awm_jax.audit_journal import Journal
+    from awm_jax.audit.journal import Journal
     from awm_jax.errors import CacheError, UsageError
 
     with Journal(tmp_path, "k1") as j:
@@ -267,7 +267,7 @@ def test_journal_torn_and_damaged_lines(tmp_path):
 
 _KILLER = textwrap.dedent("""
     import os, signal, sys
-    from awm_jax import audit_journal
+    from awm_jax.audit import journal as audit_journal
 
     limit = int(os.environ["KILL_AFTER"])
     original = audit_journal.Journal.append
@@ -283,14 +283,14 @@ _KILLER = textwrap.dedent("""
         original(self, record)
 
     audit_journal.Journal.append = append
-    from awm_jax.audit import main
+    from awm_jax.cli.audit import main
     sys.exit(main(sys.argv[1:]))
 """)
 
 
 @pytest.mark.parametrize("kill_after", [3, 40], ids=["during-alignments", "during-scores"])
 def test_killed_audit_resumes_to_identical_files(zoo, reference, tmp_path, kill_after):
-    from awm_jax.audit import main
+    from awm_jax.cli.audit import main
 
     full, ref_out, cache = reference
     out = tmp_path / "out"
@@ -317,7 +317,7 @@ def test_cli_help_is_fast_and_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "awm_jax.audit", "--help"], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "--against" in out.stdout
     assert time.perf_counter() - t < 5.0
-    from awm_jax.audit import main
+    from awm_jax.cli.audit import main
 
     assert main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # one model only
     assert main(["--out", str(tmp_path / "o")]) == 2  # no models
@@ -327,7 +327,7 @@ def test_cli_help_is_fast_and_errors_are_one_line(tmp_path):
 
 
 def test_label_check_counts_agreement(reference, tmp_path):
-    from awm_jax.audit_report import write_label_check
+    from awm_jax.audit.outputs import write_label_check
 
     result, _, _ = reference
     labelled = [("a0", "a1", "derived"), ("a0", "c0", "independent"), ("c0", "d0", "derived")]
@@ -348,7 +348,7 @@ def test_module_is_callable_as_the_api(zoo, reference):
 
 
 def test_model_list_parsing(tmp_path):
-    from awm_jax.audit import read_model_list
+    from awm_jax.cli.audit import read_model_list
     from awm_jax.errors import UsageError
 
     f = tmp_path / "l.txt"
@@ -362,7 +362,7 @@ def test_model_list_parsing(tmp_path):
 
 
 def test_unique_names():
-    from awm_jax.audit_core import _unique_names
+    from awm_jax.audit.core import _unique_names
 
     paths = [Path("/x/a/model"), Path("/y/b/model"), Path("/z/c"), Path("/z/c")]
     assert _unique_names(paths) == ["a/model", "b/model", "c", "c#2"]
@@ -386,7 +386,7 @@ def _micro_zoo_dir(tmp_path_factory) -> Path:
 
 def test_micro_lineage_zoo(tmp_path_factory, tmp_path):
     """The micro zoo: families as its manifest labels them, every pair equal to ``compare``."""
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     zoo_dir = _micro_zoo_dir(tmp_path_factory)
     manifest = json.loads((zoo_dir / "MANIFEST.json").read_text())
@@ -395,7 +395,7 @@ def test_micro_lineage_zoo(tmp_path_factory, tmp_path):
     result = audit(paths, out_dir=tmp_path / "out", cache_dir=cache, family_rule=0.5)
     _assert_matches_compare(result, paths, cache)
     edges = [(p["a"], p["b"]) for p in manifest["pairs"] if p["label"] == "derived"]
-    from awm_jax.lineage_tree import families
+    from awm_jax.audit.lineage_tree import families
 
     names = list(paths)
     expected = families(names, [(names.index(a), names.index(b)) for a, b in edges])

@@ -1,7 +1,7 @@
 """The audit benchmark's synthetic model plan, at a micro shape: the real audit must recover its
 families exactly (seconds; the benchmark itself runs TinyLlama-shaped models)."""
 
-from awm_jax.audit_core import audit
+from awm_jax.audit.core import audit
 from benchmarks.audit import plan_models, synthesize
 from benchmarks.shapes import Shape
 

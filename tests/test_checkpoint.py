@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from awm_jax.checkpoint import MAX_HEADER_BYTES, Checkpoint
+from awm_jax.io.checkpoint import MAX_HEADER_BYTES, Checkpoint
 from awm_jax.errors import CheckpointError
 from awm_jax.synthetic import write_model, write_safetensors
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from awm_jax.compare import main
+from awm_jax.cli.compare import main
 from conftest import random_model, save_llama
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from awm_jax.download import expand_targets, main
+from awm_jax.cli.download import expand_targets, main
 from awm_jax.errors import UsageError
-from awm_jax.hub import cached_snapshot, hub_cache_dir
+from awm_jax.io.hub import cached_snapshot, hub_cache_dir
 from hub_server import hub, write_tiny_model  # noqa: F401  (hub is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _run(capsys, argv):
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, time; t = time.perf_counter(); from awm_jax.download import build_parser; build_parser(); "
+    code = ("import sys, time; t = time.perf_counter(); from awm_jax.cli.download import build_parser; build_parser(); "
             "heavy = [m for m in ('huggingface_hub', 'jax', 'numpy') if m in sys.modules]; "
             "print(heavy, time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout

@@ -19,11 +19,11 @@ import pytest
 from conftest import random_model, save_llama
 
 import awm_jax.fingerprint as fp
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.compare import main
 from awm_jax.errors import CacheError
 from awm_jax.layouts import detect
-from awm_jax.pipeline import compare
+from awm_jax.engine import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import awm_jax.fingerprint as fp
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts import detect
 
 point, model, cache = sys.argv[1:4]

@@ -8,7 +8,7 @@ import awm_jax
 from awm_jax.errors import CacheError
 from awm_jax.fingerprint import FingerprintCache, GramSet, default_cache_dir, model_grams
 from awm_jax.layouts import ResolvedLayout, detect
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from conftest import random_model, save_llama
 
 

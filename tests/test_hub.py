@@ -1,4 +1,4 @@
-"""awm_jax.hub: resolving hub ids against a stand-in hub on loopback (tests/hub_server.py)."""
+"""awm_jax.io.hub: resolving hub ids against a stand-in hub on loopback (tests/hub_server.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import socket
 import numpy as np
 import pytest
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import CheckpointError
-from awm_jax.hub import HubId, cached_snapshot, hub_cache_dir, parse_hub_id, resolve_model, select_files
+from awm_jax.io.hub import HubId, cached_snapshot, hub_cache_dir, parse_hub_id, resolve_model, select_files
 from hub_server import hub, write_tiny_model  # noqa: F401  (hub is a fixture)
 
 NEEDED = {

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from awm_jax import kernels
+from awm_jax.numerics import kernels
 
 
 def hsic_u(k: np.ndarray, l: np.ndarray) -> float:
@@ -92,7 +92,7 @@ def test_column_cosine_accumulation_matches_float64():
     eb = rng.standard_normal((300, 20)).astype(np.float32)
     et = rng.standard_normal((250, 12)).astype(np.float32)
     ids_b, ids_t = rng.permutation(300)[:180], rng.permutation(250)[:180]
-    from awm_jax.alignment import column_cosine
+    from awm_jax.numerics.alignment import column_cosine
 
     got = column_cosine(eb, et, ids_b, ids_t)
     b, t = eb[ids_b].astype(np.float64), et[ids_t].astype(np.float64)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from awm_jax.layer_match import match_layers, monotone_matching
+from awm_jax.numerics.layer_match import match_layers, monotone_matching
 
 
 def total(grid, pairs):

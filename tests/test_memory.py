@@ -1,4 +1,4 @@
-"""The CLIs' allocator settings (awm_jax._memory)."""
+"""The CLIs' allocator settings (awm_jax.io.memory)."""
 
 import platform
 import subprocess
@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from awm_jax._memory import tune_allocator
+from awm_jax.io.memory import tune_allocator
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_tune_allocator_applies_on_glibc():
     # In a child process: the settings are process-wide and the test process keeps its own.
-    code = "from awm_jax._memory import tune_allocator; import numpy as np; assert tune_allocator(); np.ones(1 << 24).sum()"
+    code = "from awm_jax.io.memory import tune_allocator; import numpy as np; assert tune_allocator(); np.ones(1 << 24).sum()"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -105,11 +105,11 @@ def test_two_folders_with_the_same_name_are_two_models(tmp_path, base):
 
 
 def test_locate_model_sends_only_hub_ids_to_the_hub(tmp_path, monkeypatch):
-    import awm_jax.hub
-    from awm_jax.pipeline import locate_model
+    import awm_jax.io.hub
+    from awm_jax.engine import locate_model
 
     calls = []
-    monkeypatch.setattr(awm_jax.hub, "resolve_model", lambda spec: calls.append(spec) or tmp_path)
+    monkeypatch.setattr(awm_jax.io.hub, "resolve_model", lambda spec: calls.append(spec) or tmp_path)
     (tmp_path / "owner" / "name").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert locate_model("owner/name").resolve() == tmp_path / "owner" / "name"  # an existing folder wins
@@ -146,7 +146,7 @@ def test_mlp_evidence_follows_the_same_alignment(tmp_path):
 
 
 def test_prefetched_reads_in_order_one_ahead():
-    from awm_jax.pipeline import _prefetched
+    from awm_jax.engine import _prefetched
 
     started, consumed = [], []
 

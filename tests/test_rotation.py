@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from awm_jax.alignment import choose_alignment
+from awm_jax.numerics.alignment import choose_alignment
 from conftest import random_model, save_llama
 
 

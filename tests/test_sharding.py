@@ -59,7 +59,7 @@ def _grams(rng, rows, d, n):
 
 
 def test_aligned_cka_matches_float64_oracle_and_does_not_recompile(compiles):
-    from awm_jax.sharding import aligned_layer_cka, pair_mesh
+    from awm_jax.audit.sharding import aligned_layer_cka, pair_mesh
 
     rng = np.random.default_rng(0)
     mesh = pair_mesh()
@@ -90,7 +90,7 @@ def test_aligned_cka_matches_float64_oracle_and_does_not_recompile(compiles):
 
 
 def test_cosine_sums_match_host_and_do_not_recompile(compiles):
-    from awm_jax.sharding import pair_mesh
+    from awm_jax.audit.sharding import pair_mesh
 
     rng = np.random.default_rng(1)
     mesh = pair_mesh()
@@ -112,7 +112,7 @@ def test_cosine_sums_match_host_and_do_not_recompile(compiles):
 
 
 def test_local_rows_cover_the_batch_on_one_process():
-    from awm_jax.sharding import pair_mesh
+    from awm_jax.audit.sharding import pair_mesh
 
     mesh = pair_mesh()
     assert mesh.local_rows(mesh.batch_size(3)) == range(mesh.batch_size(3))
@@ -125,7 +125,7 @@ def test_local_rows_cover_the_batch_on_one_process():
 _CHILD = textwrap.dedent("""
     import json, sys
     import jax
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     paths, cache, threshold = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     r = audit(paths, cache_dir=cache, family_rule=threshold, cosine="device")
@@ -138,7 +138,7 @@ _CHILD = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def one_device(zoo, reference):
     """The synthetic zoo's audits on this process's single CPU device: host and device cosine."""
-    from awm_jax.audit_core import audit
+    from awm_jax.audit.core import audit
 
     host, _, cache = reference
     device = audit(zoo, cache_dir=cache, family_rule=FAMILY_THRESHOLD, cosine="device")

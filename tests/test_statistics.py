@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from awm_jax.layer_match import match_layers
-from awm_jax.statistics import (
+from awm_jax.numerics.layer_match import match_layers
+from awm_jax.numerics.statistics import (
     CALIBRATED_ALPHA,
     cross_layer_test,
     matching_null_test,

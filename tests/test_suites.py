@@ -1,4 +1,4 @@
-"""awm_jax.suites and the shipped configs/*.toml experiment suites."""
+"""awm_jax.io.suites and the shipped configs/*.toml experiment suites."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import pytest
 
 from awm_jax.errors import UsageError
-from awm_jax.hub import parse_hub_id
-from awm_jax.suites import CONFIG_DIR, LABELS, load_suite, suite_names, suite_path
+from awm_jax.io.hub import parse_hub_id
+from awm_jax.io.suites import CONFIG_DIR, LABELS, load_suite, suite_names, suite_path
 
 DERIVED = ["sft_pairs", "cpt_pairs", "rl_pairs", "multimodal_pairs", "pruning_pairs", "moe_pairs"]
 INDEPENDENT = ["independent_7b", "independent_13b"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from awm_jax.errors import VocabularyError
-from awm_jax.vocab import bytes_to_unicode, load_vocabulary, shared_rows
+from awm_jax.io.vocab import bytes_to_unicode, load_vocabulary, shared_rows
 
 
 def test_bpe_dict_with_added_tokens(tmp_path):
@@ -57,7 +57,7 @@ def test_missing_and_broken_tokenizers(tmp_path):
 
 
 def test_shared_rows_drop_ids_beyond_embedding(tmp_path):
-    from awm_jax.vocab import Vocabulary
+    from awm_jax.io.vocab import Vocabulary
 
     a = Vocabulary({"x": 0, "y": 1, "z": 5}, "a", "t")
     b = Vocabulary({"y": 3, "z": 0, "x": 9, "w": 1}, "b", "t")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import AWMError, LayoutError, UsageError
 from awm_jax.layouts._base import LM_PREFIXES, Layout, ResolvedLayout
 from awm_jax.layouts._dims import Dims, MLADims, config_scopes, config_value

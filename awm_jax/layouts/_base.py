@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import MLPInput, MLPSpec

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError, NumericalError
 
 __all__ = ["WeightReader", "QUANT_SIDE_SUFFIXES", "to_float32", "quantisation_method"]

@@ -690,7 +690,7 @@ def prepare(case: Case, root: Path) -> list[str]:
 
 def run_in_process(case: Case, root: Path, args: list[str]) -> Outcome:
     """Runs ``awm_jax.compare.main(args)`` here, with the case's injected fault."""
-    from awm_jax.compare import main
+    from awm_jax.cli.compare import main
 
     inject = case.inject(root) if case.inject is not None else contextlib.nullcontext()
     out, err = io.StringIO(), io.StringIO()

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from awm_jax.checkpoint import MAX_CONFIG_INT, SAFETENSORS_DTYPES, Checkpoint
+from awm_jax.io.checkpoint import MAX_CONFIG_INT, SAFETENSORS_DTYPES, Checkpoint
 from awm_jax.errors import AWMError
 from awm_jax.synthetic import write_safetensors
-from awm_jax.vocab import MAX_DUPLICATE_FRACTION, MAX_TOKEN_ID, load_vocabulary
+from awm_jax.io.vocab import MAX_DUPLICATE_FRACTION, MAX_TOKEN_ID, load_vocabulary
 
 __all__ = ["TARGETS", "Target", "ALLOWED_ERRORS", "run_example"]
 

@@ -53,7 +53,7 @@ case folder changed (names, sizes, modification times, contents).
 
 - **Pickles.** `pytorch_model.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl` are never unpickled by
   default. With `--allow-pickle` (API: `Checkpoint(path, allow_pickle=True)` or
-  `awm_jax.checkpoint.pickle_loading()`), a folder without safetensors is loaded through
+  `awm_jax.io.checkpoint.pickle_loading()`), a folder without safetensors is loaded through
   `torch.load(weights_only=True, mmap=True, map_location="cpu")`, which refuses pickled code;
   without PyTorch installed that is a usage error (exit 2).
 - **Code.** No Python file of a model folder (`modeling_*.py`, `auto_map`) is ever imported. The

@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from awm_jax.checkpoint import Checkpoint, pickle_loading
+from awm_jax.io.checkpoint import Checkpoint, pickle_loading
 from awm_jax.errors import CheckpointError, UsageError
 
 from .cases import SENTINEL, by_name, good_model, prepare, run_in_process, snapshot

@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.synthetic import write_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "architectures"

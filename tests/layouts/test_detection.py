@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError, UsageError
 from awm_jax.layouts import REGISTRY, FusedSplit, Layout, detect
 from awm_jax.synthetic import llama_config, write_model

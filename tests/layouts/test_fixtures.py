@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts import REGISTRY, detect
 from ._fixtures import (
     CASES, FIXTURES, MANIFEST, assert_same_rows, case_dir, truth_embedding, truth_mlp, truth_qk,

@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError
 from awm_jax.layouts import WeightReader, detect
 from awm_jax.synthetic import llama_config, write_model

@@ -23,7 +23,7 @@ import io
 import json
 import math
 import os
-from awm_jax._atomic import atomic_write
+from awm_jax.io.atomic import atomic_write
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ def _pairs_csv(result) -> bytes:
 
 def render_summary(result) -> str:
     """The text summary: families, the closest pair across families, the weakest link within."""
-    from awm_jax.lineage_tree import describe_rule
+    from awm_jax.audit.lineage_tree import describe_rule
 
     fam_of = {name: i for i, fam in enumerate(result.families) for name in fam}
     lines = [
@@ -119,7 +119,7 @@ def _plots(result) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from awm_jax.lineage_tree import leaf_order, lineage_linkage
+    from awm_jax.audit.lineage_tree import leaf_order, lineage_linkage
 
     out = {}
     rows, cols, mean = list(result.rows), list(result.columns), result.mean.copy()

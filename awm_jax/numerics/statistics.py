@@ -168,7 +168,7 @@ def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str
     (a permutation null; resampling only the unmatched entries would be biased low, since the
     maximisation has taken the largest).
     """
-    from awm_jax.layer_match import match_layers
+    from awm_jax.numerics.layer_match import match_layers
 
     grid = np.asarray(grid, float)
     stat = float(np.mean([grid[i, j] for i, j in pairs]))

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from awm_jax.errors import NumericalError
-from awm_jax.kernels import column_cosine_accumulate, default_platform
+from awm_jax.numerics.kernels import column_cosine_accumulate, default_platform
 
 __all__ = [
     "ALIGNMENT_MODES",

@@ -8,7 +8,7 @@ vmapped, on each device's rows with no communication. A batch always holds ``per
 per device (short batches are padded), so every device runs the same compiled program whatever
 the number of devices, and batches of one shape never recompile.
 
-The layer-score kernels take their per-device bodies from :mod:`awm_jax.kernels` as
+The layer-score kernels take their per-device bodies from :mod:`awm_jax.numerics.kernels` as
 ``compare`` calls them (``hsic_parts_layers``, ``paired_cka_from_parts``): with as many rows
 per device as ``compare`` puts in a chunk of layers, a device runs ``compare``'s program and
 its scores are bit-identical to ``compare``'s. The Grams of a tile are put on every device once
@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from awm_jax.kernels import (
+from awm_jax.numerics.kernels import (
     HsicParts,
     align_gram,
     column_cosine_accumulate,

@@ -25,7 +25,7 @@ __all__ = ["LABELS", "CONFIG_DIR", "SuiteModel", "SuitePair", "Suite", "suite_na
 #: Pair labels: the ground truth a lineage test is scored against.
 LABELS = ("derived", "independent")
 #: The folder holding the suite files shipped with the repository.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 _SUITE_KEYS = {"name", "description", "paper_section"}
 _MODEL_KEYS = {"key", "repo", "revision", "note", "gated", "confirmed"}
@@ -54,7 +54,7 @@ class SuiteModel:
 
     @property
     def spec(self) -> str:
-        """The ``owner/name[@revision]`` string :func:`awm_jax.hub.resolve_model` takes."""
+        """The ``owner/name[@revision]`` string :func:`awm_jax.io.hub.resolve_model` takes."""
         return self.repo if self.revision is None else f"{self.repo}@{self.revision}"
 
 
@@ -151,7 +151,7 @@ def load_suite(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Suite:
         missing field, malformed hub id, duplicate model key, a pair naming an unknown model,
         a pair of a model with itself, a repeated pair, an unknown label).
     """
-    from awm_jax.hub import parse_hub_id
+    from awm_jax.io.hub import parse_hub_id
 
     path = suite_path(name_or_path, config_dir)
     try:

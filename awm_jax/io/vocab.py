@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from awm_jax.checkpoint import MAX_JSON_BYTES, open_regular, read_json
+from awm_jax.io.checkpoint import MAX_JSON_BYTES, open_regular, read_json
 from awm_jax.errors import VocabularyError
 
 __all__ = [

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from awm_jax.statistics import CALIBRATED_ALPHA
+from awm_jax.numerics.statistics import CALIBRATED_ALPHA
 
 __all__ = ["FAMILY_RULES", "derived_edges", "families", "lineage_linkage", "leaf_order", "describe_rule"]
 

@@ -6,12 +6,12 @@ Stages, each a progress bar, each resumable:
    the fingerprint cache, :mod:`awm_jax.fingerprint`); only the models' descriptions stay in
    memory.
 2. **Alignments.** For every pair: the shared-token rows, the embedding-column cosine and the
-   linear assignment (ALGORITHM.md steps 1-5), exactly as :func:`awm_jax.pipeline.score_pair`
+   linear assignment (ALGORITHM.md steps 1-5), exactly as :func:`awm_jax.engine.score_pair`
    computes them. Embeddings and vocabularies are read through a least-recently-used store
    bounded in bytes; pairs are visited in blocks of rows so a block's models stay in it while
    the other models stream past. On accelerators the cosine sums run batched over pairs on
-   every device (:mod:`awm_jax.sharding`); on the CPU the host BLAS computes them (about twice
-   XLA:CPU's matmul throughput), as :func:`awm_jax.alignment.embedding_cross` does.
+   every device (:mod:`awm_jax.audit.sharding`); on the CPU the host BLAS computes them (about twice
+   XLA:CPU's matmul throughput), as :func:`awm_jax.numerics.alignment.embedding_cross` does.
 3. **Scores.** Base layer by base layer, the Q and K Grams that layer needs (matched and
    shifted target layers of the calibrated null) of the models of a tile (all models, or blocks
    of them when they exceed the memory budget) are read from the cache and put on every device
@@ -20,13 +20,13 @@ Stages, each a progress bar, each resumable:
    Pairs of different depths are scored on their full layer grid as ``compare`` does, then
    paired (ALGORITHM.md step 7).
 4. **Assembly.** Per-pair results, the score matrices, and the families
-   (:mod:`awm_jax.lineage_tree`).
+   (:mod:`awm_jax.audit.lineage_tree`).
 
 Memory stays within ``memory_gb`` (plus one batch and the per-pair results, a few kB per pair)
 whatever the number of models. Every finished unit (one pair's alignment, one layer's scores
-for a tile of pairs) is appended to ``<out>/progress.jsonl`` (:mod:`awm_jax.audit_journal`); a
+for a tile of pairs) is appended to ``<out>/progress.jsonl`` (:mod:`awm_jax.audit.journal`); a
 killed audit rerun with the same arguments skips that work and produces the same files byte
-for byte. Scores equal :func:`awm_jax.pipeline.compare`'s on the same pair: each device runs
+for byte. Scores equal :func:`awm_jax.engine.compare`'s on the same pair: each device runs
 ``compare``'s own batched kernels with ``compare``'s batch shape (bit-identical on the CPU;
 tested to 1e-6). Not supported here: ``compare``'s ``orthogonal``/``auto`` alignments and MLP
 evidence.
@@ -183,8 +183,8 @@ class AuditResult:
 
     def to_dict(self) -> dict:
         """Plain JSON of the results (no timings: identical for identical inputs)."""
-        from awm_jax.lineage_tree import describe_rule
-        from awm_jax.statistics import VERDICT_RULE
+        from awm_jax.audit.lineage_tree import describe_rule
+        from awm_jax.numerics.statistics import VERDICT_RULE
 
         def matrix(m: np.ndarray) -> list:
             return [[None if not math.isfinite(v) else float(v) for v in row] for row in m.tolist()]
@@ -289,7 +289,7 @@ def _resolver(download: bool) -> Callable:
         if path.is_dir():
             return path.resolve()
         try:
-            from awm_jax.hub import resolve_model
+            from awm_jax.io.hub import resolve_model
         except ImportError:  # pragma: no cover - hub support absent
             raise UsageError(f"{spec}: no such model folder") from None
         return Path(resolve_model(spec, download=download))
@@ -332,8 +332,8 @@ class _EmbeddingStore:
             self.items.move_to_end(idx)
             entry = self.items[idx]
         else:
-            from awm_jax.pipeline import read_embedding
-            from awm_jax.vocab import load_vocabulary
+            from awm_jax.engine import read_embedding
+            from awm_jax.io.vocab import load_vocabulary
 
             t = time.perf_counter()
             try:
@@ -485,9 +485,9 @@ class _Auditor:
 
     def _align_batch(self, chunk: list[int], shape: tuple[int, int], batch: int, store: _EmbeddingStore,
                      device: bool) -> list[_Aligned]:
-        from awm_jax.alignment import assign_dimensions, embedding_cross
-        from awm_jax.pipeline import check_embedding_sums
-        from awm_jax.vocab import shared_rows
+        from awm_jax.numerics.alignment import assign_dimensions, embedding_cross
+        from awm_jax.engine import check_embedding_sums
+        from awm_jax.io.vocab import shared_rows
 
         n_b, n_t = shape
         local = self.mesh.local_rows(batch)
@@ -554,7 +554,7 @@ class _Auditor:
                 message = bytes(messages[r]).rstrip(b"\0").decode(errors="replace") if messages is not None else ""
                 out.append(_Aligned(error=errors.get(k) or message or "the pair could not be aligned"))
                 continue
-            from awm_jax.alignment import Alignment
+            from awm_jax.numerics.alignment import Alignment
 
             perm = row[5 : 5 + n_t].astype(np.int32)
             signs = row[5 + n_t : 5 + 2 * n_t].astype(np.float32)
@@ -574,8 +574,8 @@ class _Auditor:
     def _device_cosines(self, mine: list, shared: dict, shape: tuple[int, int], batch: int,
                         store: _EmbeddingStore) -> dict[int, np.ndarray]:
         """Column cosines of this process's pairs, their sums batched over the mesh."""
-        from awm_jax.alignment import EmbeddingCross, block_rows
-        from awm_jax.pipeline import check_embedding_sums
+        from awm_jax.numerics.alignment import EmbeddingCross, block_rows
+        from awm_jax.engine import check_embedding_sums
 
         n_b, n_t = shape
         t0 = time.perf_counter()
@@ -635,7 +635,7 @@ class _Auditor:
     def shifts(self, k: int) -> tuple[int, ...]:
         """Target-layer offsets scored against each base layer of an equal-depth pair: 0 (the
         matched layer) and the mismatched offsets of the calibrated null."""
-        from awm_jax.pipeline import mismatch_shifts
+        from awm_jax.engine import mismatch_shifts
 
         return (0,) + tuple(mismatch_shifts(self.models[self.pairs[k][0]].layers))
 
@@ -747,7 +747,7 @@ class _Auditor:
     def _target_parts(self, stacks: dict, n: int, proj: int, per_device: int):
         """HSIC parts of every slot of a tile's stack (``HsicParts`` of ``[slots]`` host arrays),
         computed ``per_device`` rows a device, as ``compare`` computes its targets' parts."""
-        from awm_jax.kernels import HsicParts
+        from awm_jax.numerics.kernels import HsicParts
 
         cache = stacks.setdefault("parts", {})
         key = (n, proj, per_device)
@@ -776,7 +776,7 @@ class _Auditor:
         Returns:
           ``(pair, projection, base layer) -> [score per target layer]``.
         """
-        from awm_jax.kernels import HsicParts
+        from awm_jax.numerics.kernels import HsicParts
 
         scores: dict[tuple, list[float]] = {}
         for (n_b, n_t, per_device, width, proj), group in self._rows_by_shape(rows).items():
@@ -856,8 +856,8 @@ class _Auditor:
         import jax
         import jax.numpy as jnp
 
-        from awm_jax.kernels import align_grams
-        from awm_jax.pipeline import score_grid
+        from awm_jax.numerics.kernels import align_grams
+        from awm_jax.engine import score_grid
 
         b, t, _ = self.base_target(k)
         t0 = time.perf_counter()
@@ -874,7 +874,7 @@ class _Auditor:
 
     def pair_score(self, k: int) -> PairScore:
         """The pair's result, assembled as ``pipeline.score_pair`` assembles it."""
-        from awm_jax.pipeline import assemble, layer_pairing
+        from awm_jax.engine import assemble, layer_pairing
 
         i, j = self.pairs[k]
         a, b = self.models[i], self.models[j]
@@ -973,11 +973,11 @@ def audit(
     """
     import jax
 
-    from awm_jax.audit_journal import Journal
+    from awm_jax.audit.journal import Journal
     from awm_jax.fingerprint import FingerprintCache
-    from awm_jax.layer_match import LAYER_MATCH_MODES
-    from awm_jax.pipeline import DEVICES, prepare_model
-    from awm_jax.sharding import pair_mesh
+    from awm_jax.numerics.layer_match import LAYER_MATCH_MODES
+    from awm_jax.engine import DEVICES, prepare_model
+    from awm_jax.audit.sharding import pair_mesh
 
     log = log or (lambda s: None)
     if layer_match not in LAYER_MATCH_MODES:
@@ -988,7 +988,7 @@ def audit(
         raise UsageError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if not memory_gb > 0:
         raise UsageError(f"memory budget must be positive, got {memory_gb}")
-    from awm_jax.lineage_tree import FAMILY_RULES
+    from awm_jax.audit.lineage_tree import FAMILY_RULES
 
     if isinstance(family_rule, str):
         if family_rule not in FAMILY_RULES:
@@ -1091,14 +1091,14 @@ def audit(
     result = _assemble(auditor, rows, cols, is_against, family_rule, layer_match, timings, _environment(mesh))
     timings["assemble_s"] = time.perf_counter() - t
     if out_dir is not None and jax.process_index() == 0:
-        from awm_jax.audit_report import write_outputs
+        from awm_jax.audit.outputs import write_outputs
 
         t = time.perf_counter()
         write_outputs(result, out_dir)
         timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     if out_dir is not None and jax.process_index() == 0:
-        from awm_jax.audit_report import write_run_info
+        from awm_jax.audit.outputs import write_run_info
 
         write_run_info(result, out_dir)
     if jax.process_count() > 1:  # the others wait while process 0 writes: all leave together
@@ -1110,7 +1110,7 @@ def audit(
 
 def _assemble(auditor: _Auditor, rows: list[_Model], cols: list[_Model], against: bool,
               family_rule: str | float, layer_match: str, timings: dict, environment: dict) -> AuditResult:
-    from awm_jax.lineage_tree import derived_edges, families
+    from awm_jax.audit.lineage_tree import derived_edges, families
 
     n_r = len(rows)
     n_c = len(cols) if against else n_r

@@ -1,9 +1,9 @@
 """Command line: ``python -m awm_jax.audit MODEL... | --list FILE | --suite NAME [--against BASE...]``.
 
 Audits a set of models: the N x N matrix of AWM scores (or N x M with ``--against``), per-pair
-detail, families and the lineage tree, written to ``--out`` (see :mod:`awm_jax.audit_report`).
+detail, families and the lineage tree, written to ``--out`` (see :mod:`awm_jax.audit.outputs`).
 An interrupted audit rerun with the same arguments resumes where it stopped. The work is done
-by :func:`awm_jax.audit_core.audit`; this module only parses arguments and prints. JAX is
+by :func:`awm_jax.audit.core.audit`; this module only parses arguments and prints. JAX is
 imported after parsing, so ``--help`` is instant. Errors caused by the input print one line and
 exit with the codes of :mod:`awm_jax.errors`.
 """
@@ -11,11 +11,10 @@ exit with the codes of :mod:`awm_jax.errors`.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from awm_jax.errors import OneLineArgumentParser
-import sys
-import types
-from pathlib import Path
 
 __all__ = ["main", "build_parser", "read_model_list"]
 
@@ -104,14 +103,14 @@ def _models(args: argparse.Namespace):
         return args.models, []
     if args.list:
         return read_model_list(args.list), []
-    from awm_jax.suites import load_suite
+    from awm_jax.io.suites import load_suite
 
     suite = load_suite(args.suite)
     return {key: m.spec for key, m in suite.models.items()}, [(p.a, p.b, p.label) for p in suite.pairs]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from awm_jax.checkpoint import pickle_loading
+    from awm_jax.io.checkpoint import pickle_loading
     from awm_jax.errors import UsageError
 
     if not args.out:
@@ -119,13 +118,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.against and args.against_list:
         raise UsageError("give the references one way: --against or --against-list")
     if args.distributed:
-        from awm_jax.sharding import initialize_distributed
+        from awm_jax.audit.sharding import initialize_distributed
 
         initialize_distributed()
     models, labelled = _models(args)
     against = args.against or (read_model_list(args.against_list) if args.against_list else None)
-    from awm_jax.audit_core import audit
-    from awm_jax.audit_report import render_summary, write_label_check
+    from awm_jax.audit.core import audit
+    from awm_jax.audit.outputs import render_summary, write_label_check
 
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     with pickle_loading(args.allow_pickle):
@@ -157,19 +156,3 @@ def main(argv: list[str] | None = None) -> int:
     from awm_jax.errors import run_cli
 
     return run_cli(lambda: _run(args), "interrupted; rerun the same command to resume")
-
-
-class _CallableModule(types.ModuleType):
-    """Keeps ``awm_jax.audit(models, ...)`` (the API, :func:`awm_jax.audit_core.audit`) working
-    after ``import awm_jax.audit`` binds the package attribute to this module."""
-
-    def __call__(self, *args, **kwargs):
-        from awm_jax.audit_core import audit
-
-        return audit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    sys.exit(main())

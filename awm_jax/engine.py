@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from awm_jax._version import __version__
-from awm_jax.alignment import (
+from awm_jax.numerics.alignment import (
     ALIGNMENT_MODES,
     assign_dimensions,
     choose_alignment,
@@ -28,10 +28,10 @@ from awm_jax.alignment import (
     orthogonal_procrustes,
     permutation_fit,
 )
-from awm_jax.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
 from awm_jax.fingerprint import FingerprintCache, GramSet, chunk_layers_for, model_grams
-from awm_jax.kernels import (
+from awm_jax.numerics.kernels import (
     align_grams,
     grid_cka,
     hsic_parts_layers,
@@ -39,10 +39,10 @@ from awm_jax.kernels import (
     paired_cka_from_parts,
     rotate_grams,
 )
-from awm_jax.layer_match import LAYER_MATCH_MODES, match_layers
+from awm_jax.numerics.layer_match import LAYER_MATCH_MODES, match_layers
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import CompareResult, LayerScore, ModelInfo, ModelSummary
-from awm_jax.statistics import (
+from awm_jax.numerics.statistics import (
     CalibratedTest,
     cross_layer_test,
     decide,
@@ -50,7 +50,7 @@ from awm_jax.statistics import (
     verdict,
     z_reference,
 )
-from awm_jax.vocab import Vocabulary, load_vocabulary, shared_rows
+from awm_jax.io.vocab import Vocabulary, load_vocabulary, shared_rows
 
 __all__ = [
     "DEVICES",
@@ -147,8 +147,8 @@ class PreparedModel:
 def locate_model(spec: str | os.PathLike) -> Path:
     """A local model folder for ``spec``: a path as given (the checkpoint reader reports any problem
     with it), or, when nothing exists at that path and it reads as ``owner/name[@revision]``, the
-    hub snapshot (downloaded as needed by :func:`awm_jax.hub.resolve_model`)."""
-    from awm_jax.hub import parse_hub_id, resolve_model
+    hub snapshot (downloaded as needed by :func:`awm_jax.io.hub.resolve_model`)."""
+    from awm_jax.io.hub import parse_hub_id, resolve_model
 
     if os.path.lexists(spec) or parse_hub_id(os.fspath(spec)) is None:
         return Path(spec)
@@ -402,7 +402,7 @@ def score_pair(
       a: model A.
       b: model B.
       layer_match: pairing for different depths, ``"assignment"`` or ``"monotone"``.
-      alignment: ``"assignment"`` (the paper's), ``"orthogonal"`` or ``"auto"`` (``awm_jax.alignment``).
+      alignment: ``"assignment"`` (the paper's), ``"orthogonal"`` or ``"auto"`` (``awm_jax.numerics.alignment``).
 
     Returns:
       The comparison (its ``timings`` cover this pair's work plus both models' preparation).

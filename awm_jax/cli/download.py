@@ -1,0 +1,139 @@
+"""Fetch hub models into the Hugging Face cache: ``python -m awm_jax.download SUITE|REPO_ID...``.
+
+Each target is a suite name (a file in ``configs/``, e.g. ``sft_pairs``), ``all`` (every suite),
+a path to a suite ``.toml`` file, or a hub id ``owner/name[@revision]``. Suites expand to their
+models; every distinct model is fetched with :func:`awm_jax.io.hub.resolve_model` (only config,
+tokenizer and safetensors weight files; resumable; into the standard hub cache). Models already
+complete in the cache are skipped without network access. ``--dry-run`` only reports what is
+cached. One line per model, a summary at the end; a failed model does not stop the others, and
+the exit code is that of the first failure (see :mod:`awm_jax.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from awm_jax.errors import OneLineArgumentParser
+import sys
+from pathlib import Path
+
+from awm_jax.errors import AWMError, UsageError
+
+__all__ = ["build_parser", "expand_targets", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    from awm_jax.io.suites import CONFIG_DIR, suite_names
+
+    parser = OneLineArgumentParser(
+        prog="python -m awm_jax.download",
+        description="Fetch the files awm_jax reads (config, tokenizer, safetensors weights) of hub models into the "
+        "Hugging Face cache (HF_HUB_CACHE / HF_HOME). Interrupted downloads resume when run again.",
+        epilog=f"suites in {CONFIG_DIR}: {', '.join(suite_names()) or 'none'}, or 'all'. Gated repositories need their "
+        "terms accepted on the hub and a token (`hf auth login` or HF_TOKEN). HF_ENDPOINT selects a mirror.",
+    )
+    parser.add_argument("targets", nargs="+", metavar="SUITE|REPO_ID",
+                        help="suite name, 'all', suite .toml file, or hub id owner/name[@revision]")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
+    parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
+    return parser
+
+
+def expand_targets(targets: list[str]) -> list[tuple[str, str]]:
+    """Expands suites into their models.
+
+    Args:
+      targets: suite names, ``all``, suite files or hub ids.
+
+    Returns:
+      ``(spec, remark)`` per distinct model, in first-seen order: the ``owner/name[@revision]``
+      to resolve and a note for the user (gated, unconfirmed id) or ``""``.
+
+    Raises:
+      UsageError: a target is neither a suite nor a hub id, or a suite file is invalid.
+    """
+    from awm_jax.io.hub import parse_hub_id
+    from awm_jax.io.suites import load_suite, suite_names
+
+    entries: dict[str, str] = {}
+    for target in targets:
+        if target == "all":
+            names = suite_names()
+            if not names:
+                raise UsageError("'all': no suite files found next to the package (configs/*.toml)")
+            suites = [load_suite(name) for name in names]
+        elif "/" in target and not target.endswith(".toml") and not Path(target).is_file():
+            hub_id = parse_hub_id(target)
+            if hub_id is None:
+                raise UsageError(f"{target}: not a suite name, suite file or hub id owner/name[@revision]")
+            entries.setdefault(str(hub_id), "")
+            continue
+        else:
+            suites = [load_suite(target)]
+        for suite in suites:
+            for model in suite.models.values():
+                remarks = []
+                if model.gated:
+                    remarks.append("gated: accept its terms on the hub and log in")
+                if not model.confirmed:
+                    remarks.append("id/weights not confirmed, see the suite's note")
+                entries.setdefault(str(parse_hub_id(model.spec)), "; ".join(remarks))
+    return list(entries.items())
+
+
+def _size(folder: Path) -> str:
+    total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if total >= scale:
+            return f"{total / scale:.1f} {unit}"
+    return f"{total} B"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        entries = expand_targets(args.targets)
+    except AWMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+    from awm_jax.errors import CheckpointError
+    from awm_jax.io.hub import cached_snapshot, resolve_model
+
+    counts = {"cached": 0, "downloaded": 0, "missing": 0, "failed": 0}
+    first_failure: AWMError | None = None
+    total = len(entries)
+    for i, (spec, remark) in enumerate(entries, 1):
+        tag = f"[{i}/{total}] {spec}"
+        note = f" ({remark})" if remark else ""
+        snapshot = cached_snapshot(spec, args.cache_dir)
+        if snapshot is not None:
+            counts["cached"] += 1
+            print(f"{tag}: cached, {_size(snapshot)} at {snapshot}")
+            continue
+        if args.dry_run:
+            counts["missing"] += 1
+            print(f"{tag}: not cached{note}")
+            continue
+        print(f"{tag}: downloading{note}", flush=True)
+        try:
+            snapshot = resolve_model(spec, cache_dir=args.cache_dir)
+        except CheckpointError as e:
+            counts["failed"] += 1
+            first_failure = first_failure or e
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
+        except KeyboardInterrupt:
+            print(f"\n{tag}: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        counts["downloaded"] += 1
+        print(f"{tag}: done, {_size(snapshot)} at {snapshot}", flush=True)
+    if args.dry_run:
+        print(f"{total} model(s): {counts['cached']} cached, {counts['missing']} to download (dry run)")
+    else:
+        print(f"{total} model(s): {counts['downloaded']} downloaded, {counts['cached']} already cached, "
+              f"{counts['failed']} failed")
+    return first_failure.exit_code if first_failure is not None else 0
