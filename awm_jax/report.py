@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["ModelInfo", "ModelSummary", "LayerScore", "CompareResult"]
+__all__ = ["COMPARE_FORMAT", "CompareResult", "LayerScore", "ModelInfo", "ModelSummary", "PairResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,34 +71,29 @@ class LayerScore:
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareResult:
-    """Everything ``compare`` found about one pair of models.
+class PairResult:
+    """The evidence and verdict of one pair of models: what the pair engine returns for every
+    caller (``compare``, the audit's cells, later callers), built once and serialised once.
 
     Attributes:
-      model_a: summary of model A.
-      model_b: summary of model B.
       base: ``"a"`` or ``"b"``, the model whose dimensions were aligned (the wider; ties A).
-      wq: mean over paired layers of the query scores.
+      wq: mean over paired layers of the query scores (NaN when the pair was not scored).
       wk: mean of the key scores.
       mean: ``(wq + wk) / 2``, the AWM similarity.
       mlp: mean over paired layers of the MLP-input scores (``None`` unless asked for).
       z_reference: signed z-score of ``mean`` against the published negative reference.
       reference_verdict: the verdict from ``z_reference`` alone (``statistics.verdict``).
       verdict: ``derived``, ``independent`` or ``inconclusive``: the calibrated test's when it
-        has a p-value, else ``reference_verdict``.
+        has a p-value, else ``reference_verdict``; ``unscored`` when the pair was not scored.
       verdict_rule: how the verdict was decided.
       layer_match: ``equal-depth``, ``assignment`` or ``monotone``.
       layers: per-layer scores of the matched layers, by A's layer index.
       alignment: alignment diagnostics.
       vocabulary: shared-token counts.
       calibrated: the cross-layer test (``statistics.CalibratedTest``): p-value, z, verdict, method.
-      timings: seconds per stage.
-      environment: versions, device, dtype, precision.
       warnings: caveats the verdict should be read with.
     """
 
-    model_a: ModelSummary
-    model_b: ModelSummary
     base: str
     wq: float
     wk: float
@@ -113,18 +108,76 @@ class CompareResult:
     alignment: dict
     vocabulary: dict
     calibrated: dict
-    timings: dict
-    environment: dict
     warnings: tuple[str, ...] = ()
 
+    @property
+    def p_value(self) -> float:
+        """The calibrated p-value (NaN when the test has none)."""
+        p = self.calibrated.get("p_value")
+        return float("nan") if p is None else float(p)
+
+    @classmethod
+    def unscored(cls, base: str) -> "PairResult":
+        """The record of a pair that could not be scored (NaN scores, verdict ``unscored``)."""
+        nan = float("nan")
+        return cls(base, nan, nan, nan, None, nan, "unscored", "unscored", "", "", (), {}, {}, {})
+
+    def pair_fields(self) -> dict[str, Any]:
+        """This record's :class:`PairResult` fields (to build a subclass record from it)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PairResult)}
+
     def to_dict(self) -> dict[str, Any]:
-        """A plain-JSON dict of every field (per-layer scores keyed by A's layer index too)."""
+        """Plain JSON of every field (non-finite scores become ``None``; per-layer scores keyed
+        by A's layer index too). Subclass records serialise their own fields through this too."""
         out = dataclasses.asdict(self)
         out["layers"] = [dict(dataclasses.asdict(l), mean=l.mean) for l in self.layers]
         out["per_layer_wq"] = {str(l.a_layer): l.wq for l in self.layers}
         out["per_layer_wk"] = {str(l.a_layer): l.wk for l in self.layers}
         out["warnings"] = list(self.warnings)
+        out["p_value"] = None if math.isnan(self.p_value) else self.p_value
+        for key in ("wq", "wk", "mean", "z_reference"):
+            if not math.isfinite(out[key]):
+                out[key] = None
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PairResult":
+        """The record :meth:`to_dict` wrote (floats round-trip exactly through JSON)."""
+        nan = float("nan")
+        fields = {f.name: d[f.name] for f in dataclasses.fields(PairResult)}
+        for key in ("wq", "wk", "mean", "z_reference"):
+            fields[key] = nan if fields[key] is None else float(fields[key])
+        fields["layers"] = tuple(LayerScore(**{k: v for k, v in l.items() if k != "mean"}) for l in d["layers"])
+        fields["warnings"] = tuple(d["warnings"])
+        for key in ("alignment", "vocabulary", "calibrated"):
+            fields[key] = dict(sorted(fields[key].items()))
+        return PairResult(**fields)
+
+
+#: Schema of ``CompareResult.to_dict`` (``compare --json``).
+COMPARE_FORMAT = "awm_jax.compare/2"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CompareResult(PairResult):
+    """Everything ``compare`` found about one pair of models: the pair's :class:`PairResult`
+    fields, and
+
+    Attributes:
+      model_a: summary of model A.
+      model_b: summary of model B.
+      timings: seconds per stage.
+      environment: versions, device, dtype, precision.
+    """
+
+    model_a: ModelSummary
+    model_b: ModelSummary
+    timings: dict
+    environment: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-JSON dict of every field, with its schema name under ``format``."""
+        return {"format": COMPARE_FORMAT, **super().to_dict()}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

@@ -50,6 +50,16 @@ def save_llama(folder, emb, qs, ks, tokens=None, dtype=np.float32, shard_bytes=N
     return write_model(folder, specs, cfg, tokens, shard_bytes)
 
 
+def mlp_tensors(gates, ups) -> list:
+    """``save_llama`` extras for MLP inputs ``gates``/``ups`` ``[L][d_ff, n]`` (and matching down projections)."""
+    extra = []
+    for i, (g, u) in enumerate(zip(gates, ups)):
+        extra.append((f"model.layers.{i}.mlp.gate_proj.weight", g.shape, np.float32, (lambda a=g: a)))
+        extra.append((f"model.layers.{i}.mlp.up_proj.weight", u.shape, np.float32, (lambda a=u: a)))
+        extra.append((f"model.layers.{i}.mlp.down_proj.weight", u.shape[::-1], np.float32, (lambda a=u: a.T.copy())))
+    return extra
+
+
 def random_model(rng: np.random.Generator, vocab=200, hidden=64, layers=3, q_dim=64, k_dim=32):
     """Random Gaussian weights: ``(emb, qs, ks)``."""
     emb = rng.standard_normal((vocab, hidden)).astype(np.float32)

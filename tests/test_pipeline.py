@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from conftest import random_model, save_llama
+from conftest import mlp_tensors, random_model, save_llama
 
 
 @pytest.fixture
@@ -119,12 +119,7 @@ def test_locate_model_sends_only_hub_ids_to_the_hub(tmp_path, monkeypatch):
 
 
 def _with_mlp(folder, emb, qs, ks, gates, ups):
-    extra = []
-    for i, (g, u) in enumerate(zip(gates, ups)):
-        extra.append((f"model.layers.{i}.mlp.gate_proj.weight", g.shape, np.float32, (lambda a=g: a)))
-        extra.append((f"model.layers.{i}.mlp.up_proj.weight", u.shape, np.float32, (lambda a=u: a)))
-        extra.append((f"model.layers.{i}.mlp.down_proj.weight", u.shape[::-1], np.float32, (lambda a=u: a.T.copy())))
-    return save_llama(folder, emb, qs, ks, extra=extra)
+    return save_llama(folder, emb, qs, ks, extra=mlp_tensors(gates, ups))
 
 
 def test_mlp_evidence_follows_the_same_alignment(tmp_path):
@@ -146,7 +141,7 @@ def test_mlp_evidence_follows_the_same_alignment(tmp_path):
 
 
 def test_prefetched_reads_in_order_one_ahead():
-    from awm_jax.engine import _prefetched
+    from awm_jax.engine import prefetched as _prefetched
 
     started, consumed = [], []
 

@@ -48,15 +48,17 @@ class Journal:
       folder: the audit's output folder (created if missing).
       key: identity of the audit; a journal with another key is refused.
       fresh: discard an existing journal instead of resuming it.
-      writer: whether this process appends (process 0 of a multi-host run); others only read.
+      writer: whether this process appends; a reader only loads the records.
+      name: the file's name in ``folder`` (each process of a multi-host run writes its own).
 
     Attributes:
       path: the file.
       records: the finished-work records found (header excluded), in order.
     """
 
-    def __init__(self, folder: str | os.PathLike, key: str, *, fresh: bool = False, writer: bool = True):
-        self.path = Path(folder) / JOURNAL_NAME
+    def __init__(self, folder: str | os.PathLike, key: str, *, fresh: bool = False, writer: bool = True,
+                 name: str = JOURNAL_NAME):
+        self.path = Path(folder) / name
         self.writer = writer
         self.records: list[dict] = []
         if writer:

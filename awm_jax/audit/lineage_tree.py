@@ -36,7 +36,7 @@ from awm_jax.numerics.statistics import CALIBRATED_ALPHA
 __all__ = ["FAMILY_RULES", "derived_edges", "families", "lineage_linkage", "leaf_order", "describe_rule"]
 
 #: Named rules for the edges of the family graph (a float threshold is the third kind).
-FAMILY_RULES = ("fwer", "verdict")
+from awm_jax.options import FAMILY_RULES  # noqa: E402  (one definition of the choices)
 
 
 def derived_edges(pairs: Sequence, rule: str | float) -> list[bool]:

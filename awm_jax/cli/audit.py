@@ -14,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from awm_jax.cli.common import add_pair_options
 from awm_jax.errors import OneLineArgumentParser
+from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
 __all__ = ["main", "build_parser", "read_model_list"]
 
@@ -41,14 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family-threshold", type=float, metavar="SCORE",
                    help="instead, families join pairs with mean score >= SCORE (for narrow or shallow models, "
                         "see docs/audit.md)")
-    p.add_argument("--layer-match", default="assignment", choices=("assignment", "monotone"),
-                   help="pairing of layers when depths differ (default: assignment)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"),
-                   help="platform whose devices (all of them) share the pairs (default: auto)")
+    add_pair_options(p)
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="platform whose local devices (all of them) share the pairs (default: auto)")
     p.add_argument("--cosine", default="auto", choices=("auto", "host", "device"),
-                   help="where the embedding-column cosine runs: host BLAS (CPU default) or batched on the devices")
-    p.add_argument("--memory-gb", type=float, default=2.0,
-                   help="memory for embeddings and Grams held at once (default: 2)")
+                   help="accepted for older scripts and ignored: every pair runs the engine's choice (host BLAS on "
+                        "the CPU, the device's kernels elsewhere), as compare does")
+    p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                   help=f"memory for prepared models (embeddings, vocabularies) held at once (default: {DEFAULT_MEMORY_GB:g})")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
     p.add_argument("--layout", metavar="NAME_OR_FILE", help="force the layout of every model")
     p.add_argument("--no-download", action="store_true", help="use hub ids only from the local hub cache")
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.against and args.against_list:
         raise UsageError("give the references one way: --against or --against-list")
     if args.distributed:
-        from awm_jax.audit.sharding import initialize_distributed
+        from awm_jax.audit.distributed import initialize_distributed
 
         initialize_distributed()
     models, labelled = _models(args)
@@ -132,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             models, against=against, out_dir=args.out, layer_match=args.layer_match, device=args.device,
             cache_dir=args.cache_dir, layouts={"*": args.layout} if args.layout else None,
             family_rule=args.family_rule if args.family_threshold is None else args.family_threshold,
-            memory_gb=args.memory_gb, cosine=args.cosine, fresh=args.fresh,
+            alignment=args.alignment, mlp=args.mlp, memory_gb=args.memory_gb, fresh=args.fresh,
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
         )
     import jax

@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from awm_jax.cli.common import add_pair_options
 from awm_jax.errors import OneLineArgumentParser
+from awm_jax.options import DEVICES
 
 __all__ = ["main", "build_parser"]
 
@@ -32,16 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_b", nargs="?", help="folder of model B")
     p.add_argument("--example", action="store_true",
                    help="compare the example checkpoints shipped with the package (base vs derived, base vs independent)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"),
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="JAX device; a device that is not there is an error (default: auto)")
-    p.add_argument("--layer-match", default="assignment", choices=("assignment", "monotone"),
-                   help="pairing of layers when depths differ: the paper's unconstrained assignment, "
-                        "or order-preserving (default: assignment)")
-    p.add_argument("--alignment", default="assignment", choices=("assignment", "orthogonal", "auto"),
-                   help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
-                        "map that also undoes a rotated residual stream, or auto (default: assignment)")
-    p.add_argument("--mlp", action="store_true",
-                   help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
+    add_pair_options(p)
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")

@@ -38,8 +38,8 @@ __all__ = [
 
 #: ``assignment``: the paper's signed permutation; ``orthogonal``: a Procrustes rotation, which also
 #: undoes a dense rotation of the residual stream; ``auto``: the permutation unless the rotation
-#: fits the embeddings far better.
-ALIGNMENT_MODES = ("assignment", "orthogonal", "auto")
+#: fits the embeddings far better. Defined in :mod:`awm_jax.options`.
+from awm_jax.options import ALIGNMENT_MODES  # noqa: E402
 
 #: Shared rows per accumulation block (padded blocks keep one compiled shape per model pair).
 ROW_BLOCK = 8192

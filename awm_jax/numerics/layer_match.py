@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = ["LAYER_MATCH_MODES", "match_layers", "monotone_matching"]
 
-LAYER_MATCH_MODES = ("assignment", "monotone")
+from awm_jax.options import LAYER_MATCH_MODES  # noqa: E402  (one definition of the choices)
 
 
 def monotone_matching(grid: np.ndarray) -> list[tuple[int, int]]:

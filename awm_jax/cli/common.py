@@ -1,0 +1,22 @@
+"""Option definitions shared by the command lines (no JAX: ``--help`` stays instant)."""
+
+from __future__ import annotations
+
+import argparse
+
+from awm_jax.options import ALIGNMENT_MODES, LAYER_MATCH_MODES
+
+__all__ = ["add_pair_options"]
+
+
+def add_pair_options(p: argparse.ArgumentParser) -> None:
+    """The options that change how a pair is scored (``awm_jax.options.PairOptions``): the same
+    in every command that scores pairs."""
+    p.add_argument("--layer-match", default="assignment", choices=LAYER_MATCH_MODES,
+                   help="pairing of layers when depths differ: the paper's unconstrained assignment, "
+                        "or order-preserving (default: assignment)")
+    p.add_argument("--alignment", default="assignment", choices=ALIGNMENT_MODES,
+                   help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
+                        "map that also undoes a rotated residual stream, or auto (default: assignment)")
+    p.add_argument("--mlp", action="store_true",
+                   help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")

@@ -1,0 +1,111 @@
+"""A pair's hidden-dimension alignment (ALGORITHM steps 1-5; docs/method.md).
+
+Shared vocabulary -> base and target -> embedding-column cosine over the shared rows -> linear
+assignment on the host (and, for ``orthogonal``/``auto``, the Procrustes rotation) ->
+:class:`PairAlignment`, which aligns any stack of base Grams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
+from awm_jax.numerics.alignment import (
+    assign_dimensions,
+    choose_alignment,
+    embedding_cross,
+    orthogonal_procrustes,
+    permutation_fit,
+)
+from awm_jax.numerics.kernels import align_grams, rotate_grams
+from awm_jax.io.vocab import shared_rows
+
+__all__ = ["PairAlignment", "align_pair"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairAlignment:
+    """How a pair's base dimensions map onto its target's.
+
+    Attributes:
+      base_is_a: whether model A is the base (the wider model; ties: A).
+      perm: ``[n_t]`` int32 base dimension of each target dimension (the signed permutation).
+      signs: ``[n_t]`` float32 +1/-1.
+      rotation: ``[n_b, n_t]`` float32 orthonormal columns when the rotation is used, else ``None``.
+      base_dims: ``n_b``; ``matched_dims`` is ``n_t``.
+      diagnostics: the report's alignment numbers (fits, sign flips, mode used and why).
+      vocabulary: shared-token counts, by model A and B.
+    """
+
+    base_is_a: bool
+    perm: np.ndarray
+    signs: np.ndarray
+    rotation: np.ndarray | None
+    base_dims: int
+    diagnostics: dict
+    vocabulary: dict
+
+    @property
+    def matched_dims(self) -> int:
+        return int(self.perm.size)
+
+    def apply(self, grams: jax.Array) -> jax.Array:
+        """``[L, n_b, n_b]`` base Grams -> ``[L, n_t, n_t]`` aligned Grams (on ``grams``' device)."""
+        if self.rotation is not None:
+            return rotate_grams(grams, jnp.asarray(self.rotation))
+        return align_grams(grams, jnp.asarray(self.perm), jnp.asarray(self.signs))
+
+
+def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict | None = None) -> PairAlignment:
+    """Aligns the pair's hidden dimensions (run under ``jax.default_device``).
+
+    Args:
+      a: model A.
+      b: model B.
+      alignment: ``"assignment"``, ``"orthogonal"`` or ``"auto"`` (``awm_jax.options``).
+      timings: when given, receives ``embedding_read_s``, ``embedding_cosine_s``,
+        ``assignment_s`` (and ``procrustes_s``).
+
+    Raises:
+      AWMError: no shared tokens, a damaged embedding, a degenerate alignment.
+    """
+    timings = {} if timings is None else timings
+    base_is_a = a.hidden_size >= b.hidden_size
+    base, target = (a, b) if base_is_a else (b, a)
+    t = time.perf_counter()
+    shared = shared_rows(base.vocab, target.vocab, base.resolved.vocab_rows, target.resolved.vocab_rows)
+    emb_base, emb_target = read_embedding(base.resolved), read_embedding(target.resolved)
+    timings["embedding_read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cross = embedding_cross(emb_base, emb_target, shared.ids_a, shared.ids_b)
+    del emb_base, emb_target
+    check_embedding_sums(base.resolved, cross.sq_base)
+    check_embedding_sums(target.resolved, cross.sq_target)
+    timings["embedding_cosine_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    assignment = assign_dimensions(cross.cosine())
+    timings["assignment_s"] = time.perf_counter() - t
+    diagnostics = assignment.diagnostics()
+    rotation = None
+    if alignment != "assignment":
+        t = time.perf_counter()
+        fitted = orthogonal_procrustes(cross)
+        perm_fit = permutation_fit(cross, assignment)
+        used, reason = choose_alignment(alignment, perm_fit, fitted.fit)
+        timings["procrustes_s"] = time.perf_counter() - t
+        diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
+        if used == "orthogonal":
+            rotation = fitted.matrix
+    else:
+        used, reason = "assignment", "requested assignment"
+    diagnostics.update(mode=alignment, used=used, reason=reason)
+    dropped_a, dropped_b = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
+    vocabulary = {"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped_a,
+                  "dropped_b": dropped_b, "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)}
+    return PairAlignment(base_is_a, assignment.perm, assignment.signs, rotation, assignment.base_dims, diagnostics,
+                         vocabulary)

@@ -1,0 +1,180 @@
+"""A pair's layer scores (ALGORITHM steps 6-7; docs/method.md): aligned unbiased CKA of every
+paired layer, the mismatched layers of the calibrated null, and the layer pairing.
+
+Grams come from the two fingerprints a chunk of layers at a time (one read ahead of the
+kernels); the kernels are jitted and vmapped over a chunk, whose shape is fixed per model, so one
+compilation serves every chunk of a pair and every pair of the same widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import numpy as np
+
+from awm_jax.engine.align import PairAlignment
+from awm_jax.fingerprint import GramSet, chunk_layers_for
+from awm_jax.numerics.kernels import grid_cka, hsic_parts_layers, paired_cka, paired_cka_from_parts
+from awm_jax.numerics.layer_match import match_layers
+from awm_jax.numerics.statistics import CalibratedTest, cross_layer_test, matching_null_test
+
+__all__ = ["LayerPairing", "MatchedScores", "mismatch_shifts", "score_equal_depth", "score_grid", "score_layers",
+           "score_paired"]
+
+
+def mismatch_shifts(layers: int) -> tuple[int, ...]:
+    """Layer offsets whose pairs (``i``, ``i + s mod L``) sample the mismatched layers for the
+    cross-layer null: all of them up to 8 layers; two (neighbours and half the depth away) up to
+    16; beyond, half the depth away only (``L`` mismatched pairs are plenty, and each offset costs
+    one more read of the target's Grams)."""
+    if layers <= 8:
+        return tuple(range(1, layers))
+    if layers <= 16:
+        return (1, layers // 2)
+    return (layers // 2,)
+
+
+def prefetched(read, args: list[tuple]):
+    """``read(*a)`` for each ``a`` of ``args``, in order, each read started while the previous
+    result is being used (file reads release the GIL): one read ahead, so memory stays bounded."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-grams") as reader:
+        pending = reader.submit(read, *args[0]) if args else None
+        for i in range(len(args)):
+            result = pending.result()
+            if i + 1 < len(args):
+                pending = reader.submit(read, *args[i + 1])
+            yield result
+            del result
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedScores:
+    """Scores of an equal-depth pair.
+
+    Attributes:
+      wq: ``[L]`` Q scores of the matched layers.
+      wk: ``[L]`` K scores.
+      mismatched: offset ``s`` -> ``[L]`` mean (Q+K)/2 scores of layer ``i`` against ``i + s mod L``.
+    """
+
+    wq: np.ndarray
+    wk: np.ndarray
+    mismatched: dict[int, np.ndarray]
+
+
+def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> MatchedScores:
+    """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
+
+    Each aligned base chunk (and its HSIC parts) is formed once and scored against the matched
+    target layers and each shifted set of target layers.
+    """
+    layers = gb.num_layers
+    chunk = chunk_layers_for(gb.n, gb.n, layers)
+    wq, wk = np.empty(layers), np.empty(layers)
+    shifts = mismatch_shifts(layers)
+    off = {s: np.empty(layers) for s in shifts}
+    starts = range(0, layers, chunk)
+    reads = [(g, [(i + shift) % layers for i in range(start, min(start + chunk, layers))])
+             for start in starts for g, shift in ((gb, 0), *((gt, s) for s in (0, *shifts)))]
+    grams = prefetched(lambda g, ls: g.padded(ls, chunk), reads)
+    for start in starts:
+        stop = min(start + chunk, layers)
+        base = [align.apply(jax.device_put(x)) for x in next(grams)]
+        bparts = [hsic_parts_layers(x) for x in base]
+        for shift in (0, *shifts):
+            targets = [jax.device_put(x) for x in next(grams)]
+            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], targets[j], hsic_parts_layers(targets[j])))
+                      [: stop - start] for j in range(2))
+            if shift == 0:
+                wq[start:stop], wk[start:stop] = sq, sk
+            else:
+                off[shift][start:stop] = (sq + sk) / 2
+    return MatchedScores(wq, wk, off)
+
+
+def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Scores of the given (base layer, target layer) pairs for a one-array fingerprint kind (the MLP inputs)."""
+    chunk = chunk_layers_for(gb.n, gb.n, len(pairs))
+    out = np.empty(len(pairs))
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        (kb,) = gb.padded([b for b, _ in part], chunk)
+        (kt,) = gt.padded([t for _, t in part], chunk)
+        scores = paired_cka(align.apply(jax.device_put(kb)), jax.device_put(kt))
+        out[start : start + len(part)] = np.asarray(scores)[: len(part)]
+    return out
+
+
+def score_grid(gb: GramSet, gt: GramSet, align: PairAlignment) -> tuple[np.ndarray, np.ndarray]:
+    """Every aligned base layer against every target layer (different depths): the ``[L_b, L_t]``
+    Q and K score grids, a chunk of base layers against a chunk of target layers at a time."""
+    cb = chunk_layers_for(gb.n, gb.n, gb.num_layers)
+    ct = chunk_layers_for(gt.n, gt.n, gt.num_layers)
+    grid_q = np.empty((gb.num_layers, gt.num_layers))
+    grid_k = np.empty_like(grid_q)
+    for b0 in range(0, gb.num_layers, cb):
+        b1 = min(b0 + cb, gb.num_layers)
+        qb, kb = (align.apply(jax.device_put(x)) for x in gb.padded(list(range(b0, b1)), cb))
+        for t0 in range(0, gt.num_layers, ct):
+            t1 = min(t0 + ct, gt.num_layers)
+            qt, kt = (jax.device_put(x) for x in gt.padded(list(range(t0, t1)), ct))
+            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt))[: b1 - b0, : t1 - t0]
+            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt))[: b1 - b0, : t1 - t0]
+    return grid_q, grid_k
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPairing:
+    """A pair's layer scores and their pairing.
+
+    Attributes:
+      pairs: the paired ``(base layer, target layer)``.
+      mode: ``"equal-depth"`` or the ``layer_match`` mode used.
+      grid_q: ``[L_base, L_target]`` Q scores (only the diagonal is filled at equal depth).
+      grid_k: ``[L_base, L_target]`` K scores.
+      calibrated: the calibrated test of the paired layers against the mismatched ones.
+      mlp: ``[len(pairs)]`` MLP-input scores of the paired layers, when asked for.
+    """
+
+    pairs: list[tuple[int, int]]
+    mode: str
+    grid_q: np.ndarray
+    grid_k: np.ndarray
+    calibrated: CalibratedTest
+    mlp: np.ndarray | None = None
+
+
+def layer_pairing(layer_match: str, *, matched: MatchedScores | None = None,
+                  grids: tuple[np.ndarray, np.ndarray] | None = None) -> LayerPairing:
+    """The paired layers, pairing mode, score grids and calibrated test of a pair: from the
+    matched and mismatched scores at equal depth, or from the full ``(grid_q, grid_k)`` otherwise."""
+    if matched is not None:
+        mismatched = np.concatenate(list(matched.mismatched.values())) if matched.mismatched else np.empty(0)
+        return LayerPairing([(i, i) for i in range(len(matched.wq))], "equal-depth", np.diag(matched.wq),
+                            np.diag(matched.wk), cross_layer_test((matched.wq + matched.wk) / 2, mismatched))
+    grid_q, grid_k = grids
+    pairs = match_layers((grid_q + grid_k) / 2, layer_match)
+    return LayerPairing(pairs, layer_match, grid_q, grid_k, matching_null_test((grid_q + grid_k) / 2, pairs, layer_match))
+
+
+def score_layers(base, target, align: PairAlignment, layer_match: str, mlp: bool) -> LayerPairing:
+    """Every score of a pair: matched layers and the calibrated null (equal depth), or the full
+    layer grid and its pairing (different depths); the MLP inputs of the paired layers when ``mlp``.
+
+    Args:
+      base: the base :class:`~awm_jax.engine.models.PreparedModel` (``align``'s base).
+      target: the target model.
+      align: the pair's alignment.
+      layer_match: pairing for different depths.
+      mlp: also score the MLP inputs (both models must carry ``mlp_grams``).
+    """
+    gb, gt = base.grams, target.grams
+    if gb.num_layers == gt.num_layers:
+        pairing = layer_pairing(layer_match, matched=score_equal_depth(gb, gt, align))
+    else:
+        pairing = layer_pairing(layer_match, grids=score_grid(gb, gt, align))
+    if mlp and base.mlp_grams is not None and target.mlp_grams is not None:
+        pairing = dataclasses.replace(pairing, mlp=score_paired(base.mlp_grams, target.mlp_grams, align, pairing.pairs))
+    return pairing

@@ -1,0 +1,120 @@
+"""Prepared models: one model opened, its vocabulary read and its Gram fingerprint in hand.
+
+Everything a pair needs from one model, and nothing that depends on the other model; the
+audit prepares each model once and pairs them many times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from awm_jax.errors import NumericalError
+from awm_jax.fingerprint import FingerprintCache, GramSet, model_grams
+from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.io.vocab import Vocabulary, load_vocabulary
+from awm_jax.layouts import ResolvedLayout, detect
+from awm_jax.report import ModelInfo, ModelSummary
+
+__all__ = ["PreparedModel", "check_embedding_sums", "locate_model", "prepare_model", "read_embedding"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedModel:
+    """One model ready to be compared: its layout, vocabulary and per-layer Grams.
+
+    Attributes:
+      resolved: the bound layout (reads the embedding on demand).
+      vocab: the vocabulary.
+      grams: the Q/K Gram fingerprint (from the cache or computed).
+      cached: whether the Grams came from the cache.
+      timings: seconds spent preparing (``open_s``, ``weights_read_s``, ``gram_s``).
+      mlp_grams: the MLP-input Gram fingerprint, when asked for.
+    """
+
+    resolved: ResolvedLayout
+    vocab: Vocabulary
+    grams: GramSet
+    cached: bool
+    timings: dict
+    mlp_grams: GramSet | None = None
+
+    @property
+    def path(self) -> str:
+        return str(self.resolved.ckpt.root)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.resolved.hidden_size
+
+    def info(self) -> ModelInfo:
+        """What was read of the model, for reports."""
+        r = self.resolved
+        return ModelInfo(
+            path=self.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers, q_dim=r.q_dim,
+            k_dim=r.k_dim, vocab_size=len(self.vocab), vocab_source=self.vocab.source, embedding_rows=r.vocab_rows,
+            dtype=r.ckpt.info(r.embedding_name).dtype.lower(),
+        )
+
+    def summary(self) -> ModelSummary:
+        """:meth:`info` and whether the fingerprint came from the cache."""
+        return ModelSummary(**dataclasses.asdict(self.info()), fingerprint_cached=self.cached)
+
+
+def locate_model(spec: str | os.PathLike) -> Path:
+    """A local model folder for ``spec``: a path as given (the checkpoint reader reports any problem
+    with it), or, when nothing exists at that path and it reads as ``owner/name[@revision]``, the
+    hub snapshot (downloaded as needed by :func:`awm_jax.io.hub.resolve_model`)."""
+    from awm_jax.io.hub import parse_hub_id, resolve_model
+
+    if os.path.lexists(spec) or parse_hub_id(os.fspath(spec)) is None:
+        return Path(spec)
+    return resolve_model(spec)
+
+
+def prepare_model(
+    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False
+) -> PreparedModel:
+    """Opens a model (folder or hub id), reads its vocabulary and gets its Gram fingerprint (cached or computed).
+
+    Run under ``jax.default_device(...)`` to choose where the Grams are computed.
+    """
+    t = time.perf_counter()
+    ckpt = Checkpoint(locate_model(path))
+    resolved = detect(ckpt, layout)
+    vocab = load_vocabulary(ckpt.root)
+    timings: dict = {"open_s": time.perf_counter() - t}
+    grams = model_grams(resolved, cache, timings)
+    cached = bool(timings.pop("cache_hit"))
+    mlp_grams = model_grams(resolved, cache, timings, kind="mlp") if mlp else None
+    timings.pop("cache_hit", None)
+    timings["weights_read_s"] = timings.pop("read_s", 0.0)  # waiting on the reader thread
+    return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
+
+
+def read_embedding(r: ResolvedLayout) -> np.ndarray:
+    """The input embedding in its stored dtype, memory-mapped where it can be (only the shared
+    rows are ever copied, a block at a time); NaN/Inf in the rows used are caught by
+    :func:`check_embedding_sums`, without a full float32 copy here."""
+    emb = r.read_embedding(mapped=True)
+    if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
+        raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
+    if not np.any(emb):
+        raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is all zeros; nothing to align")
+    return emb
+
+
+def check_embedding_sums(r: ResolvedLayout, squares: np.ndarray) -> None:
+    """Refuses an embedding whose shared rows hold NaN/Inf (``NumericalError``), seen in its
+    column sums of squares (``squares``, from ``embedding_cross``): a non-finite value in any
+    shared row makes its column's sum non-finite."""
+    bad = int((~np.isfinite(squares)).sum())
+    if bad:
+        raise NumericalError(
+            f"{r.ckpt.root}: embedding {r.embedding_name} holds NaN/Inf values in the shared-token rows "
+            f"({bad} of {squares.size} columns affected); the weights are damaged: fetch them again"
+        )

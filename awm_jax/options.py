@@ -1,0 +1,75 @@
+"""Option choices shared by the library and every command line; imports no JAX.
+
+One definition per option: the modules that implement a choice import its names from here,
+and the CLIs build their ``choices=`` from here, so ``--help`` stays instant and no list is
+written twice. :class:`PairOptions` is the record of everything that changes a pair's scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from awm_jax.errors import UsageError
+
+__all__ = [
+    "ALIGNMENT_MODES",
+    "DEFAULT_MEMORY_GB",
+    "DEVICES",
+    "FAMILY_RULES",
+    "LAYER_MATCH_MODES",
+    "PairOptions",
+    "check_choice",
+    "check_memory_gb",
+]
+
+#: JAX platforms a run can ask for; ``auto`` is JAX's default device.
+DEVICES = ("auto", "cpu", "gpu", "tpu")
+#: Hidden-dimension alignment: ``assignment`` is the paper's signed permutation; ``orthogonal``
+#: a Procrustes rotation (undoes a dense rotation of the residual stream); ``auto`` chooses.
+ALIGNMENT_MODES = ("assignment", "orthogonal", "auto")
+#: Layer pairing across different depths: the paper's unconstrained assignment, or order-preserving.
+LAYER_MATCH_MODES = ("assignment", "monotone")
+#: Which audit pairs join families (besides a mean-score threshold): see ``audit.lineage_tree``.
+FAMILY_RULES = ("fwer", "verdict")
+#: Default memory budget of an audit (embeddings and prepared models held at once), in GiB.
+DEFAULT_MEMORY_GB = 2.0
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a ``UsageError`` naming them."""
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def check_memory_gb(value: float) -> float:
+    """A finite, positive memory budget in GiB, else a ``UsageError``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"memory budget must be a number of GiB, got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"memory budget must be a finite positive number of GiB, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PairOptions:
+    """Everything that changes how a pair is scored (hashable: the engine's static options).
+
+    Attributes:
+      layer_match: pairing for different depths (``LAYER_MATCH_MODES``).
+      alignment: hidden-dimension alignment (``ALIGNMENT_MODES``).
+      mlp: also score the MLP input matrices (evidence beside the verdict).
+    """
+
+    layer_match: str = "assignment"
+    alignment: str = "assignment"
+    mlp: bool = False
+
+    def __post_init__(self):
+        check_choice("layer match", self.layer_match, LAYER_MATCH_MODES)
+        check_choice("alignment", self.alignment, ALIGNMENT_MODES)
+        if not isinstance(self.mlp, bool):
+            raise UsageError(f"mlp must be True or False, got {self.mlp!r}")
