@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,6 +19,23 @@ SHARED = Path(os.environ.get("AWM_SHARED", Path(__file__).resolve().parents[1].p
 def _strict_promotion():
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts the XLA compilations made inside the block: ``with count_compilations() as c: ...``,
+    then ``len(c)`` (the one compile counter of the suite, from JAX's monitoring events)."""
+    events: list[str] = []
+
+    def listener(event: str, duration: float, **_: object) -> None:
+        if "backend_compile" in event:
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture

@@ -244,7 +244,7 @@ def test_damaged_progress_records_are_dropped_and_recomputed(zoo, reference, tmp
     lines = path.read_bytes().splitlines(keepends=True)
     records = [json.loads(l.decode().rsplit("\t", 1)[0]) for l in lines]
     forged = [dict(records[1], pair=10**9), dict(records[2], a="nobody"), dict(records[3], result={"wq": "x"})]
-    path.write_bytes(lines[0] + b"".join(audit_journal._encode(r) for r in forged))
+    path.write_bytes(lines[0] + b"".join(audit_journal.encode_record(r) for r in forged))
     capsys.readouterr()
     again = audit(some, out_dir=tmp_path, cache_dir=cache, family_rule=FAMILY_THRESHOLD)
     err = capsys.readouterr().err
@@ -306,7 +306,7 @@ _KILLER = textwrap.dedent("""
 
     def append(self, record):
         if count[0] == limit:  # half a line on disk, then SIGKILL: a torn line to recover from
-            data = audit_journal._encode(record)
+            data = audit_journal.encode_record(record)
             self._file.write(data[: len(data) // 2])
             self._file.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -432,3 +432,21 @@ def test_micro_lineage_zoo(tmp_path_factory, tmp_path):
     expected = families(names, [(names.index(a), names.index(b)) for a, b in edges])
     assert set(result.families) == set(expected)
     assert len([f for f in expected if len(f) > 1]) >= 1 and len(expected) >= 2
+
+
+def test_summary_says_why_a_high_scoring_pair_is_not_joined(zoo, reference):
+    """The depth-pruned ``a3`` scores 0.96 against its parent but its 4 x 3 layer grid is too small
+    for the shuffled-grid null to reach p < 0.001: the tree draws it next to ``a0``, so the summary
+    must say why the family rule leaves it out."""
+    from awm_jax.audit.core import audit
+    from awm_jax.audit.outputs import render_summary
+
+    _, _, cache = reference
+    result = audit({k: zoo[k] for k in ("a0", "a3", "c0")}, cache_dir=cache)
+    pair = result.pair("a0", "a3")
+    assert pair.mean > 0.9 and pair.verdict != "derived" and ("a0", "a3") not in result.families
+    summary = render_summary(result)
+    assert "not joined by the family rule, and why" in summary
+    line = next(l for l in summary.splitlines() if l.strip().startswith("a0 / a3"))
+    assert f"p {pair.p_value:.3g}" in line and "not below 0.001" in line
+    assert "c0" not in summary.split("and why:")[1]  # independent pairs score low: no explanation owed

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from conftest import mlp_tensors, random_model, save_llama
+from conftest import count_compilations, mlp_tensors, random_model, save_llama
 
 
 @pytest.fixture
@@ -155,3 +155,18 @@ def test_prefetched_reads_in_order_one_ahead():
         consumed.append(value)
     assert consumed == [0, 10, 20, 30, 40]
     assert list(_prefetched(read, [])) == []
+
+
+def test_no_retracing_across_pairs_of_the_same_shapes(tmp_path):
+    """The engine compiles once per shape: a second pair of the same widths and depth, with other
+    weights and another alignment, compiles nothing."""
+    rng = np.random.default_rng(21)
+    folders = [save_llama(tmp_path / str(i), *random_model(rng, vocab=300, hidden=36, layers=5, q_dim=32, k_dim=16))
+               for i in range(4)]
+    for mode in ("assignment", "orthogonal"):
+        with count_compilations() as first:
+            awm_jax.compare(folders[0], folders[1], cache=False, alignment=mode)
+        assert len(first) > 0, "the counter sees the first pair's compilations"
+        with count_compilations() as compiled:
+            awm_jax.compare(folders[2], folders[3], cache=False, alignment=mode)
+        assert compiled == [], mode

@@ -18,18 +18,18 @@ from pathlib import Path
 
 from awm_jax.errors import CacheError, UsageError
 
-__all__ = ["Journal", "JOURNAL_NAME", "JOURNAL_FORMAT"]
+__all__ = ["JOURNAL_FORMAT", "JOURNAL_NAME", "Journal", "decode_record", "encode_record"]
 
 JOURNAL_NAME = "progress.jsonl"
 JOURNAL_FORMAT = "awm_jax.audit-progress/1"
 
 
-def _encode(record: dict) -> bytes:
+def encode_record(record: dict) -> bytes:
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return f"{text}\t{zlib.crc32(text.encode()):08x}\n".encode()
 
 
-def _decode(line: bytes) -> dict | None:
+def decode_record(line: bytes) -> dict | None:
     """The record of one complete line, or ``None`` when its checksum or JSON is bad."""
     try:
         text, crc = line.decode().rstrip("\n").rsplit("\t", 1)
@@ -94,7 +94,7 @@ class Journal:
         tail = lines.pop()  # bytes after the last newline: a torn line, or b""
         good = 0
         for i, line in enumerate(lines):
-            record = _decode(line + b"\n")
+            record = decode_record(line + b"\n")
             if record is None:
                 if i == len(lines) - 1 and not tail:  # a damaged last line: treat it as torn
                     break
@@ -112,7 +112,7 @@ class Journal:
         return good
 
     def _write(self, record: dict) -> None:
-        self._file.write(_encode(record))
+        self._file.write(encode_record(record))
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from awm_jax.numerics.statistics import CALIBRATED_ALPHA
 
-__all__ = ["FAMILY_RULES", "derived_edges", "families", "lineage_linkage", "leaf_order", "describe_rule"]
+__all__ = ["FAMILY_RULES", "HIGH_SCORE", "derived_edges", "describe_rule", "families", "leaf_order", "lineage_linkage",
+           "why_not_joined"]
 
 #: Named rules for the edges of the family graph (a float threshold is the third kind).
 from awm_jax.options import FAMILY_RULES  # noqa: E402  (one definition of the choices)
@@ -58,6 +59,34 @@ def derived_edges(pairs: Sequence, rule: str | float) -> list[bool]:
     tested = max(1, sum(1 for p in pairs if not p.error))
     bound = CALIBRATED_ALPHA / tested
     return [not p.error and (p.p_value < bound if math.isfinite(p.p_value) else p.verdict == "derived") for p in pairs]
+
+
+#: A mean score this high is far above every independent pair measured (the lineage zoo's highest
+#: independent pair scores 0.28, the wild set's 0.37): when such a pair is not an edge of the family
+#: graph, the summary says why.
+HIGH_SCORE = 0.5
+
+
+def why_not_joined(pair, rule: str | float, scored_pairs: int) -> str:
+    """Why a scored pair is not an edge of the family graph under ``rule``, in one phrase (the
+    summary prints it for pairs scoring at least :data:`HIGH_SCORE`, which the lineage tree draws
+    close together)."""
+    from awm_jax.numerics.statistics import CALIBRATED_MIN_EFFECT
+
+    if not isinstance(rule, str):
+        return f"mean {pair.mean:.4f} is below the family threshold {rule:g}"
+    c = pair.calibrated
+    if not math.isfinite(pair.p_value):
+        return f"no calibrated p-value ({c.get('method', 'no null')}); verdict {pair.verdict}"
+    if rule == "fwer" and pair.verdict == "derived":
+        return (f"p {pair.p_value:.3g} is significant for this pair but not over the audit's {scored_pairs} pairs "
+                f"(bound {CALIBRATED_ALPHA / max(1, scored_pairs):.2g})")
+    effect = c["statistic"] - c["null_mean"]
+    if pair.p_value < CALIBRATED_ALPHA and effect < CALIBRATED_MIN_EFFECT:
+        return (f"matched layers exceed the mismatched ones by only {effect:.3f} (< {CALIBRATED_MIN_EFFECT:g}), as "
+                "for models trained alike; verdict " + pair.verdict)
+    return (f"p {pair.p_value:.3g} against its own mismatched layers ({c.get('method', '')}) is not below "
+            f"{CALIBRATED_ALPHA:g}: the layers do not stand out from each other enough to call it; verdict {pair.verdict}")
 
 
 def describe_rule(rule: str | float, scored_pairs: int) -> str:

@@ -64,7 +64,7 @@ def _pairs_csv(result) -> bytes:
 
 def render_summary(result) -> str:
     """The text summary: families, the closest pair across families, the weakest link within."""
-    from awm_jax.audit.lineage_tree import describe_rule
+    from awm_jax.audit.lineage_tree import HIGH_SCORE, derived_edges, describe_rule, why_not_joined
 
     fam_of = {name: i for i, fam in enumerate(result.families) for name in fam}
     lines = [
@@ -89,6 +89,14 @@ def render_summary(result) -> str:
         lines.append("")
         lines.append(f"closest pair across families: {top.a} / {top.b}: mean {top.mean:.6f}, z {top.z_reference:.2f}, "
                      f"p {top.p_value:.3g}, {top.verdict}")
+    scored = sum(1 for p in result.pairs if not p.error)
+    edges = derived_edges(result.pairs, result.family_rule)
+    high = [p for p, edge in zip(result.pairs, edges) if not edge and not p.error and p.mean >= HIGH_SCORE]
+    if high:
+        lines.append("")
+        lines.append(f"high-scoring pairs (mean >= {HIGH_SCORE:g}) not joined by the family rule, and why:")
+        lines += [f"  {p.a} / {p.b}: mean {p.mean:.4f}: {why_not_joined(p, result.family_rule, scored)}"
+                  for p in sorted(high, key=lambda p: -p.mean)[:20]]
     if result.against:
         lines.append("")
         for name in result.rows:
