@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                         "~/.cache/awm_jax/zoo; '-micro' appended with --micro)")
     b.add_argument("--micro", action="store_true",
                    help="build the four-model micro zoo used by the tests")
+    b.add_argument("--deep", action="store_true",
+                   help="build the deep zoo (bases of 8-16 layers with spread norm gains; hours on 2 cores)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("examples", help="write the shipped example checkpoints")
     e.add_argument("--out", type=Path, default=_EXAMPLES_DIR,
@@ -43,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="summarise a built zoo's manifest")
     s.add_argument("--cache", type=Path, default=None, help="zoo directory")
     s.add_argument("--micro", action="store_true", help="the micro zoo's default directory")
+    s.add_argument("--deep", action="store_true", help="the deep zoo's default directory")
     return p
 
 
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         from awm_jax.zoo.build import default_cache_dir
 
-        cache = args.cache or default_cache_dir("micro" if args.micro else "full")
+        cache = args.cache or default_cache_dir("micro" if args.micro else "deep" if args.deep else "full")
         path = cache / "MANIFEST.json"
         if not path.is_file():
             print(f"error: no zoo manifest at {path}; run 'python -m awm_jax.zoo build'",
@@ -64,11 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from awm_jax.zoo.build import build_plan, write_examples
-    from awm_jax.zoo.plans import full_plan, micro_plan
+    from awm_jax.zoo.plans import deep_plan, full_plan, micro_plan
 
     try:
         if args.command == "build":
-            plan = micro_plan() if args.micro else full_plan()
+            plan = micro_plan() if args.micro else deep_plan() if args.deep else full_plan()
             report = build_plan(plan, args.cache, progress=not args.no_progress)
         else:
             report = write_examples(args.out, args.cache, progress=not args.no_progress)

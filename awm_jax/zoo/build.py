@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
@@ -208,7 +210,10 @@ class _Builder:
             cfg = ModelConfig(vocab_size=tok.get_vocab_size(), **o["arch"])
             tokens = encode_documents(tok, corpus_documents(r.corpus, _chars_for(tc), tc.data_seed))
             windows = TokenWindows(tokens, tc.batch_size, tc.seq_len, tc.data_seed)
-            res = train(init_params(cfg, r.seed), causal_lm_loss(cfg), windows, tc)
+            params = init_params(cfg, r.seed)
+            if o.get("gain_spread"):
+                params = spread_norm_gains(params, o["gain_spread"], r.seed)
+            res = train(params, causal_lm_loss(cfg), windows, tc)
             return Checkpoint(cfg, res.params, tok), {"train": res.summary(),
                                                       "corpus_tokens": int(tokens.size)}
         parent = self.load(str(r.parent))
@@ -288,6 +293,21 @@ class _Builder:
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, default=_json_default))
         self._loaded.pop(r.name, None)
         return record
+
+
+def spread_norm_gains(params: dict, spread: float, seed: int) -> dict:
+    """Every RMSNorm gain drawn uniformly from ``[1 - spread, 1 + spread]`` before training, so a
+    base's gains are far from 1 as a real model's are (a fresh gain of 1 barely moves in the
+    zoo's short training, which would hide what norm folding does to a fingerprint)."""
+    rng = np.random.default_rng(10_000 + seed)
+
+    def draw(path, leaf):
+        names = [str(getattr(k, "key", k)) for k in path]
+        if leaf.ndim == 1 and any("norm" in n for n in names) and names[-1] == "weight":
+            return jnp.asarray(rng.uniform(1 - spread, 1 + spread, leaf.shape), leaf.dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(draw, params)
 
 
 def _json_default(x: Any) -> Any:

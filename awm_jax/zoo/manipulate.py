@@ -11,6 +11,10 @@ returns a new state dict whose model computes the same logits (up to float round
   the plane of head dimensions ``(i, i + d/2)`` applied to the rows of ``Wq`` (all query heads
   of the group) and ``Wk`` (the group's key head). Rotary embedding rotates exactly these
   planes, and plane rotations commute, so ``q_m . k_n`` is unchanged.
+* :func:`fold_norm_gains` alone (``norm-fold``): every RMSNorm gain multiplied into the
+  matrices reading its output, the gains set to 1 (function-preserving).
+* :func:`quantize_roundtrip` (``quant-int4``): not function-preserving but close to it: the
+  weights of a 4-bit round-to-nearest release, dequantised.
 * :func:`transform_residual`: ``x -> x R`` on the residual stream for an orthogonal ``R``. Every
   matrix that writes the residual (embedding, ``o_proj``, ``down_proj``, experts' ``w2``,
   the projector's ``linear_2`` and its bias) and every matrix that reads a normalised residual
@@ -37,9 +41,11 @@ __all__ = [
     "scale_qk",
     "rotate_rope_pairs",
     "fold_norm_gains",
+    "quantize_roundtrip",
     "transform_residual",
     "random_signed_permutation",
     "random_orthogonal",
+    "APPROXIMATE",
     "MANIPULATIONS",
     "RECIPE_VERSION",
     "manipulate",
@@ -291,6 +297,35 @@ def _dense_rotation(cfg: ModelConfig, s: State, seed: int) -> State:
     return transform_residual(cfg, fold_norm_gains(cfg, s), random_orthogonal(cfg.hidden_size, seed))
 
 
+def _norm_fold(cfg: ModelConfig, s: State, seed: int) -> State:
+    return fold_norm_gains(cfg, s)
+
+
+def quantize_roundtrip(state: State, bits: int = 4, group: int = 32) -> State:
+    """Every matrix through a round-to-nearest, symmetric, group-wise integer quantisation and
+    back (what a 4-bit release does to the weights; the function changes by the rounding only).
+
+    Args:
+        state: state dict.
+        bits: bits per weight (signed levels ``-(2^(bits-1) - 1) .. 2^(bits-1) - 1``).
+        group: consecutive input columns sharing one scale (``absmax / levels``).
+    """
+    levels = 2 ** (bits - 1) - 1
+    out = dict(state)
+    for name, w in state.items():
+        if w.ndim != 2 or w.shape[1] % group:
+            continue
+        g = w.astype(np.float64).reshape(w.shape[0], -1, group)
+        scale = np.abs(g).max(axis=-1, keepdims=True) / levels
+        q = np.round(np.divide(g, scale, out=np.zeros_like(g), where=scale > 0))
+        out[name] = (q * scale).reshape(w.shape).astype(np.float32)
+    return out
+
+
+def _quant_int4(cfg: ModelConfig, s: State, seed: int) -> State:
+    return quantize_roundtrip(s, bits=4, group=32)
+
+
 def _combo(cfg: ModelConfig, s: State, seed: int) -> State:
     s = _qk_scale(cfg, s, seed)
     s = _rope_rotation(cfg, s, seed + 1)
@@ -314,7 +349,13 @@ MANIPULATIONS: dict[str, Callable[[ModelConfig, State, int], State]] = {
     "dense-rotation": _dense_rotation,
     "combo": _combo,
     "combo-dense": _combo_dense,
+    "norm-fold": _norm_fold,
+    "quant-int4": _quant_int4,
 }
+
+
+#: Recipes that change the function by rounding only (a quantised release), not exactly.
+APPROXIMATE = frozenset({"quant-int4"})
 
 
 def manipulate(kind: str, cfg: ModelConfig, state: State, seed: int) -> State:
@@ -324,7 +365,8 @@ def manipulate(kind: str, cfg: ModelConfig, state: State, seed: int) -> State:
         kind: ``"qk-scale"`` (one factor per layer), ``"qk-scale-groups"`` (one factor per
             layer and key/value group), ``"rope-rotation"``, ``"perm-sign"``,
             ``"dense-rotation"``, ``"combo"`` (``qk-scale``, ``rope-rotation`` and
-            ``perm-sign`` together) or ``"combo-dense"`` (those and ``dense-rotation``).
+            ``perm-sign`` together), ``"combo-dense"`` (those and ``dense-rotation``),
+            ``"norm-fold"`` (gains folded, nothing else) or ``"quant-int4"`` (a 4-bit round trip).
         cfg: model shapes (unchanged by every manipulation).
         state: state dict.
         seed: seed of the random factors, angles, permutation or rotation.

@@ -11,7 +11,8 @@ A :class:`Plan` lists :class:`TokenizerRecipe` and :class:`ModelRecipe` entries 
 * a manipulation (:data:`MANIPULATION_KINDS`): a function-preserving rewrite of ``parent``'s
   weights, see :mod:`awm_jax.zoo.manipulate`.
 
-Three plans ship: :func:`full_plan` (the evidence zoo, 42 models), :func:`micro_plan`
+Four plans ship: :func:`full_plan` (the evidence zoo, 2-4 layers), :func:`deep_plan` (bases of
+8-16 layers with spread norm gains and every derivation and manipulation on top), :func:`micro_plan`
 (four tiny models built in seconds, for tests) and :func:`examples_plan` (three small bf16
 checkpoints shipped with the package).
 """
@@ -32,6 +33,7 @@ __all__ = [
     "DISTILL_KIND",
     "DERIVATION_KINDS",
     "MANIPULATION_KINDS",
+    "deep_plan",
     "full_plan",
     "micro_plan",
     "examples_plan",
@@ -307,6 +309,83 @@ def full_plan() -> Plan:
     return Plan("full", toks, tuple(models), dtype="float32")
 
 
+def deep_plan() -> Plan:
+    """The deep zoo: bases of 8, 12 and 16 layers whose RMSNorm gains start spread over
+    ``[0.5, 1.5]`` (trained gains are never all 1), with every derivation and manipulation kind of
+    the full zoo on top, plus norm folding, folding with a dense rotation, a fine-tune of the
+    folded-and-rotated model, depth pruning at depth (16 -> 12, 12 -> 8) and a 4-bit round trip.
+
+    ``deep-a-s0`` and ``deep-a-s1`` are trained alike (architecture, tokenizer, data and data
+    order; other seed): the hardest independent pair at depth. Sized for a few hours on two CPU
+    cores; resumable like every plan.
+    """
+    base_tc = TrainConfig(steps=300, batch_size=16, seq_len=128, learning_rate=2e-3, warmup_steps=30)
+    ft_tc = TrainConfig(steps=100, batch_size=16, seq_len=96, learning_rate=1e-3, warmup_steps=10)
+    heal_tc = TrainConfig(steps=100, batch_size=16, seq_len=128, learning_rate=1e-3, warmup_steps=10)
+    toks = (
+        TokenizerRecipe("tok-py-1024", "python-stdlib", 1024, 3_000_000, 0),
+        TokenizerRecipe("tok-doc-2048", "debian-doc", 2048, 3_000_000, 2),
+        TokenizerRecipe("tok-man-2048", "man-pages", 2048, 3_000_000, 4),
+        TokenizerRecipe("tok-mix-1024", "python-stdlib+debian-doc+man-pages", 1024, 3_000_000, 5),
+    )
+    a_arch = _arch(96, 16, 4, 2, 24, 192)
+    spread = {"gain_spread": 0.5}
+
+    def base(name, tok, corpus, seed, arch, data_seed=0, steps=300):
+        return ModelRecipe(name, BASE_KIND, seed=seed, corpus=corpus, tokenizer=tok,
+                           train=base_tc.replace(steps=steps, data_seed=data_seed),
+                           options={"arch": arch, **spread})
+
+    def man(name, parent, kind, seed):
+        return ModelRecipe(name, kind, parent=parent, seed=seed)
+
+    models = [
+        base("deep-a-s0", "tok-py-1024", "python-stdlib:a", 100, a_arch),
+        base("deep-a-s1", "tok-py-1024", "python-stdlib:a", 101, a_arch),
+        base("deep-b", "tok-doc-2048", "debian-doc", 102, _arch(64, 12, 4, 2, 16, 128), 2, 240),
+        base("deep-c", "tok-mix-1024", "python-stdlib+debian-doc+man-pages", 103, _arch(80, 8, 4, 4, 20, 160), 3,
+             200),
+        # Derivations of deep-a-s0.
+        ModelRecipe("deep-a-s0-sft", "sft", "deep-a-s0", 110, train=ft_tc.replace(data_seed=110),
+                    options={"pairs": 2000, "pairs_split": "a"}),
+        ModelRecipe("deep-a-s0-sft-dpo", "dpo", "deep-a-s0-sft", 111,
+                    train=ft_tc.replace(steps=40, learning_rate=5e-4, data_seed=111),
+                    options={"pairs": 192, "pairs_split": "b", "beta": 0.1}),
+        ModelRecipe("deep-a-s0-vocab-man", "vocab-ext", "deep-a-s0", 113, corpus="man-pages",
+                    train=heal_tc.replace(data_seed=113), options={"donor": "tok-man-2048", "num_new": 256}),
+        ModelRecipe("deep-a-s0-llava", "multimodal", "deep-a-s0", 114, corpus="python-stdlib:b",
+                    train=TrainConfig(steps=100, batch_size=32, seq_len=24, learning_rate=1e-3, warmup_steps=10,
+                                      data_seed=114),
+                    options={"projector_steps": 40, "lines": 3000, "num_patches": 20}),
+        ModelRecipe("deep-a-s0-width64", "width-prune", "deep-a-s0", 115, corpus="python-stdlib:a",
+                    train=heal_tc.replace(data_seed=115),
+                    options={"hidden_size": 64, "num_kv_groups": 1, "intermediate_size": 128}),
+        ModelRecipe("deep-a-s0-depth12", "depth-prune", "deep-a-s0", 116, corpus="python-stdlib:a",
+                    train=heal_tc.replace(data_seed=116), options={"num_layers": 12}),
+        ModelRecipe("deep-a-s0-moe4", "moe-upcycle", "deep-a-s0", 117, corpus="python-stdlib:a",
+                    train=heal_tc.replace(steps=60, data_seed=117), options={"num_experts": 4, "top_k": 2}),
+        ModelRecipe("deep-a-s0-distilled", DISTILL_KIND, "deep-a-s0", 118, corpus="python-stdlib:a",
+                    train=base_tc.replace(steps=150, data_seed=118), options={"arch": _arch(64, 4, 4, 2, 16, 128)}),
+        # Derivations of the other bases.
+        ModelRecipe("deep-b-depth8", "depth-prune", "deep-b", 122, corpus="debian-doc",
+                    train=heal_tc.replace(data_seed=122), options={"num_layers": 8}),
+        ModelRecipe("deep-b-sft", "sft", "deep-b", 120, train=ft_tc.replace(data_seed=120),
+                    options={"pairs": 2000, "pairs_split": "a"}),
+        ModelRecipe("deep-c-cpt-py", "cpt", "deep-c", 123, corpus="python-stdlib",
+                    train=base_tc.replace(steps=600, learning_rate=1.5e-3, data_seed=123)),
+        # Function-preserving manipulations (and a 4-bit round trip), then a fine-tune of the
+        # folded-and-rotated model.
+        *(man(f"deep-a-s0-{k}", "deep-a-s0", k, 140 + i) for i, k in enumerate(MANIPULATION_KINDS)),
+        ModelRecipe("deep-a-s0-dense-rotation-sft", "sft", "deep-a-s0-dense-rotation", 150,
+                    train=ft_tc.replace(data_seed=150), options={"pairs": 2000, "pairs_split": "b"}),
+        man("deep-a-s0-sft-norm-fold", "deep-a-s0-sft", "norm-fold", 151),
+        man("deep-b-dense-rotation", "deep-b", "dense-rotation", 152),
+        man("deep-b-depth8-combo", "deep-b-depth8", "combo", 153),
+        man("deep-c-norm-fold", "deep-c", "norm-fold", 154),
+    ]
+    return Plan("deep", toks, tuple(models), dtype="float32")
+
+
 def micro_plan() -> Plan:
     """Four tiny models for tests: a base, its SFT, an independent base, a manipulation."""
     tc = TrainConfig(steps=40, batch_size=8, seq_len=32, learning_rate=3e-3, warmup_steps=5)
@@ -344,4 +423,4 @@ def examples_plan() -> Plan:
 
 
 #: Plan name -> constructor.
-PLANS = {"full": full_plan, "micro": micro_plan, "examples": examples_plan}
+PLANS = {"full": full_plan, "deep": deep_plan, "micro": micro_plan, "examples": examples_plan}

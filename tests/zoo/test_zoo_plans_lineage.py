@@ -13,6 +13,7 @@ from awm_jax.zoo.plans import (
     MANIPULATION_KINDS,
     ModelRecipe,
     Plan,
+    deep_plan,
     examples_plan,
     full_plan,
     micro_plan,
@@ -53,6 +54,46 @@ def test_full_plan_meets_the_evidence_targets():
     for m in plan.models:
         if m.kind == "cpt":
             assert m.train.tokens >= 3 * plan.root_base(m.parent).train.tokens
+
+
+def test_deep_plan_covers_every_kind_at_depth():
+    plan = deep_plan()
+    bases = [m for m in plan.models if m.kind == BASE_KIND]
+    depths = sorted(b.options["arch"]["num_hidden_layers"] for b in bases)
+    assert depths[0] >= 8 and depths[-1] >= 16
+    assert all(b.options.get("gain_spread", 0) >= 0.5 for b in bases), "trained gains start far from 1"
+    kinds = {m.kind for m in plan.models}
+    assert set(DERIVATION_KINDS) <= kinds and "distill" in kinds and set(MANIPULATION_KINDS) <= kinds
+    pruned = {(plan.model(m.parent).options["arch"]["num_hidden_layers"], m.options["num_layers"])
+              for m in plan.models if m.kind == "depth-prune"}
+    assert {(16, 12), (12, 8)} <= pruned
+    # A fine-tune of the folded-and-rotated model, and two bases trained alike at depth 16.
+    assert plan.model("deep-a-s0-dense-rotation-sft").parent == "deep-a-s0-dense-rotation"
+    a, b = plan.model("deep-a-s0"), plan.model("deep-a-s1")
+    assert a.seed != b.seed and dataclasses.replace(a, name="x", seed=0) == dataclasses.replace(b, name="x", seed=0)
+    counts = count_labels(label_pairs(_dry_records(plan)))
+    assert counts["derived"] >= 30 and counts["independent"] >= 60
+
+
+def test_spread_gains_touch_only_norm_gains():
+    import numpy as np
+
+    from awm_jax.zoo.build import spread_norm_gains
+    from awm_jax.zoo.model import ModelConfig, init_params
+
+    cfg = ModelConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    before = init_params(cfg, 0)
+    after = spread_norm_gains(before, 0.5, 0)
+    changed = []
+    import jax
+
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(before), jax.tree_util.tree_leaves_with_path(after)):
+        if not np.array_equal(np.asarray(x), np.asarray(y)):
+            changed.append(jax.tree_util.keystr(path))
+            assert np.all((np.asarray(y) >= 0.5) & (np.asarray(y) <= 1.5))
+    assert changed and all("norm" in c for c in changed)
+    assert len(changed) == 2 * cfg.num_hidden_layers + 1  # two per layer and the final norm
 
 
 @pytest.mark.parametrize("make", [micro_plan, examples_plan])
