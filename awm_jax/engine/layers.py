@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from awm_jax.numerics.kernels import grid_cka, hsic_parts_layers, paired_cka, pa
 from awm_jax.numerics.layer_match import match_layers
 from awm_jax.numerics.statistics import CalibratedTest, cross_layer_test, matching_null_test
 
-__all__ = ["LayerPairing", "MatchedScores", "mismatch_shifts", "score_equal_depth", "score_grid", "score_layers",
+__all__ = ["LayerGrids", "LayerPairing", "MatchedScores", "mismatch_shifts", "score_equal_depth", "score_grid", "score_layers",
            "score_paired"]
 
 
@@ -107,7 +108,14 @@ def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tup
     return out
 
 
-def score_grid(gb: GramSet, gt: GramSet, align: PairAlignment) -> tuple[np.ndarray, np.ndarray]:
+class LayerGrids(NamedTuple):
+    """Every base layer against every target layer: ``[L_b, L_t]`` Q scores and K scores."""
+
+    q: np.ndarray
+    k: np.ndarray
+
+
+def score_grid(gb: GramSet, gt: GramSet, align: PairAlignment) -> LayerGrids:
     """Every aligned base layer against every target layer (different depths): the ``[L_b, L_t]``
     Q and K score grids, a chunk of base layers against a chunk of target layers at a time."""
     cb = chunk_layers_for(gb.n, gb.n, gb.num_layers)
@@ -122,7 +130,7 @@ def score_grid(gb: GramSet, gt: GramSet, align: PairAlignment) -> tuple[np.ndarr
             qt, kt = (jax.device_put(x) for x in gt.padded(list(range(t0, t1)), ct))
             grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt))[: b1 - b0, : t1 - t0]
             grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt))[: b1 - b0, : t1 - t0]
-    return grid_q, grid_k
+    return LayerGrids(grid_q, grid_k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +155,14 @@ class LayerPairing:
 
 
 def layer_pairing(layer_match: str, *, matched: MatchedScores | None = None,
-                  grids: tuple[np.ndarray, np.ndarray] | None = None) -> LayerPairing:
+                  grids: LayerGrids | None = None) -> LayerPairing:
     """The paired layers, pairing mode, score grids and calibrated test of a pair: from the
-    matched and mismatched scores at equal depth, or from the full ``(grid_q, grid_k)`` otherwise."""
+    matched and mismatched scores at equal depth, or from the full layer grids otherwise."""
     if matched is not None:
         mismatched = np.concatenate(list(matched.mismatched.values())) if matched.mismatched else np.empty(0)
         return LayerPairing([(i, i) for i in range(len(matched.wq))], "equal-depth", np.diag(matched.wq),
                             np.diag(matched.wk), cross_layer_test((matched.wq + matched.wk) / 2, mismatched))
-    grid_q, grid_k = grids
+    grid_q, grid_k = grids.q, grids.k
     pairs = match_layers((grid_q + grid_k) / 2, layer_match)
     return LayerPairing(pairs, layer_match, grid_q, grid_k, matching_null_test((grid_q + grid_k) / 2, pairs, layer_match))
 

@@ -92,13 +92,14 @@ def assemble(pairing: LayerPairing, base_is_a: bool, narrowest: int, base_dims: 
     s_k = float(np.mean([l.wk for l in layers]))
     mean = (s_q + s_k) / 2
     z = z_reference(mean)
-    final_verdict, rule, warnings = decide(z, pairing.calibrated, narrowest)
+    decision = decide(z, pairing.calibrated, narrowest)
+    warnings = list(decision.warnings)
     if base_dims != matched_dims:
         warnings.append(f"widths differ ({base_dims} vs {matched_dims}): only matched dimensions are scored")
     return PairResult(
         base="a" if base_is_a else "b", wq=s_q, wk=s_k, mean=mean,
         mlp=None if pairing.mlp is None else float(np.mean(pairing.mlp)), z_reference=z, reference_verdict=verdict(z),
-        verdict=final_verdict, verdict_rule=rule, layer_match=pairing.mode, layers=tuple(layers), alignment=alignment,
+        verdict=decision.verdict, verdict_rule=decision.rule, layer_match=pairing.mode, layers=tuple(layers), alignment=alignment,
         vocabulary=vocabulary, calibrated=pairing.calibrated.to_dict(), warnings=tuple(warnings),
     )
 

@@ -17,6 +17,7 @@ sizes, so for narrower models the report adds a warning and the verdict should b
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -36,6 +37,7 @@ __all__ = [
     "CALIBRATED_ALPHA",
     "CALIBRATED_RULE",
     "CALIBRATED_MIN_EFFECT",
+    "Decision",
     "decide",
 ]
 
@@ -186,7 +188,15 @@ def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str
     return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched.size)
 
 
-def decide(z: float, calibrated: CalibratedTest, narrowest_hidden: int) -> tuple[str, str, list[str]]:
+class Decision(NamedTuple):
+    """A pair's verdict, the rule that gave it, and the caveats to print with it."""
+
+    verdict: str
+    rule: str
+    warnings: list[str]
+
+
+def decide(z: float, calibrated: CalibratedTest, narrowest_hidden: int) -> Decision:
     """The verdict of a pair, the rule that gave it, and the caveats to print with it.
 
     The calibrated test decides when it has a p-value; otherwise the published reference z
@@ -200,10 +210,10 @@ def decide(z: float, calibrated: CalibratedTest, narrowest_hidden: int) -> tuple
             "overstates significance (the calibrated p-value does not rest on it)"
         )
     if calibrated.verdict != "undetermined":
-        return calibrated.verdict, CALIBRATED_RULE, warnings
+        return Decision(calibrated.verdict, CALIBRATED_RULE, warnings)
     if narrowest_hidden >= REFERENCE_MIN_HIDDEN:
         warnings.append(f"no calibrated p-value: {calibrated.method}; the verdict uses the published reference")
-        return verdict(z), VERDICT_RULE, warnings
+        return Decision(verdict(z), VERDICT_RULE, warnings)
     rule = (f"no calibrated p-value ({calibrated.method}) and hidden size {narrowest_hidden} is below the "
             f"{REFERENCE_MIN_HIDDEN}+ the published reference holds for: inconclusive")
-    return "inconclusive", rule, warnings
+    return Decision("inconclusive", rule, warnings)
