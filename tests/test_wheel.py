@@ -70,6 +70,12 @@ def build(hook: str, source: Path, out: Path) -> Path:
     return out / proc.stdout.strip().splitlines()[-1]
 
 
+def environment_site_dirs() -> list[str]:
+    """This environment's site-packages folders (what a fresh venv is given to see)."""
+    ours = [site.getusersitepackages(), *site.getsitepackages()]
+    return [p for p in dict.fromkeys(ours) if Path(p).is_dir()]
+
+
 def fresh_venv(where: Path) -> Path:
     """A new venv that also sees this environment's site-packages; returns its python. Its own
     site-packages comes first on the path, so an awm_jax installed there is the one imported (and
@@ -77,16 +83,16 @@ def fresh_venv(where: Path) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", where], cwd=where.parent)
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=where).stdout.strip())
-    ours = [site.getusersitepackages(), *site.getsitepackages()]
-    paths = [p for p in dict.fromkeys(ours) if Path(p).is_dir()]
-    (purelib / "_awm_test_environment.pth").write_text("\n".join(paths) + "\n", encoding="utf-8")
+    (purelib / "_awm_test_environment.pth").write_text("\n".join(environment_site_dirs()) + "\n", encoding="utf-8")
     return python
 
 
 def pip_install(python: Path, *args) -> None:
-    """``pip install --no-deps --no-index ARGS`` into the venv of ``python`` (pip of this environment)."""
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--no-build-isolation",
-         "--quiet", "--disable-pip-version-check", *args], cwd=python.parent)
+    """``pip install ARGS`` into the venv of ``python`` with this environment's pip: nothing
+    downloaded, and ``--ignore-installed`` so that an awm_jax this environment already has (seen
+    through the ``.pth`` file) neither satisfies the request nor gets uninstalled."""
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--ignore-installed", "--no-deps", "--no-index",
+         "--no-build-isolation", "--quiet", "--disable-pip-version-check", *args], cwd=python.parent)
 
 
 def user_env(tmp: Path) -> dict:
@@ -167,6 +173,8 @@ def test_installed_compare_example(installed):
 
 
 def test_editable_install_reads_the_top_level_configs(tmp_path):
+    if any((Path(p) / "awm_jax" / "__init__.py").is_file() for p in environment_site_dirs()):
+        pytest.skip("this environment has a non-editable awm_jax, which would shadow an editable install")
     source = copy_sources(tmp_path / "checkout")
     python = fresh_venv(tmp_path / "venv")
     pip_install(python, "-e", source)
