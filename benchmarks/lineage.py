@@ -1,4 +1,4 @@
-"""Lineage benchmark: awm_jax and rival signals on the lineage zoo and on ../shared/wild.
+"""Lineage benchmark: awm_jax and rival signals on the lineage zoo and the optional wild set (../shared/wild).
 
     python -m benchmarks.lineage --zoo DIR [--wild ../shared/wild] [--out benchmarks/results/lineage.json]
                                  [--docs docs/lineage.md] [--plots docs/img]

@@ -1,4 +1,4 @@
-"""Parity with the paper's reference implementation on ../shared/parity.
+"""Parity with the paper's reference implementation on the parity set (optional input: ../shared/parity; docs/method.md).
 
     python -m benchmarks.parity [--shared ../shared] [--json benchmarks/results/parity.json]
 

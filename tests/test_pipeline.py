@@ -1,4 +1,4 @@
-"""End-to-end properties of compare() on random weights (ALGORITHM.md, "Why it works")."""
+"""End-to-end properties of compare() on random weights (docs/method.md, "Why it works")."""
 
 import dataclasses
 import json

@@ -24,8 +24,19 @@ __all__ = ["LABELS", "CONFIG_DIR", "SuiteModel", "SuitePair", "Suite", "suite_na
 
 #: Pair labels: the ground truth a lineage test is scored against.
 LABELS = ("derived", "independent")
-#: The folder holding the suite files shipped with the repository.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _config_dir() -> Path:
+    """The suites' folder: inside the installed package (``awm_jax/configs``, where a wheel puts
+    the top-level ``configs/`` folder), else the top-level ``configs/`` of a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "configs"
+    return installed if (installed / "__init__.py").is_file() else package.parent / "configs"
+
+
+#: The folder holding the suite files shipped with awm_jax (one source: the repository's
+#: top-level ``configs/``, installed as ``awm_jax/configs``).
+CONFIG_DIR = _config_dir()
 
 _SUITE_KEYS = {"name", "description", "paper_section"}
 _MODEL_KEYS = {"key", "repo", "revision", "note", "gated", "confirmed"}

@@ -4,7 +4,7 @@ Sources, in order of preference: ``tokenizer.json`` (BPE / WordLevel / WordPiece
 Unigram list vocab, plus ``added_tokens``), ``tokenizer.model`` (SentencePiece protobuf, or a
 tiktoken rank file as Llama-3 ships it), ``*.tiktoken``, ``vocab.json``.
 
-Tokens are compared by exact string equality (ALGORITHM.md step 1). tiktoken ranks are raw
+Tokens are compared by exact string equality (docs/method.md step 1). tiktoken ranks are raw
 bytes; they are mapped losslessly to the byte-level alphabet that Hugging Face byte-level BPE
 files use (each byte to one printable character), so no two byte tokens collide and a tiktoken
 vocabulary matches the same tokens written as ``tokenizer.json``.
@@ -265,7 +265,7 @@ def load_vocabulary(folder: str | os.PathLike) -> Vocabulary:
 
 
 def shared_rows(a: Vocabulary, b: Vocabulary, rows_a: int, rows_b: int) -> SharedRows:
-    """Pairs the embedding rows of the tokens both vocabularies contain (ALGORITHM.md step 1).
+    """Pairs the embedding rows of the tokens both vocabularies contain (docs/method.md step 1).
 
     Ids beyond a model's embedding rows are dropped and counted, not an error, unless more
     than ``MAX_DROPPED_FRACTION`` of the shared tokens are (the tokenizer then belongs to

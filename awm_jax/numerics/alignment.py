@@ -1,4 +1,4 @@
-"""Alignment of the residual dimensions of two models (ALGORITHM.md steps 2-5, and beyond).
+"""Alignment of the residual dimensions of two models (docs/method.md steps 2-5, and beyond).
 
 ``E_b^T E_t`` over the shared-token rows is accumulated block by block. The paper's alignment
 (``assignment``) turns it into column cosines and solves the linear assignment maximising the
@@ -156,7 +156,7 @@ def column_cosine(
 
 
 def assign_dimensions(cos: np.ndarray) -> Alignment:
-    """Solves the linear assignment on ``1 - |cos|`` (ALGORITHM.md step 4) on the host.
+    """Solves the linear assignment on ``1 - |cos|`` (docs/method.md step 4) on the host.
 
     Args:
       cos: ``[n_b, n_t]`` column cosines, ``n_b >= n_t``.

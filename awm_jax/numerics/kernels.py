@@ -1,6 +1,6 @@
 """Numerical kernels: Gram matrices and unbiased linear CKA, one layer at a time, vmapped.
 
-Conventions (ALGORITHM.md step 6): a projection ``W`` is stored ``[d, n]`` (``d`` output rows,
+Conventions (docs/method.md step 6): a projection ``W`` is stored ``[d, n]`` (``d`` output rows,
 ``n`` residual dimensions). CKA treats the ``n`` residual dimensions as samples and the ``d``
 rows as features, so ``X = W^T`` is ``[n, d]`` and the sample Gram matrix is
 ``K = X X^T = W^T W``, ``[n, n]``. A model's Grams depend on that model alone, so they are the
@@ -94,7 +94,7 @@ def gram_layers_host(w: np.ndarray) -> np.ndarray:
 def align_gram(k: jax.Array, perm: jax.Array, signs: jax.Array) -> jax.Array:
     """Applies the dimension alignment to a base Gram: ``K'[i, j] = s_i s_j K[p_i, p_j]``.
 
-    Equivalent to the Gram of ``W[:, p] * s`` (ALGORITHM.md step 5) without touching ``W``.
+    Equivalent to the Gram of ``W[:, p] * s`` (docs/method.md step 5) without touching ``W``.
 
     Args:
       k: ``[n_b, n_b]`` base Gram.

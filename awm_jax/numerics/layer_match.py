@@ -1,4 +1,4 @@
-"""Layer pairing between models of different depth (ALGORITHM.md step 7).
+"""Layer pairing between models of different depth (docs/method.md step 7).
 
 Equal depth pairs layer ``l`` with layer ``l``. Different depth works on the grid of mean
 (Q + K) / 2 scores of every base layer against every target layer:

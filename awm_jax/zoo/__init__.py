@@ -15,15 +15,20 @@ pipeline order: :mod:`~awm_jax.zoo.corpus`, :mod:`~awm_jax.zoo.tokenizer`,
 :mod:`~awm_jax.zoo.manipulate`, :mod:`~awm_jax.zoo.plans`, :mod:`~awm_jax.zoo.lineage`,
 :mod:`~awm_jax.zoo.build`.
 
-The names below are imported lazily, so importing this package does not import JAX.
+The names below are imported lazily, so importing this package does not import JAX. The zoo
+needs packages the base install does not (flax, optax, tokenizers, pillow, safetensors):
+``pip install "awm_jax[zoo]"``; :func:`missing_extra` names those absent.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __all__ = [
+    "EXTRA_PACKAGES",
+    "missing_extra",
     "ModelConfig",
     "Checkpoint",
     "TrainConfig",
@@ -39,6 +44,18 @@ __all__ = [
     "label_pairs",
     "LABELS",
 ]
+
+#: The packages the ``zoo`` extra installs (``pip install "awm_jax[zoo]"``): distribution name ->
+#: import name.
+EXTRA_PACKAGES = {"flax": "flax", "optax": "optax", "tokenizers": "tokenizers", "pillow": "PIL",
+                  "safetensors": "safetensors"}
+
+
+def missing_extra() -> list[str]:
+    """The distribution names from :data:`EXTRA_PACKAGES` whose module cannot be imported here
+    (empty: the extra is installed). Looks the modules up without importing them."""
+    return [dist for dist, module in EXTRA_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
 
 _WHERE = {
     "ModelConfig": "model",

@@ -6,7 +6,9 @@
   ``awm_jax/examples/{base,derived,independent}``.
 * ``status [--cache DIR] [--micro]``: summarises a built zoo's manifest.
 
-Heavy imports (JAX) happen only once a command runs, so ``--help`` is instant.
+Heavy imports (JAX) happen only once a command runs, so ``--help`` is instant. Without the zoo
+extra (flax, optax, tokenizers, pillow, safetensors) every command says in one line on stderr what
+to install and exits with 2.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
+    from awm_jax.zoo import missing_extra
+
+    missing = missing_extra()
+    if missing:
+        print('awm_jax: error: the lineage zoo needs the zoo extra: pip install "awm_jax[zoo]" '
+              f"(not installed: {', '.join(missing)})", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     if args.command == "status":
         from awm_jax.zoo.build import default_cache_dir

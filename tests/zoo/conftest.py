@@ -7,8 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from .zoo_helpers import FEATURE_SIZE
-
 
 @pytest.fixture
 def ids() -> np.ndarray:
@@ -17,6 +15,8 @@ def ids() -> np.ndarray:
 
 @pytest.fixture
 def feats() -> np.ndarray:
+    from .zoo_helpers import FEATURE_SIZE
+
     return np.random.default_rng(1).normal(size=(2, 3, FEATURE_SIZE)).astype(np.float32)
 
 

@@ -11,6 +11,10 @@ import time
 
 import numpy as np
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo.build import build_plan, default_cache_dir
 from awm_jax.zoo.checkpoint import CHECKPOINT_FILES, Checkpoint
 from awm_jax.zoo.plans import micro_plan

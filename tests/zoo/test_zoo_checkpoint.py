@@ -6,6 +6,11 @@ import json
 
 import numpy as np
 import pytest
+
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from safetensors.numpy import load_file
 
 from awm_jax.zoo.checkpoint import (

@@ -7,6 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo import corpus
 from awm_jax.zoo.data import (
     CaptionBatches,

@@ -7,6 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo import derive
 from awm_jax.zoo.checkpoint import Checkpoint, expected_shapes, from_state_dict
 from awm_jax.zoo.corpus import instruction_pairs, sample_documents

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from safetensors.numpy import load_file
 
 from awm_jax.zoo.checkpoint import CHECKPOINT_FILES, Checkpoint, expected_shapes

@@ -15,6 +15,10 @@ import sys
 import numpy as np
 import pytest
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo.checkpoint import Checkpoint, from_state_dict
 from awm_jax.zoo.tokenizer import train_bpe
 

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo.manipulate import (
     APPROXIMATE,
     MANIPULATIONS,

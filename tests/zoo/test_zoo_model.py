@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo.checkpoint import expected_shapes, to_state_dict
 from awm_jax.zoo.model import ModelConfig, init_params, num_parameters
 

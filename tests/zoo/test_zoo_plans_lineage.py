@@ -6,6 +6,10 @@ import dataclasses
 
 import pytest
 
+from . import require_zoo_extra
+
+require_zoo_extra()
+
 from awm_jax.zoo.lineage import LABELS, count_labels, label_pair, label_pairs, lineage_path
 from awm_jax.zoo.plans import (
     BASE_KIND,
