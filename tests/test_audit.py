@@ -401,7 +401,11 @@ def test_unique_names():
 
 def _micro_zoo_dir(tmp_path_factory) -> Path:
     """The micro lineage zoo: ``$AWM_MICRO_ZOO`` or the zoo's default micro folder when it holds a
-    complete build (``python -m awm_jax.zoo build --micro``), else built here (15-30 s)."""
+    complete build (``python -m awm_jax.zoo build --micro``), else built here (15-30 s); skipped
+    without the zoo extra."""
+    from zoo import require_zoo_extra
+
+    require_zoo_extra()
     from awm_jax.zoo.build import build_plan, default_cache_dir
     from awm_jax.zoo.plans import micro_plan
 

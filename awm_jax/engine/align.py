@@ -1,4 +1,4 @@
-"""A pair's hidden-dimension alignment (ALGORITHM steps 1-5; docs/method.md).
+"""A pair's hidden-dimension alignment (docs/method.md steps 1-5).
 
 Shared vocabulary -> base and target -> embedding-column cosine over the shared rows -> linear
 assignment on the host (and, for ``orthogonal``/``auto``, the Procrustes rotation) ->

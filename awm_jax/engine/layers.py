@@ -1,4 +1,4 @@
-"""A pair's layer scores (ALGORITHM steps 6-7; docs/method.md): aligned unbiased CKA of every
+"""A pair's layer scores (docs/method.md steps 6-7): aligned unbiased CKA of every
 paired layer, the mismatched layers of the calibrated null, and the layer pairing.
 
 Grams come from the two fingerprints a chunk of layers at a time (one read ahead of the

@@ -79,7 +79,7 @@ def environment(device: jax.Device | None = None) -> dict:
 
 def assemble(pairing: LayerPairing, base_is_a: bool, narrowest: int, base_dims: int, matched_dims: int,
              alignment: dict, vocabulary: dict) -> PairResult:
-    """Aggregates a pair's layer scores into its :class:`PairResult` (ALGORITHM steps 8-9 and the
+    """Aggregates a pair's layer scores into its :class:`PairResult` (docs/method.md steps 8-9 and the
     calibrated verdict)."""
     layers = []
     for idx, (pb, pt) in enumerate(pairing.pairs):
@@ -106,7 +106,7 @@ def assemble(pairing: LayerPairing, base_is_a: bool, narrowest: int, base_dims: 
 
 def score_pair(a: PreparedModel, b: PreparedModel, options: PairOptions = PairOptions(),
                timings: dict | None = None) -> PairResult:
-    """Scores two prepared models (ALGORITHM steps 1-9); run under ``jax.default_device``.
+    """Scores two prepared models (docs/method.md steps 1-9); run under ``jax.default_device``.
 
     Args:
       a: model A.
