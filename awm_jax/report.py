@@ -140,6 +140,20 @@ class PairResult:
                 out[key] = None
         return out
 
+    def consistent(self) -> bool:
+        """Whether the aggregate scores are those the per-layer scores give (as ``assemble``
+        computes them) and an unscored record holds no scores: a record read back from a file
+        that fails this was damaged."""
+        import numpy as np
+
+        if self.verdict == "unscored":
+            return not self.layers and all(math.isnan(x) for x in (self.wq, self.wk, self.mean))
+        if not self.layers:
+            return False
+        wq = float(np.mean([l.wq for l in self.layers]))
+        wk = float(np.mean([l.wk for l in self.layers]))
+        return (self.wq, self.wk, self.mean) == (wq, wk, (wq + wk) / 2) and self.base in ("a", "b")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PairResult":
         """The record :meth:`to_dict` wrote (floats round-trip exactly through JSON)."""

@@ -274,7 +274,7 @@ def test_single_linkage_cut_equals_families():
 
 def test_journal_torn_and_damaged_lines(tmp_path):
     from awm_jax.audit.journal import Journal
-    from awm_jax.errors import CacheError, UsageError
+    from awm_jax.errors import UsageError
 
     with Journal(tmp_path, "k1") as j:
         j.append({"kind": "align", "pair": 0})
@@ -289,8 +289,17 @@ def test_journal_torn_and_damaged_lines(tmp_path):
     lines = path.read_bytes().split(b"\n")
     lines[1] = lines[1].replace(b'"pair":0', b'"pair":5')  # checksum no longer matches
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(CacheError, match="line 2 is damaged"):
-        Journal(tmp_path, "k1")
+    assert Journal(tmp_path, "k1", writer=False).damaged == 1  # a reader leaves the file alone
+    with Journal(tmp_path, "k1") as j:  # dropped and the file rewritten without it
+        assert j.damaged == 1 and [r["pair"] for r in j.records] == [1, 2]
+    j = Journal(tmp_path, "k1", writer=False)
+    assert j.damaged == 0 and [r["pair"] for r in j.records] == [1, 2]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "progress.jsonl").write_bytes(b"my own notes\n")
+    with pytest.raises(UsageError, match="not an awm_jax audit progress file"):
+        Journal(foreign, "k1")
+    assert (foreign / "progress.jsonl").read_bytes() == b"my own notes\n"  # never touched
     with pytest.raises(UsageError, match="different audit"):
         Journal(tmp_path / "other", "k1").close() or Journal(tmp_path / "other", "k2")
     assert Journal(tmp_path, "k2", fresh=True).records == []

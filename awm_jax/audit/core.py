@@ -18,8 +18,8 @@ Stages, each a progress bar, each resumable:
 
 Every finished pair is appended to ``<out>/progress.jsonl`` (:mod:`awm_jax.audit.journal`); a
 killed audit rerun with the same arguments skips the finished pairs and writes the same files
-byte for byte. A record that does not fit the audit is dropped with a warning and its pair
-scored again.
+byte for byte. A damaged record, or one that does not fit the audit, is dropped with a warning
+and its pair scored again.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from awm_jax.options import (
 )
 from awm_jax.report import PairResult
 
-__all__ = ["AuditModel", "AuditResult", "PairScore", "audit"]
+__all__ = ["AuditModel", "AuditResult", "PairPlan", "PairScore", "audit", "load_progress"]
 
 #: Per-pair stage timings summed over the audit's computed pairs.
 PAIR_STAGES = ("embedding_read_s", "embedding_cosine_s", "assignment_s", "procrustes_s", "scores_s")
@@ -68,8 +68,9 @@ def _journal_name(process: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    """The pairs of an audit: ``pairs[k] = (i, j)`` indexes ``models`` (A = row model ``i``)."""
+class PairPlan:
+    """The pairs of an audit: ``pairs[k] = (i, j)`` indexes ``models`` (A = row model ``i``;
+    anything with a ``name``)."""
 
     models: list[AuditEntry]
     pairs: list[tuple[int, int]]
@@ -83,7 +84,7 @@ def _pair_record(k: int, cell: PairScore) -> dict:
     return {"kind": "pair", "pair": k, "a": cell.a, "b": cell.b, "error": cell.error, "result": cell.to_dict()}
 
 
-def _cell_from_record(plan: _Plan, rec: dict) -> tuple[int, PairScore] | None:
+def _cell_from_record(plan: PairPlan, rec: dict) -> tuple[int, PairScore] | None:
     """The pair index and cell a journal record holds, or ``None`` when it does not fit this audit."""
     try:
         k = rec["pair"]
@@ -91,7 +92,13 @@ def _cell_from_record(plan: _Plan, rec: dict) -> tuple[int, PairScore] | None:
             return None
         if (rec["a"], rec["b"]) != plan.names(k) or not isinstance(rec["error"], str):
             return None
-        return k, PairScore.of(rec["a"], rec["b"], PairResult.from_dict(rec["result"]), rec["error"])
+        result = PairResult.from_dict(rec["result"])
+        if not result.consistent() or bool(rec["error"]) != (result.verdict == "unscored"):
+            return None
+        depths = [getattr(getattr(plan.models[i], "info", None), "num_layers", None) for i in plan.pairs[k]]
+        if None not in depths and result.layers and len(result.layers) != min(depths):
+            return None
+        return k, PairScore.of(rec["a"], rec["b"], result, rec["error"])
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -101,7 +108,7 @@ def _normalised(cell: PairScore) -> PairScore:
     return PairScore.of(cell.a, cell.b, PairResult.from_dict(cell.to_dict()), cell.error)
 
 
-def _score_cell(plan: _Plan, store: PreparedStore, options: PairOptions, k: int, timings: dict) -> PairScore:
+def _score_cell(plan: PairPlan, store: PreparedStore, options: PairOptions, k: int, timings: dict) -> PairScore:
     from awm_jax.engine import score_pair
 
     i, j = plan.pairs[k]
@@ -115,7 +122,7 @@ def _score_cell(plan: _Plan, store: PreparedStore, options: PairOptions, k: int,
     return _normalised(PairScore.of(*names, result, error))
 
 
-def _pair_order(plan: _Plan, todo: list[int], memory: int) -> list[int]:
+def _pair_order(plan: PairPlan, todo: list[int], memory: int) -> list[int]:
     """Pairs in blocks of row models that fit the store together with one more model."""
     biggest = max((m.emb_bytes for m in plan.models), default=1)
     block = max(1, memory // max(biggest, 1) - 1)
@@ -130,7 +137,7 @@ def _bar(total: int, desc: str, unit: str, progress: bool):
                 disable=not progress or jax.process_index() != 0 or not sys.stderr.isatty(), leave=True)
 
 
-def _score_all(plan: _Plan, store: PreparedStore, options: PairOptions, todo: list[int], devices: list,
+def _score_all(plan: PairPlan, store: PreparedStore, options: PairOptions, todo: list[int], devices: list,
                record: Callable[[int, PairScore], None], progress: bool, timings: dict) -> None:
     """Scores the pairs ``todo`` (one worker thread per device), recording each as it finishes."""
     import jax
@@ -317,7 +324,7 @@ def audit(
     n_rows = len(rows)
     pairs = ([(i, n_rows + j) for i in range(n_rows) for j in range(len(cols))] if is_against
              else [(i, j) for i in range(n_rows) for j in range(i + 1, n_rows)])
-    plan = _Plan(everyone, pairs)
+    plan = PairPlan(everyone, pairs)
     cells: dict[int, PairScore] = {}
     key = _audit_key(identities, is_against, n_rows, options)
     journal = None
@@ -332,9 +339,10 @@ def audit(
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("awm_jax audit journal")
-        dropped = _resume(plan, cells, out_dir, key, count, journal)
+        dropped = load_progress(plan, cells, out_dir, key, count, journal)
         if dropped:
-            _warn(f"{journal.path}: {dropped} progress record(s) do not fit this audit; their pairs are scored again")
+            _warn(f"{journal.path}: {dropped} progress record(s) are damaged or do not fit this audit; their pairs "
+                  "are scored again")
     resumed = len(cells)
     t = time.perf_counter()
     stage_timings: dict = {}
@@ -356,7 +364,7 @@ def audit(
         multihost_utils.sync_global_devices("awm_jax audit pairs")
         if out_dir is None:
             raise UsageError("a multi-process audit needs --out on a shared file system")
-        _resume(plan, cells, out_dir, key, count, None)
+        load_progress(plan, cells, out_dir, key, count, None)
     missing = [k for k in range(len(pairs)) if k not in cells]
     if missing:
         raise UsageError(f"{len(missing)} pairs were not scored by any process; rerun the same command to finish")
@@ -387,9 +395,20 @@ def audit(
     return result
 
 
-def _resume(plan: _Plan, cells: dict[int, PairScore], out_dir, key: str, count: int, own) -> int:
-    """Loads the finished pairs of every process's progress file into ``cells``; returns how many
-    records were dropped because they do not fit this audit."""
+def load_progress(plan: PairPlan, cells: dict[int, PairScore], out_dir, key: str, count: int, own) -> int:
+    """Loads the finished pairs of every process's progress file into ``cells``.
+
+    Args:
+      plan: the audit's pairs.
+      cells: filled with pair index -> cell.
+      out_dir: the output folder.
+      key: the audit's identity (a progress file of another audit is refused).
+      count: number of processes (one progress file each).
+      own: this process's open journal (read from it instead of opening the file again), or None.
+
+    Returns:
+      How many records were damaged or do not fit this audit (dropped: their pairs are redone).
+    """
     from awm_jax.audit.journal import Journal
 
     dropped = 0
@@ -399,6 +418,7 @@ def _resume(plan: _Plan, cells: dict[int, PairScore], out_dir, key: str, count: 
             if not (Path(out_dir) / _journal_name(process)).exists():
                 continue
             journal = Journal(out_dir, key, writer=False, name=_journal_name(process))
+        dropped += journal.damaged
         for rec in journal.records:
             found = _cell_from_record(plan, rec)
             if found is None:
@@ -408,7 +428,7 @@ def _resume(plan: _Plan, cells: dict[int, PairScore], out_dir, key: str, count: 
     return dropped
 
 
-def _assemble(plan: _Plan, cells: dict[int, PairScore], rows: list[AuditEntry], cols: list[AuditEntry], against: bool,
+def _assemble(plan: PairPlan, cells: dict[int, PairScore], rows: list[AuditEntry], cols: list[AuditEntry], against: bool,
               family_rule: str | float, options: PairOptions, timings: dict, environment: dict) -> AuditResult:
     from awm_jax.audit.lineage_tree import derived_edges, families
 

@@ -5,8 +5,10 @@ record is a header naming the audit (a key over its models' identities and the o
 change scores); every later record is a unit of finished work (one pair's alignment, one
 layer's scores for a set of pairs). Each line is written whole, flushed and ``fsync``-ed before
 the next unit starts, so a process killed at any instant leaves complete lines plus at most one
-torn last line. The reader checks every line's checksum, drops a torn *last* line (and
-truncates it away before appending), and refuses a damaged line anywhere else.
+torn last line. The reader checks every line's checksum, drops a torn last line (and truncates
+it away before appending) and drops a damaged line anywhere else (counted in
+``Journal.damaged``: the caller warns and redoes that work; the file is rewritten without it).
+A first line that is not this format's header is never touched: the file is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from awm_jax.errors import CacheError, UsageError
 __all__ = ["JOURNAL_FORMAT", "JOURNAL_NAME", "Journal", "decode_record", "encode_record"]
 
 JOURNAL_NAME = "progress.jsonl"
-JOURNAL_FORMAT = "awm_jax.audit-progress/1"
+JOURNAL_FORMAT = "awm_jax.audit-progress/2"
+#: Largest progress file read (a 64-model audit of 32-layer models writes about 10 MB).
+MAX_JOURNAL_BYTES = 1 << 30
 
 
 def encode_record(record: dict) -> bytes:
@@ -61,6 +65,7 @@ class Journal:
         self.path = Path(folder) / name
         self.writer = writer
         self.records: list[dict] = []
+        self.damaged = 0
         if writer:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,8 @@ class Journal:
         self._file = None
         if writer:
             try:
+                if self.damaged:  # keep only the good records, atomically, before appending
+                    good_bytes = self._rewrite(key)
                 self._file = open(self.path, "ab")
                 if self._file.tell() != good_bytes:  # drop a torn last line before appending
                     self._file.truncate(good_bytes)
@@ -83,33 +90,50 @@ class Journal:
                                  "choose another --out") from None
 
     def _read(self, key: str) -> int:
-        """Loads the records; returns the byte length of the valid prefix."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        """Loads the records (dropping damaged lines, counted in ``damaged``); returns the byte
+        length of the file up to its last complete line."""
+        from awm_jax.io.checkpoint import open_regular
+
+        if not os.path.lexists(self.path):
             return 0
-        except OSError as e:
-            raise CacheError(f"{self.path}: cannot read the progress file ({e.strerror})") from None
+        with open_regular(self.path, CacheError) as f:
+            data = f.read(MAX_JOURNAL_BYTES + 1)
+        if len(data) > MAX_JOURNAL_BYTES:
+            raise CacheError(f"{self.path}: the progress file is larger than {MAX_JOURNAL_BYTES} bytes; delete it (or "
+                             "pass --fresh) to restart the audit")
         lines = data.split(b"\n")
         tail = lines.pop()  # bytes after the last newline: a torn line, or b""
         good = 0
         for i, line in enumerate(lines):
             record = decode_record(line + b"\n")
-            if record is None:
-                if i == len(lines) - 1 and not tail:  # a damaged last line: treat it as torn
-                    break
-                raise CacheError(f"{self.path}: line {i + 1} is damaged; delete the file (or pass --fresh) to "
-                                 "restart the audit")
+            good += len(line) + 1
             if i == 0:
-                if record.get("kind") != "header" or record.get("format") != JOURNAL_FORMAT:
-                    raise UsageError(f"{self.path}: not an awm_jax audit progress file; choose another --out")
-                if record.get("key") != key:
-                    raise UsageError(f"{self.path}: the folder holds the progress of a different audit (other models, "
-                                     "files or options); pass --fresh to discard it, or choose another --out")
+                self._check_header(record, key)
+            elif record is None:
+                self.damaged += 1
             else:
                 self.records.append(record)
-            good += len(line) + 1
         return good
+
+    def _check_header(self, record: dict | None, key: str) -> None:
+        fmt = record.get("format") if record is not None and record.get("kind") == "header" else None
+        if not isinstance(fmt, str) or not fmt.startswith(JOURNAL_FORMAT.rsplit("/", 1)[0] + "/"):
+            raise UsageError(f"{self.path}: not an awm_jax audit progress file; choose another --out")
+        if fmt != JOURNAL_FORMAT:
+            raise UsageError(f"{self.path}: progress of another awm_jax version ({fmt}); pass --fresh to discard it, "
+                             "or choose another --out")
+        if record.get("key") != key:
+            raise UsageError(f"{self.path}: the folder holds the progress of a different audit (other models, "
+                             "files or options); pass --fresh to discard it, or choose another --out")
+
+    def _rewrite(self, key: str) -> int:
+        """Replaces the file by its header and good records; returns its length."""
+        from awm_jax.io.atomic import atomic_write
+
+        data = encode_record({"kind": "header", "format": JOURNAL_FORMAT, "key": key})
+        data += b"".join(encode_record(r) for r in self.records)
+        atomic_write(self.path, data)
+        return len(data)
 
     def _write(self, record: dict) -> None:
         self._file.write(encode_record(record))

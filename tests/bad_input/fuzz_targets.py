@@ -342,3 +342,7 @@ TARGETS: dict[str, Target] = {
         Target("config_layout", _encoded(_layout_configs), _run_config_layout, in_tests=False),
     ]
 }
+
+from .fuzz_journal import journal_target  # noqa: E402  (the progress file's target lives apart)
+
+TARGETS["audit_journal"] = journal_target()
