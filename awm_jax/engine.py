@@ -40,7 +40,7 @@ from awm_jax.numerics.kernels import (
     rotate_grams,
 )
 from awm_jax.numerics.layer_match import LAYER_MATCH_MODES, match_layers
-from awm_jax.layouts import ResolvedLayout, detect
+from awm_jax.layouts import DEFAULT_NORM_GAINS, ResolvedLayout, check_norm_gains, detect
 from awm_jax.report import CompareResult, LayerScore, ModelInfo, ModelSummary
 from awm_jax.numerics.statistics import (
     CalibratedTest,
@@ -156,20 +156,23 @@ def locate_model(spec: str | os.PathLike) -> Path:
 
 
 def prepare_model(
-    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False
+    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False,
+    norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> PreparedModel:
     """Opens a model (folder or hub id), reads its vocabulary and gets its Gram fingerprint (cached or computed).
 
-    Run under ``jax.default_device(...)`` to choose where the Grams are computed.
+    ``norm_gains``: ``"fold"`` (pre-norm gains folded into the matrices reading them) or ``"ignore"``
+    (the paper's computation). Run under ``jax.default_device(...)`` to choose where the Grams are computed.
     """
+    check_norm_gains(norm_gains)
     t = time.perf_counter()
     ckpt = Checkpoint(locate_model(path))
     resolved = detect(ckpt, layout)
     vocab = load_vocabulary(ckpt.root)
     timings: dict = {"open_s": time.perf_counter() - t}
-    grams = model_grams(resolved, cache, timings)
+    grams = model_grams(resolved, cache, timings, norm_gains=norm_gains)
     cached = bool(timings.pop("cache_hit"))
-    mlp_grams = model_grams(resolved, cache, timings, kind="mlp") if mlp else None
+    mlp_grams = model_grams(resolved, cache, timings, kind="mlp", norm_gains=norm_gains) if mlp else None
     timings.pop("cache_hit", None)
     timings["weights_read_s"] = timings.pop("read_s", 0.0)  # waiting on the reader thread
     return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
@@ -408,6 +411,9 @@ def score_pair(
       The comparison (its ``timings`` cover this pair's work plus both models' preparation).
     """
     _check_modes(layer_match, alignment)
+    if a.grams.norm_gains != b.grams.norm_gains:
+        raise UsageError(f"the models were prepared with different norm-gain modes ({a.grams.norm_gains}, "
+                         f"{b.grams.norm_gains}); prepare both with the same mode")
     timings: dict = {}
     t_start = time.perf_counter()
     base_is_a = a.resolved.hidden_size >= b.resolved.hidden_size
@@ -441,7 +447,7 @@ def score_pair(
                 align = lambda grams: rotate_grams(grams, matrix)  # noqa: E731
         else:
             used, reason = "assignment", "requested assignment"
-        diagnostics.update(mode=alignment, used=used, reason=reason)
+        diagnostics.update(mode=alignment, used=used, reason=reason, norm_gains=a.grams.norm_gains)
 
         t = time.perf_counter()
         g_base, g_target = base.grams, target.grams
@@ -488,6 +494,7 @@ def compare(
     layout_b: str | None = None,
     alignment: str = "assignment",
     mlp: bool = False,
+    norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> CompareResult:
     """Runs the AWM lineage test on two model folders.
 
@@ -506,6 +513,9 @@ def compare(
         rotation) or ``"auto"``.
       mlp: also score the MLP input matrices (gate and up; all experts of a mixture), reported
         beside the attention scores (not part of the verdict).
+      norm_gains: ``"fold"`` (default: each pre-norm gain folded into the matrices that read the
+        norm, so norm folding cannot change a score) or ``"ignore"`` (the stored matrices: the
+        paper's computation).
 
     Returns:
       A frozen :class:`CompareResult`.
@@ -514,12 +524,13 @@ def compare(
       AWMError: any problem with the input (the subclass says which kind).
     """
     _check_modes(layer_match, alignment)
+    check_norm_gains(norm_gains)
     dev = select_device(device)
     t = time.perf_counter()
     store = FingerprintCache(cache_dir) if cache else None
     with jax.default_device(dev):
-        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp)
-        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp)
+        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp, norm_gains=norm_gains)
+        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp, norm_gains=norm_gains)
         result = score_pair(a, b, layer_match=layer_match, alignment=alignment)
     result.timings["total_s"] = time.perf_counter() - t
     return result

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alignment", default="assignment", choices=("assignment", "orthogonal", "auto"),
                    help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
                         "map that also undoes a rotated residual stream, or auto (default: assignment)")
+    # The choices are awm_jax.layouts.NORM_GAIN_MODES (a test keeps them equal; importing the
+    # layouts package here would cost --help half a second).
+    p.add_argument("--norm-gains", default="fold", choices=("fold", "ignore"),
+                   help="fold: multiply each pre-norm gain into the matrices reading the norm before the Grams, so "
+                        "norm folding cannot change a score; ignore: the stored matrices, the paper's computation "
+                        "(default: fold)")
     p.add_argument("--mlp", action="store_true",
                    help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
@@ -90,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
             r = compare(
                 a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
                 cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
-                alignment=args.alignment, mlp=args.mlp,
+                alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains,
             )
         results.append(r)
         if args.quiet:
