@@ -27,6 +27,7 @@ from awm_jax.numerics.alignment import (
     embedding_cross,
     orthogonal_procrustes,
     permutation_fit,
+    probe_alignments,
 )
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import NumericalError, UsageError
@@ -439,9 +440,13 @@ def score_pair(
             t = time.perf_counter()
             rotation = orthogonal_procrustes(cross)
             perm_fit = permutation_fit(cross, assignment)
-            used, reason = choose_alignment(alignment, perm_fit, rotation.fit)
+            probe = probe_alignments(base.grams, target.grams, assignment, rotation) if alignment == "auto" else None
+            used, reason = choose_alignment(alignment, perm_fit, rotation.fit, probe)
             timings["procrustes_s"] = time.perf_counter() - t
             diagnostics.update(permutation_fit=perm_fit, rotation_fit=rotation.fit)
+            if probe is not None:
+                diagnostics.update(probe_layers=[list(p) for p in probe.pairs], probe_permutation=probe.permutation,
+                                   probe_rotation=probe.rotation, probe_margin=probe.margin)
             if used == "orthogonal":
                 matrix = jnp.asarray(rotation.matrix)
                 align = lambda grams: rotate_grams(grams, matrix)  # noqa: E731

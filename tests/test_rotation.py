@@ -1,12 +1,43 @@
-"""Alignment modes: the dense residual rotation that defeats the paper's permutation alignment."""
+"""Alignment modes: the dense residual rotation that defeats the paper's permutation alignment,
+and ``auto`` on anisotropic (real-model-like) embeddings after norm folding and rotation."""
 
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from awm_jax.numerics.alignment import choose_alignment
+from awm_jax.numerics.alignment import AUTO_MIN_GAIN, AlignmentProbe, choose_alignment, probe_pairs
 from conftest import random_model, save_llama
+
+HIDDEN, LAYERS, VOCAB = 48, 3, 400
+
+
+def anisotropic_model(seed: int, hidden: int = HIDDEN, layers: int = LAYERS):
+    """A model whose embedding is like a real one's: a shared mean direction and three columns at
+    10-50x the scale of the others; gains drawn from [-0.3, 1.5] (trained gains are never 1)."""
+    rng = np.random.default_rng(seed)
+    emb, qs, ks = random_model(rng, vocab=VOCAB, hidden=hidden, layers=layers, q_dim=hidden, k_dim=16)
+    cols = rng.choice(hidden, 3, replace=False)
+    emb[:, cols] *= rng.uniform(10, 50, 3).astype(np.float32)
+    emb += 8.0 * rng.standard_normal(hidden).astype(np.float32)[None, :]
+    gains = [rng.uniform(-0.3, 1.5, hidden).astype(np.float32) for _ in range(layers)]
+    return emb, qs, ks, gains
+
+
+def save_with_gains(folder, emb, qs, ks, gains):
+    """A Llama checkpoint with per-layer ``input_layernorm`` gains."""
+    extra = [(f"model.layers.{i}.input_layernorm.weight", g.shape, np.float32, (lambda a=g: a))
+             for i, g in enumerate(gains)]
+    return save_llama(folder, emb, qs, ks, extra=extra)
+
+
+def fold(qs, ks, gains):
+    """The folded copy's projections ``W diag(g)`` (its gains become 1)."""
+    return [q * g[None, :] for q, g in zip(qs, gains)], [k * g[None, :] for k, g in zip(ks, gains)]
+
+
+def ones(gains):
+    return [np.ones_like(g) for g in gains]
 
 
 @pytest.fixture
@@ -39,8 +70,101 @@ def test_auto_keeps_the_paper_alignment_for_permuted_and_independent_models(pair
     assert r.alignment["used"] == "assignment" and abs(r.mean) < 0.1
 
 
+@pytest.fixture(scope="module")
+def anisotropic(tmp_path_factory):
+    """A base with trained-like gains, its folded copy, folded and rotated copy, folded, rotated and
+    fine-tuned copy, signed-permuted copy, and independent models of the same shapes."""
+    root = tmp_path_factory.mktemp("aniso")
+    emb, qs, ks, gains = anisotropic_model(0)
+    fq, fk = fold(qs, ks, gains)
+    rot = ortho_group.rvs(HIDDEN, random_state=1).astype(np.float32)
+    rng = np.random.default_rng(3)
+    noisy = [w + 0.3 * np.abs(w).mean() * rng.standard_normal(w.shape).astype(np.float32) for w in fq + fk]
+    perm = rng.permutation(HIDDEN)
+    signs = rng.choice(np.array([-1.0, 1.0], np.float32), HIDDEN)
+    models = {
+        "base": save_with_gains(root / "base", emb, qs, ks, gains),
+        "folded": save_with_gains(root / "folded", emb, fq, fk, ones(gains)),
+        "folded_rotated": save_with_gains(root / "fr", emb @ rot, [q @ rot for q in fq], [k @ rot for k in fk],
+                                          ones(gains)),
+        "folded_rotated_tuned": save_with_gains(root / "frt", emb @ rot, [w @ rot for w in noisy[:LAYERS]],
+                                                [w @ rot for w in noisy[LAYERS:]], ones(gains)),
+        "permuted": save_with_gains(root / "perm", emb[:, perm] * signs, [q[:, perm] * signs for q in qs],
+                                    [k[:, perm] * signs for k in ks], [g[perm] for g in gains]),
+    }
+    for seed in (11, 12, 13):
+        e, q, k, g = anisotropic_model(seed)
+        models[f"independent{seed}"] = save_with_gains(root / f"ind{seed}", e, q, k, g)
+    return models
+
+
+def test_norm_folded_copy_scores_one_by_default_but_not_in_the_paper_mode(anisotropic):
+    r = awm_jax.compare(anisotropic["base"], anisotropic["folded"], cache=False)
+    assert r.alignment["norm_gains"] == "fold"
+    np.testing.assert_allclose([r.wq, r.wk, r.mean], 1.0, atol=1e-5)
+    paper = awm_jax.compare(anisotropic["base"], anisotropic["folded"], cache=False, norm_gains="ignore")
+    assert paper.alignment["norm_gains"] == "ignore" and paper.mean < 0.99
+
+
+def test_auto_undoes_fold_and_rotate_on_an_anisotropic_embedding(anisotropic):
+    r = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False, alignment="auto")
+    al = r.alignment
+    # The embedding fits alone would have kept the permutation (the rule auto used to follow):
+    assert al["permutation_fit"] >= 0.5 * al["rotation_fit"]
+    assert al["used"] == "orthogonal" and "rotated" in al["reason"]
+    assert al["probe_rotation"] - al["probe_permutation"] >= al["probe_margin"] >= AUTO_MIN_GAIN
+    np.testing.assert_allclose([r.wq, r.wk, r.mean], 1.0, atol=1e-5)
+    paper = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False)
+    assert paper.mean < 0.5
+
+
+def test_auto_follows_a_fine_tuned_rotated_copy_and_keeps_a_permuted_one(anisotropic):
+    tuned = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated_tuned"], cache=False, alignment="auto")
+    forced = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated_tuned"], cache=False,
+                             alignment="orthogonal")
+    assert tuned.alignment["used"] == "orthogonal" and tuned.mean == pytest.approx(forced.mean, abs=1e-6)
+    assert tuned.mean > 0.5
+    permuted = awm_jax.compare(anisotropic["base"], anisotropic["permuted"], cache=False, alignment="auto")
+    assert permuted.alignment["used"] == "assignment"
+    np.testing.assert_allclose(permuted.mean, 1.0, atol=1e-5)
+
+
+def test_auto_leaves_independent_pairs_where_the_paper_puts_them(anisotropic):
+    """No independent pair moves towards derived: auto picks the permutation (the probe's gap is
+    below the margin) and the mean score is the paper alignment's."""
+    names = ["base", "folded_rotated"] + [n for n in anisotropic if n.startswith("independent")]
+    changes = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if {a, b} == {"base", "folded_rotated"}:
+                continue
+            auto = awm_jax.compare(anisotropic[a], anisotropic[b], cache=False, alignment="auto")
+            paper = awm_jax.compare(anisotropic[a], anisotropic[b], cache=False)
+            gap = auto.alignment["probe_rotation"] - auto.alignment["probe_permutation"]
+            assert abs(gap) < auto.alignment["probe_margin"] / 2
+            assert auto.alignment["used"] == "assignment"
+            changes.append(abs(auto.mean - paper.mean))
+            assert abs(auto.mean) < 0.1
+    assert len(changes) == 9 and max(changes) == 0.0
+
+
+def test_probe_pairs_are_evenly_spaced_at_the_same_relative_depth():
+    assert probe_pairs(8, 8) == ((0, 0), (2, 2), (5, 5), (7, 7))
+    assert probe_pairs(16, 12) == ((0, 0), (5, 4), (10, 7), (15, 11))
+    assert probe_pairs(2, 2) == ((0, 0), (1, 1))
+    assert probe_pairs(1, 5) == ((0, 0),)
+
+
 def test_choose_alignment_rule():
     assert choose_alignment("assignment", 0.1, 0.9)[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.9)[0] == "orthogonal"
-    assert choose_alignment("auto", 0.8, 0.9)[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.3)[0] == "assignment"
+    assert choose_alignment("orthogonal", 0.9, 0.1)[0] == "orthogonal"
+    probe = lambda p, r: AlignmentProbe(((0, 0),), p, r)  # noqa: E731
+    # The embedding fits do not decide; the layers do.
+    assert choose_alignment("auto", 0.9, 1.0, probe(0.01, 1.0))[0] == "orthogonal"
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.98, 0.99))[0] == "assignment"
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, AUTO_MIN_GAIN * 0.9))[0] == "assignment"
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, AUTO_MIN_GAIN * 1.1))[0] == "orthogonal"
+    wide = AlignmentProbe(((0, 0),), 0.0, 0.07, margin=0.08)  # a narrow model's margin is wider
+    assert choose_alignment("auto", 0.1, 0.9, wide)[0] == "assignment"
+    with pytest.raises(ValueError, match="probe"):
+        choose_alignment("auto", 0.1, 0.9)
