@@ -11,6 +11,7 @@ multiplies every matrix reading a norm (fused QKV tensors whole, MLA's ``q_a_pro
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import numpy as np
@@ -166,3 +167,55 @@ def test_the_fixtures_initial_gains_read_as_one(case):
             gain = r.gain(layer, which)
             if gain is not None:
                 np.testing.assert_array_equal(gain, np.ones(r.hidden_size, np.float32))
+
+
+def test_a_layout_file_names_its_gains(tmp_path):
+    from awm_jax.errors import UsageError
+    from awm_jax.layouts import load_layout_file
+
+    text = '''
+name = "my-llama"
+embedding = "model.embed_tokens.weight"
+[query]
+tensor = "model.layers.{i}.self_attn.q_proj.weight"
+[key]
+tensor = "model.layers.{i}.self_attn.k_proj.weight"
+[norms]
+attention = "model.layers.{i}.input_layernorm.weight"
+gain_offset = 1.0
+'''
+    (tmp_path / "my.toml").write_text(text)
+    r = detect(Checkpoint(case_dir("llama")), tmp_path / "my.toml")
+    assert r.attention_gain is not None and r.mlp_gain is None
+    np.testing.assert_array_equal(r.gain(0, "attention"), np.full(r.hidden_size, 2.0, np.float32))  # 1 + offset
+    (tmp_path / "bad.toml").write_text(text.replace("gain_offset", "offset"))
+    with pytest.raises(UsageError, match="unknown key"):
+        load_layout_file(tmp_path / "bad.toml")
+
+
+def test_the_cache_keeps_the_modes_apart(tmp_path, plans):
+    """A fingerprint cached in one mode is never served for the other: cold and warm runs of both
+    modes through one cache equal the uncached scores, and both modes end up cached."""
+    base, folded = _models("llama_gqa", tmp_path, plans, rotate=False)
+    want = {mode: awm_jax.compare(base, folded, cache=False, norm_gains=mode).mean for mode in ("fold", "ignore")}
+    assert abs(want["fold"] - want["ignore"]) > 1e-3
+    for _ in range(2):
+        for mode in ("fold", "ignore"):
+            r = awm_jax.compare(base, folded, cache_dir=tmp_path / "cache", norm_gains=mode)
+            assert r.mean == want[mode] and r.alignment["norm_gains"] == mode
+    assert r.model_a.fingerprint_cached and r.model_b.fingerprint_cached
+    index = sorted(p.name.rsplit("-", 2)[-2:][1] for p in (tmp_path / "cache" / "index").iterdir())
+    assert index == ["fold.json"] * 2 + ["ignore.json"] * 2
+
+
+def test_the_command_line_offers_the_library_modes(tmp_path, plans):
+    from awm_jax.cli.compare import build_parser, main
+    from awm_jax.layouts import DEFAULT_NORM_GAINS, NORM_GAIN_MODES
+
+    action = next(a for a in build_parser()._actions if a.dest == "norm_gains")
+    assert tuple(action.choices) == NORM_GAIN_MODES and action.default == DEFAULT_NORM_GAINS
+    base, folded = _models("llama", tmp_path, plans, rotate=False)
+    for mode in NORM_GAIN_MODES:
+        out = tmp_path / f"{mode}.json"
+        assert main([str(base), str(folded), "--no-cache", "--quiet", "--norm-gains", mode, "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["alignment"]["norm_gains"] == mode

@@ -6,7 +6,14 @@ import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from awm_jax.numerics.alignment import AUTO_MIN_GAIN, AlignmentProbe, choose_alignment, probe_pairs
+from awm_jax.numerics.alignment import (
+    AUTO_MAX_PERMUTATION_SHARE,
+    AUTO_MIN_GAIN,
+    AUTO_MIN_ROTATION_CKA,
+    AlignmentProbe,
+    choose_alignment,
+    probe_pairs,
+)
 from conftest import random_model, save_llama
 
 HIDDEN, LAYERS, VOCAB = 48, 3, 400
@@ -112,6 +119,7 @@ def test_auto_undoes_fold_and_rotate_on_an_anisotropic_embedding(anisotropic):
     # The embedding fits alone would have kept the permutation (the rule auto used to follow):
     assert al["permutation_fit"] >= 0.5 * al["rotation_fit"]
     assert al["used"] == "orthogonal" and "rotated" in al["reason"]
+    assert al["probe_rotation"] >= AUTO_MIN_ROTATION_CKA and al["probe_permutation"] < 0.1
     assert al["probe_rotation"] - al["probe_permutation"] >= al["probe_margin"] >= AUTO_MIN_GAIN
     np.testing.assert_allclose([r.wq, r.wk, r.mean], 1.0, atol=1e-5)
     paper = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False)
@@ -158,13 +166,36 @@ def test_probe_pairs_are_evenly_spaced_at_the_same_relative_depth():
 def test_choose_alignment_rule():
     assert choose_alignment("assignment", 0.1, 0.9)[0] == "assignment"
     assert choose_alignment("orthogonal", 0.9, 0.1)[0] == "orthogonal"
-    probe = lambda p, r: AlignmentProbe(((0, 0),), p, r)  # noqa: E731
+    probe = lambda p, r, margin=AUTO_MIN_GAIN: AlignmentProbe(((0, 0),), p, r, margin)  # noqa: E731
     # The embedding fits do not decide; the layers do.
     assert choose_alignment("auto", 0.9, 1.0, probe(0.01, 1.0))[0] == "orthogonal"
     assert choose_alignment("auto", 0.1, 0.9, probe(0.98, 0.99))[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, AUTO_MIN_GAIN * 0.9))[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, AUTO_MIN_GAIN * 1.1))[0] == "orthogonal"
-    wide = AlignmentProbe(((0, 0),), 0.0, 0.07, margin=0.08)  # a narrow model's margin is wider
-    assert choose_alignment("auto", 0.1, 0.9, wide)[0] == "assignment"
+    # The rotation must reach a derived pair's agreement ...
+    low = AUTO_MIN_ROTATION_CKA
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, low * 0.99))[0] == "assignment"
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, low * 1.01))[0] == "orthogonal"
+    # ... that the permutation does not half explain (real unrelated pairs: both probes of one size) ...
+    share = AUTO_MAX_PERMUTATION_SHARE
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.6 * share * 1.01, 0.6))[0] == "assignment"
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.6 * share * 0.99, 0.6))[0] == "orthogonal"
+    # ... by more than the probe's noise (wide for narrow models).
+    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, 0.35, margin=0.4))[0] == "assignment"
     with pytest.raises(ValueError, match="probe"):
         choose_alignment("auto", 0.1, 0.9)
+
+
+@pytest.mark.parametrize("a,b", [("stories260K", "owngpt_pretrained"), ("babyllama_tok105", "babyllama_tok361")])
+def test_auto_keeps_the_permutation_for_real_independent_models_the_rotation_flatters(a, b):
+    """Independent small real models (../shared/wild): the rotation raises their probe well past its
+    noise margin (a rule on the difference alone would switch, and move them towards derived), yet
+    not to a derived pair's agreement, or not beyond the permutation's own share of it."""
+    from conftest import SHARED
+
+    wild = SHARED / "wild"
+    if not (wild / a / "config.json").is_file():
+        pytest.skip("../shared/wild is not present")
+    r = awm_jax.compare(wild / a, wild / b, cache=False, alignment="auto")
+    al = r.alignment
+    assert al["probe_rotation"] - al["probe_permutation"] > al["probe_margin"]
+    assert al["used"] == "assignment"
+    assert r.mean == awm_jax.compare(wild / a, wild / b, cache=False).mean

@@ -24,7 +24,10 @@ from awm_jax.numerics.kernels import align_grams, column_cosine_accumulate, defa
 
 __all__ = [
     "ALIGNMENT_MODES",
+    "AUTO_MAX_PERMUTATION_SHARE",
     "AUTO_MIN_GAIN",
+    "AUTO_MIN_ROTATION_CKA",
+    "AUTO_NOISE_WIDTHS",
     "AUTO_PROBE_LAYERS",
     "Alignment",
     "AlignmentProbe",
@@ -217,11 +220,20 @@ def permutation_fit(cross: EmbeddingCross, alignment: Alignment) -> float:
 
 #: Layer pairs ``auto`` scores under both alignments (evenly spaced over the depth).
 AUTO_PROBE_LAYERS = 4
-#: ``auto`` takes the rotation only when it raises the probed layers' mean CKA over the
-#: permutation's by at least ``max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / n_t)``. An unrelated pair's
-#: probe is near 0 under either alignment, and the difference spreads as about ``1 / n_t``
-#: (measured on random anisotropic models: standard deviation 0.020 at ``n_t = 48``, 0.007 at 128),
-#: so the margin is 4 standard deviations or more and independent pairs keep the paper's alignment.
+#: ``auto`` takes the rotation only when all three hold for the probed layers' mean CKA:
+#:
+#: * the rotation makes them agree like a derived pair's do: at least ``AUTO_MIN_ROTATION_CKA``.
+#:   A rotation has far more freedom than a signed permutation and, on real models' anisotropic
+#:   weights, raises unrelated pairs' CKA too (small real models of ../shared/wild: independent
+#:   pairs probe up to 0.18 rotated against 0.14 permuted, one pair of 105/361-token models 0.53
+#:   against 0.40), but not to a derived pair's level;
+#: * the permutation explains at most ``AUTO_MAX_PERMUTATION_SHARE`` of it (a rotated copy probes
+#:   near 0 permuted; an unrelated pair's two probes are of one size);
+#: * the difference exceeds the probe's noise, ``max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / n_t)``: an
+#:   unrelated pair's difference spreads as about ``1 / n_t`` (random anisotropic models: standard
+#:   deviation 0.020 at ``n_t = 48``, 0.007 at 128), so this is 4 standard deviations or more.
+AUTO_MIN_ROTATION_CKA = 0.3
+AUTO_MAX_PERMUTATION_SHARE = 0.5
 AUTO_MIN_GAIN = 0.05
 AUTO_NOISE_WIDTHS = 4.0
 
@@ -234,7 +246,8 @@ class AlignmentProbe:
       pairs: the probed ``(base layer, target layer)`` pairs, at the same relative depth.
       permutation: mean unbiased CKA of the probed Q and K Grams aligned by the signed permutation.
       rotation: the same, aligned by the orthogonal (Procrustes) map.
-      margin: how much higher ``rotation`` must be for ``auto`` to take it (see ``AUTO_MIN_GAIN``).
+      margin: how much higher ``rotation`` must be than ``permutation`` for ``auto`` to take it
+        (the probe's noise, see ``AUTO_MIN_GAIN``).
     """
 
     pairs: tuple[tuple[int, int], ...]
@@ -296,8 +309,10 @@ def choose_alignment(mode: str, perm_fit: float, rotation_fit: float,
     """Resolves ``assignment`` / ``orthogonal`` / ``auto`` to the alignment used, with the reason.
 
     ``auto`` keeps the paper's signed permutation unless the rotation makes the probed layers'
-    Grams agree better by at least the probe's margin (mean CKA; :data:`AUTO_MIN_GAIN`); the
-    embedding fits are reported beside it but do not decide (see :func:`probe_alignments`).
+    Grams agree like a derived pair's (mean CKA at least :data:`AUTO_MIN_ROTATION_CKA`), the
+    permutation explains at most :data:`AUTO_MAX_PERMUTATION_SHARE` of that, and the difference
+    exceeds the probe's noise margin; the embedding fits are reported beside it but do not decide
+    (see :func:`probe_alignments`).
 
     Raises:
       ValueError: ``auto`` without a probe.
@@ -310,6 +325,8 @@ def choose_alignment(mode: str, perm_fit: float, rotation_fit: float,
     evidence = (f"probed layers {layers}: mean CKA {probe.rotation:.3f} rotated vs {probe.permutation:.3f} permuted; "
                 f"embedding fits {rotation_fit:.3f} vs {perm_fit:.3f}")
     evidence += f"; margin {probe.margin:.3f}"
-    if probe.rotation - probe.permutation >= probe.margin:
+    if (probe.rotation >= AUTO_MIN_ROTATION_CKA and probe.permutation <= AUTO_MAX_PERMUTATION_SHARE * probe.rotation
+            and probe.rotation - probe.permutation >= probe.margin):
         return "orthogonal", f"the residual basis looks rotated: {evidence}"
-    return "assignment", f"the paper's alignment: the rotation does not make the layers agree better ({evidence})"
+    return "assignment", (f"the paper's alignment: the rotation does not make the layers agree as a rotated copy's "
+                          f"would ({evidence})")
