@@ -261,6 +261,9 @@ def wild_summary(rows: list[dict]) -> dict:
     """How folding (default vs paper) and ``auto`` (default+auto vs default) moved a label's pairs."""
     fold = [r["default"]["mean"] - r["paper"]["mean"] for r in rows]
     auto = [r["default+auto"]["mean"] - r["default"]["mean"] for r in rows]
+    # What a rule keeping whichever alignment makes the probed layers agree more would have scored.
+    higher = [(r["default+orthogonal"]["mean"] if r["default+auto"]["probe_rotation"] > r["default+auto"]["probe_permutation"]
+               else r["default"]["mean"]) - r["default"]["mean"] for r in rows]
     return {
         "pairs": len(rows),
         "fold_max_abs_change": max(map(abs, fold)),
@@ -268,6 +271,9 @@ def wild_summary(rows: list[dict]) -> dict:
         "auto_max_abs_change": max(map(abs, auto)),
         "auto_max_rise": max(auto),
         "auto_chose_rotation": sum(r["default+auto"]["used"] == "orthogonal" for r in rows),
+        "higher_probe_rule_max_rise": max(higher),
+        "higher_probe_rule_mean_rise": sum(higher) / len(higher),
+        "higher_probe_rule_chose_rotation": sum(h != 0 for h in higher),
         "verdicts_changed": sum(len({r[s]["verdict"] for s in ("paper", "default", "default+auto")}) > 1 for r in rows),
     }
 
@@ -315,7 +321,9 @@ def main(argv=None) -> int:
                       f"{summary['fold_max_abs_change']:.2e}, largest rise {summary['fold_max_rise']:.2e}; auto vs "
                       f"the default alignment: largest |change| {summary['auto_max_abs_change']:.2e} "
                       f"({summary['auto_chose_rotation']} chose the rotation); verdicts changed by folding or auto: "
-                      f"{summary['verdicts_changed']}")
+                      f"{summary['verdicts_changed']}; keeping the higher-probing alignment instead would raise "
+                      f"{summary['higher_probe_rule_chose_rotation']} means, by up to "
+                      f"{summary['higher_probe_rule_max_rise']:.3f} (mean {summary['higher_probe_rule_mean_rise']:.3f})")
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0
