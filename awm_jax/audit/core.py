@@ -554,13 +554,14 @@ class _Auditor:
                 message = bytes(messages[r]).rstrip(b"\0").decode(errors="replace") if messages is not None else ""
                 out.append(_Aligned(error=errors.get(k) or message or "the pair could not be aligned"))
                 continue
+            from awm_jax.layouts import DEFAULT_NORM_GAINS
             from awm_jax.numerics.alignment import Alignment
 
             perm = row[5 : 5 + n_t].astype(np.int32)
             signs = row[5 + n_t : 5 + 2 * n_t].astype(np.float32)
             matched = row[5 + 2 * n_t :].astype(np.float32)
             diag = Alignment(perm=perm, signs=signs, matched_cos=matched, base_dims=n_b).diagnostics()
-            diag.update(mode="assignment", used="assignment", reason="requested assignment")
+            diag.update(mode="assignment", used="assignment", reason="requested assignment", norm_gains=DEFAULT_NORM_GAINS)
             _, _, base_is_a = self.base_target(k)
             i, j = self.pairs[k]
             tokens, n_shared, drop_base, drop_target = (int(x) for x in row[1:5])
@@ -916,9 +917,10 @@ def _environment(mesh) -> dict:
 
 def _audit_key(models: list[_Model], against: bool, n_rows: int, layer_match: str, cosine: str) -> str:
     from awm_jax._version import ALGORITHM_VERSION
+    from awm_jax.layouts import DEFAULT_NORM_GAINS
 
     payload = {"algorithm": ALGORITHM_VERSION, "against": against, "rows": n_rows, "layer_match": layer_match,
-               "cosine": cosine, "models": [_identity(m) for m in models]}
+               "cosine": cosine, "norm_gains": DEFAULT_NORM_GAINS, "models": [_identity(m) for m in models]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
