@@ -96,6 +96,8 @@ def anisotropic(tmp_path_factory):
                                           ones(gains)),
         "folded_rotated_tuned": save_with_gains(root / "frt", emb @ rot, [w @ rot for w in noisy[:LAYERS]],
                                                 [w @ rot for w in noisy[LAYERS:]], ones(gains)),
+        "folded_rotated_pruned": save_with_gains(root / "frp", emb @ rot, [fq[0] @ rot, fq[2] @ rot],
+                                                 [fk[0] @ rot, fk[2] @ rot], ones(gains)[:2]),
         "permuted": save_with_gains(root / "perm", emb[:, perm] * signs, [q[:, perm] * signs for q in qs],
                                     [k[:, perm] * signs for k in ks], [g[perm] for g in gains]),
     }
@@ -135,6 +137,13 @@ def test_auto_follows_a_fine_tuned_rotated_copy_and_keeps_a_permuted_one(anisotr
     permuted = awm_jax.compare(anisotropic["base"], anisotropic["permuted"], cache=False, alignment="auto")
     assert permuted.alignment["used"] == "assignment"
     np.testing.assert_allclose(permuted.mean, 1.0, atol=1e-5)
+
+
+def test_auto_probes_layers_at_the_same_relative_depth_for_a_pruned_copy(anisotropic):
+    r = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated_pruned"], cache=False, alignment="auto")
+    assert r.alignment["probe_layers"] == [[0, 0], [2, 1]] and r.alignment["used"] == "orthogonal"
+    assert [(l.a_layer, l.b_layer) for l in r.layers] == [(0, 0), (2, 1)]
+    np.testing.assert_allclose(r.mean, 1.0, atol=1e-5)
 
 
 def test_auto_leaves_independent_pairs_where_the_paper_puts_them(anisotropic):
