@@ -278,8 +278,10 @@ def probe_alignments(base_grams, target_grams, permutation: Alignment, rotation:
     Why the layers and not the embeddings: on a real model's embedding (a few dominant columns and
     a shared mean direction) a signed permutation fits a rotated copy's embedding half as well as
     the rotation does, so no threshold on the embedding fits separates "permuted" from "rotated";
-    the right alignment is the one under which the layers' Grams agree, and an unrelated pair's
-    layers agree under neither (CKA near 0 both ways).
+    the right alignment is the one under which the layers' Grams agree as a derived pair's do. An
+    unrelated pair's layers agree under neither, though the rotation, with far more freedom,
+    flatters them somewhat (the rule in :func:`choose_alignment` allows for it). Cost: the
+    alignments of ``2 * count`` base Grams, one compilation per probe shape.
 
     Args:
       base_grams: the base model's Q/K fingerprint (``GramSet``: ``num_layers`` and ``take``).
@@ -322,9 +324,8 @@ def choose_alignment(mode: str, perm_fit: float, rotation_fit: float,
     if probe is None:
         raise ValueError("auto alignment needs the layer probe (probe_alignments)")
     layers = ", ".join(f"{b}->{t}" for b, t in probe.pairs)
-    evidence = (f"probed layers {layers}: mean CKA {probe.rotation:.3f} rotated vs {probe.permutation:.3f} permuted; "
-                f"embedding fits {rotation_fit:.3f} vs {perm_fit:.3f}")
-    evidence += f"; margin {probe.margin:.3f}"
+    evidence = (f"probed layers {layers}: mean CKA {probe.rotation:.3f} rotated vs {probe.permutation:.3f} permuted, "
+                f"margin {probe.margin:.3f}; embedding fits {rotation_fit:.3f} vs {perm_fit:.3f}")
     if (probe.rotation >= AUTO_MIN_ROTATION_CKA and probe.permutation <= AUTO_MAX_PERMUTATION_SHARE * probe.rotation
             and probe.rotation - probe.permutation >= probe.margin):
         return "orthogonal", f"the residual basis looks rotated: {evidence}"
