@@ -9,10 +9,12 @@ and kept either in memory (small models, ``--no-cache``) or in the fingerprint c
 
     fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
     fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
-    index/<file key>-<kind>.json                                    # -> content key
+    index/<file key>-<kind>-<norm gains>.json                       # -> content key
 
-The content key hashes the algorithm version, the layout and the bytes of every Q/K tensor
-used. The file key hashes the paths, sizes, modification times and inode numbers of the
+The content key hashes the algorithm version, the norm-gain mode, the layout and the bytes of
+every Q/K matrix used (after folding the gains, in the ``fold`` mode). Both keys and
+``meta.json`` carry the norm-gain mode (``awm_jax.layouts._norms``): the Grams of one mode are
+never served for the other. The file key hashes the paths, sizes, modification times and inode numbers of the
 checkpoint's files plus its config, so a second comparison finds the fingerprint without
 reading any Q/K weight again; a changed file changes the file key and forces a recompute.
 Every write goes to a temporary name first and is published with ``os.replace``, so a process
@@ -42,7 +44,7 @@ from awm_jax.io.atomic import atomic_write
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
 from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
-from awm_jax.layouts import ResolvedLayout
+from awm_jax.layouts import DEFAULT_NORM_GAINS, ResolvedLayout, check_norm_gains
 
 __all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams", "chunk_layers_for"]
 
@@ -95,6 +97,7 @@ class GramSet:
       arrays: ``[L, n, n]`` in-memory Grams, one per file of the kind (when ``folder`` is ``None``).
       key: content key (empty when not computed under the cache).
       owner: keeps a temporary folder alive as long as the set (uncached large models).
+      norm_gains: how the normalisation gains entered the Grams: ``"fold"`` or ``"ignore"``.
     """
 
     num_layers: int
@@ -104,6 +107,7 @@ class GramSet:
     arrays: tuple[np.ndarray, ...] = ()
     key: str = ""
     owner: object = dataclasses.field(default=None, repr=False, compare=False)
+    norm_gains: str = DEFAULT_NORM_GAINS
 
     @property
     def q(self) -> np.ndarray:
@@ -220,12 +224,13 @@ class FingerprintCache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def _index(self, resolved: ResolvedLayout, kind: str) -> Path:
-        return self.root / "index" / f"{_file_key(resolved)}-{kind}.json"
+    def _index(self, resolved: ResolvedLayout, kind: str, norm_gains: str) -> Path:
+        return self.root / "index" / f"{_file_key(resolved)}-{kind}-{check_norm_gains(norm_gains)}.json"
 
-    def lookup(self, resolved: ResolvedLayout, kind: str = "qk") -> GramSet | None:
-        """The cached Grams of this checkpoint, or ``None`` (also when an entry is damaged)."""
-        index = self._index(resolved, kind)
+    def lookup(self, resolved: ResolvedLayout, kind: str = "qk", norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet | None:
+        """The cached Grams of this checkpoint in the given norm-gain mode, or ``None`` (also when
+        an entry is damaged, or was computed in the other mode)."""
+        index = self._index(resolved, kind, norm_gains)
         try:
             key = json.loads(index.read_text())["content_key"]
             folder = self.root / "fingerprints" / key
@@ -234,7 +239,7 @@ class FingerprintCache:
             return None
         n, layers = resolved.hidden_size, resolved.num_layers
         if (meta.get("n") != n or meta.get("num_layers") != layers or meta.get("algorithm") != ALGORITHM_VERSION
-                or meta.get("kind", "qk") != kind):
+                or meta.get("kind", "qk") != kind or meta.get("norm_gains", "ignore") != norm_gains):
             return None
         size = layers * n * n * 4
         for name in KINDS[kind]:
@@ -243,7 +248,7 @@ class FingerprintCache:
                     return None
             except OSError:
                 return None
-        return GramSet(layers, n, kind, folder=folder, key=key)
+        return GramSet(layers, n, kind, folder=folder, key=key, norm_gains=norm_gains)
 
     def new_folder(self) -> Path:
         """A fresh temporary folder inside the cache to write a fingerprint into."""
@@ -254,34 +259,42 @@ class FingerprintCache:
             raise CacheError(f"{self.root}: cannot create the fingerprint cache ({e.strerror}); set AWM_JAX_CACHE "
                              "to a writable folder or pass --no-cache") from None
 
-    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str = "qk") -> GramSet:
+    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str = "qk",
+                norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet:
         """Moves a completed fingerprint into place and indexes it by the checkpoint's file key."""
         meta = {"algorithm": ALGORITHM_VERSION, "n": resolved.hidden_size, "num_layers": resolved.num_layers,
-                "layout": resolved.name, "kind": kind, "source": str(resolved.ckpt.root)}
+                "layout": resolved.name, "kind": kind, "norm_gains": check_norm_gains(norm_gains),
+                "source": str(resolved.ckpt.root)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / "fingerprints" / key
         try:
             os.replace(tmp, final)
         except OSError:  # an identical fingerprint is already there (same weights elsewhere)
             shutil.rmtree(tmp, ignore_errors=True)
-        index = self._index(resolved, kind)
+        index = self._index(resolved, kind, norm_gains)
         index.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(index, json.dumps({"content_key": key}).encode())
-        return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=final, key=key)
+        return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=final, key=key, norm_gains=norm_gains)
 
 
-def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
-    """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``."""
+def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str, norm_gains: str) -> tuple[np.ndarray, ...]:
+    """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``
+    (with the pre-norm gains folded in when ``norm_gains`` is ``"fold"``)."""
     if kind == "qk":
-        return resolved.read_qk(layer)
-    rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
-    return (np.concatenate(rows).astype(np.float32, copy=False),)
+        mats = resolved.read_qk(layer)
+    else:
+        rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
+        mats = (np.concatenate(rows).astype(np.float32, copy=False),)
+    if norm_gains == "fold":
+        return resolved.fold_gains(layer, "attention" if kind == "qk" else "mlp", *mats)
+    return mats
 
 
-def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str) -> list[np.ndarray]:
+def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str,
+                norm_gains: str) -> list[np.ndarray]:
     """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
     (zero rows and zero layers add nothing to a Gram)."""
-    layers = [_layer_matrices(resolved, i, kind) for i in range(start, stop)]
+    layers = [_layer_matrices(resolved, i, kind, norm_gains) for i in range(start, stop)]
     for i, mats in zip(range(start, stop), layers):
         for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
             if not w.any():
@@ -313,7 +326,8 @@ def _grams(stack: np.ndarray, count: int) -> np.ndarray:
 
 
 def model_grams(
-    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk"
+    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk",
+    norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> GramSet:
     """The per-layer Grams of a model (``kind`` ``"qk"``: Q and K; ``"mlp"``: MLP inputs),
     from the cache when present, else computed.
@@ -323,13 +337,16 @@ def model_grams(
       cache: the fingerprint cache, or ``None`` to compute without caching.
       timings: optional dict; ``read_s`` and ``gram_s`` are added to it, ``cache_hit`` set.
       kind: which fingerprint (a key of ``KINDS``).
+      norm_gains: ``"fold"`` (the canonical form: pre-norm gains folded into the matrices that
+        read the norms) or ``"ignore"`` (the stored matrices, the paper's computation).
 
     Returns:
       The model's Grams.
     """
     timings = timings if timings is not None else {}
+    check_norm_gains(norm_gains)
     if cache is not None:
-        hit = cache.lookup(resolved, kind)
+        hit = cache.lookup(resolved, kind, norm_gains)
         if hit is not None:
             timings["cache_hit"] = True
             return hit
@@ -348,7 +365,7 @@ def model_grams(
         folder = None
     hasher = hashlib.sha256() if cache is not None else None
     if hasher is not None:
-        hasher.update(f"{ALGORITHM_VERSION}|{kind}|{resolved.name}|{n}|{layers}".encode())
+        hasher.update(f"{ALGORITHM_VERSION}|{kind}|{norm_gains}|{resolved.name}|{n}|{layers}".encode())
     arrays = [aligned_empty((layers, n, n)) for _ in names] if folder is None else []
     read_s = gram_s = 0.0
     try:
@@ -360,12 +377,13 @@ def model_grams(
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer:
                 t = time.perf_counter()
-                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind)
+                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind, norm_gains)
                 written = None
                 for i, (start, stop) in enumerate(bounds):
                     stacks = pending.result()
                     if i + 1 < len(bounds):
-                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher, kind)
+                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher, kind,
+                                                norm_gains)
                     t1 = time.perf_counter()
                     read_s += t1 - t
                     grams = [_grams(stack, stop - start) for stack in stacks]
@@ -391,7 +409,7 @@ def model_grams(
         timings["read_s"] = timings.get("read_s", 0.0) + read_s
         timings["gram_s"] = timings.get("gram_s", 0.0) + gram_s
         if cache is not None:
-            return cache.publish(folder, resolved, hasher.hexdigest(), kind)
+            return cache.publish(folder, resolved, hasher.hexdigest(), kind, norm_gains)
     except OSError as e:
         if folder is not None and cache is not None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -404,5 +422,5 @@ def model_grams(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if folder is None:
-        return GramSet(layers, n, kind, arrays=tuple(arrays))
-    return GramSet(layers, n, kind, folder=folder, owner=tmp_ctx)
+        return GramSet(layers, n, kind, arrays=tuple(arrays), norm_gains=norm_gains)
+    return GramSet(layers, n, kind, folder=folder, owner=tmp_ctx, norm_gains=norm_gains)

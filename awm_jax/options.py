@@ -18,6 +18,8 @@ __all__ = [
     "DEVICES",
     "FAMILY_RULES",
     "LAYER_MATCH_MODES",
+    "NORM_GAIN_MODES",
+    "DEFAULT_NORM_GAINS",
     "PairOptions",
     "check_choice",
     "check_memory_gb",
@@ -32,6 +34,10 @@ ALIGNMENT_MODES = ("assignment", "orthogonal", "auto")
 LAYER_MATCH_MODES = ("assignment", "monotone")
 #: Which audit pairs join families (besides a mean-score threshold): see ``audit.lineage_tree``.
 FAMILY_RULES = ("fwer", "verdict")
+#: Norm gains: ``fold`` multiplies every pre-norm gain into the matrices reading the norm before
+#: the Grams (the canonical form, invariant to norm folding); ``ignore`` is the paper's computation.
+NORM_GAIN_MODES = ("fold", "ignore")
+DEFAULT_NORM_GAINS = "fold"
 #: Default memory budget of an audit (embeddings and prepared models held at once), in GiB.
 DEFAULT_MEMORY_GB = 2.0
 
@@ -62,14 +68,18 @@ class PairOptions:
       layer_match: pairing for different depths (``LAYER_MATCH_MODES``).
       alignment: hidden-dimension alignment (``ALIGNMENT_MODES``).
       mlp: also score the MLP input matrices (evidence beside the verdict).
+      norm_gains: ``fold`` or ``ignore`` (``NORM_GAIN_MODES``): how the models' fingerprints are
+        prepared (``engine.prepare_model``); both models of a pair must share it.
     """
 
     layer_match: str = "assignment"
     alignment: str = "assignment"
     mlp: bool = False
+    norm_gains: str = DEFAULT_NORM_GAINS
 
     def __post_init__(self):
         check_choice("layer match", self.layer_match, LAYER_MATCH_MODES)
         check_choice("alignment", self.alignment, ALIGNMENT_MODES)
+        check_choice("norm-gain mode", self.norm_gains, NORM_GAIN_MODES)
         if not isinstance(self.mlp, bool):
             raise UsageError(f"mlp must be True or False, got {self.mlp!r}")

@@ -88,7 +88,7 @@ class PairResult:
       verdict_rule: how the verdict was decided.
       layer_match: ``equal-depth``, ``assignment`` or ``monotone``.
       layers: per-layer scores of the matched layers, by A's layer index.
-      alignment: alignment diagnostics.
+      alignment: alignment diagnostics (with ``norm_gains``, the norm-gain mode of both fingerprints).
       vocabulary: shared-token counts.
       calibrated: the cross-layer test (``statistics.CalibratedTest``): p-value, z, verdict, method.
       warnings: caveats the verdict should be read with.
@@ -234,6 +234,8 @@ class CompareResult(PairResult):
             f"{al['matched_dims']}/{al['base_dims']} dims matched, {al['sign_flips']} sign flips, "
             f"mean |cos| {al['mean_abs_cos']:.4f}",
             f"  alignment used: {al['used']} ({al['reason']})",
+            f"  norm gains: {al.get('norm_gains', 'ignore')} "
+            f"({'folded into Wq/Wk before the Grams' if al.get('norm_gains') == 'fold' else 'not folded: the paper'})",
             f"  layers ({self.layer_match}):   A  ->  B      Wq        Wk",
         ]
         lines += [f"                         {l.a_layer:3d} -> {l.b_layer:3d}  {l.wq: .5f}  {l.wk: .5f}" for l in self.layers]

@@ -106,7 +106,7 @@ def _assert_matches_compare(result, paths: dict[str, Path], cache: Path) -> None
         if p.error:
             continue
         ref = compare(paths[p.a], paths[p.b], cache_dir=cache, layer_match=opts["layer_match"],
-                      alignment=opts["alignment"], mlp=opts["mlp"])
+                      alignment=opts["alignment"], mlp=opts["mlp"], norm_gains=opts["norm_gains"])
         assert _pair_fields(p) == _pair_fields(ref), (p.a, p.b)
 
 
@@ -217,15 +217,17 @@ def test_memory_budget_evicts_with_identical_scores(zoo, reference, tmp_path):
 
 @pytest.mark.parametrize("alignment", ["assignment", "orthogonal", "auto"])
 @pytest.mark.parametrize("mlp", [False, True], ids=["qk", "mlp"])
-def test_every_pair_option_equals_compare(zoo, reference, tmp_path, alignment, mlp):
+@pytest.mark.parametrize("norm_gains", ["fold", "ignore"])
+def test_every_pair_option_equals_compare(zoo, reference, tmp_path, alignment, mlp, norm_gains):
     """Audit cells equal ``compare`` bit for bit for every alignment, with and without MLP
     evidence, at equal and different depths and widths (the audit runs the same engine)."""
     from awm_jax.audit.core import audit
 
     _, _, cache = reference
     some = {k: zoo[k] for k in ("a0", "a1", "a3", "b0", "b1", "c0")}
-    result = audit(some, cache_dir=cache, family_rule=FAMILY_THRESHOLD, alignment=alignment, mlp=mlp)
-    assert result.options == {"layer_match": "assignment", "alignment": alignment, "mlp": mlp}
+    result = audit(some, cache_dir=cache, family_rule=FAMILY_THRESHOLD, alignment=alignment, mlp=mlp,
+                   norm_gains=norm_gains)
+    assert result.options == {"layer_match": "assignment", "alignment": alignment, "mlp": mlp, "norm_gains": norm_gains}
     assert {p.layer_match for p in result.pairs} == {"equal-depth", "assignment"}
     assert all((p.mlp is not None) == mlp for p in result.pairs)
     _assert_matches_compare(result, zoo, cache)

@@ -43,6 +43,7 @@ from awm_jax.audit.records import AuditModel, AuditResult, PairScore
 from awm_jax.errors import AWMError, UsageError
 from awm_jax.options import (
     DEFAULT_MEMORY_GB,
+    DEFAULT_NORM_GAINS,
     DEVICES,
     FAMILY_RULES,
     PairOptions,
@@ -207,6 +208,7 @@ def audit(
     layer_match: str = "assignment",
     alignment: str = "assignment",
     mlp: bool = False,
+    norm_gains: str = DEFAULT_NORM_GAINS,
     device: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     layouts: Mapping[str, str] | None = None,
@@ -229,6 +231,7 @@ def audit(
       layer_match: pairing for different depths, ``"assignment"`` or ``"monotone"``.
       alignment: ``"assignment"``, ``"orthogonal"`` or ``"auto"``, as in ``compare``.
       mlp: also score the MLP input matrices, as in ``compare``.
+      norm_gains: ``"fold"`` or ``"ignore"``, as in ``compare``.
       device: ``"auto"``, ``"cpu"``, ``"gpu"`` or ``"tpu"``: the platform whose local devices
         score the pairs.
       cache_dir: fingerprint cache (default ``$AWM_JAX_CACHE`` or the XDG cache folder).
@@ -257,7 +260,7 @@ def audit(
     from awm_jax.fingerprint import FingerprintCache
 
     log = log or (lambda s: None)
-    options = PairOptions(layer_match=layer_match, alignment=alignment, mlp=mlp)
+    options = PairOptions(layer_match=layer_match, alignment=alignment, mlp=mlp, norm_gains=norm_gains)
     check_choice("device", device, DEVICES)
     memory = int(check_memory_gb(memory_gb) * 2**30)
     _check_family_rule(family_rule)
@@ -288,7 +291,8 @@ def audit(
     fingerprints = FingerprintCache(cache_dir)
 
     def prepare(entry: AuditEntry):
-        prepared = prepare_model(entry.path, layout=entry.layout, cache=fingerprints, mlp=options.mlp)
+        prepared = prepare_model(entry.path, layout=entry.layout, cache=fingerprints, mlp=options.mlp,
+                                 norm_gains=options.norm_gains)
         if entry.info is None:
             r = prepared.resolved
             info = r.ckpt.info(r.embedding_name)

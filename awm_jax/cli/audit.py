@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             models, against=against, out_dir=args.out, layer_match=args.layer_match, device=args.device,
             cache_dir=args.cache_dir, layouts={"*": args.layout} if args.layout else None,
             family_rule=args.family_rule if args.family_threshold is None else args.family_threshold,
-            alignment=args.alignment, mlp=args.mlp, memory_gb=args.memory_gb, fresh=args.fresh,
+            alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains, memory_gb=args.memory_gb, fresh=args.fresh,
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
         )
     import jax

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from awm_jax.options import ALIGNMENT_MODES, LAYER_MATCH_MODES
+from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
 __all__ = ["add_pair_options"]
 
@@ -18,5 +18,9 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alignment", default="assignment", choices=ALIGNMENT_MODES,
                    help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
                         "map that also undoes a rotated residual stream, or auto (default: assignment)")
+    p.add_argument("--norm-gains", default=DEFAULT_NORM_GAINS, choices=NORM_GAIN_MODES,
+                   help="fold: multiply each pre-norm gain into the matrices reading the norm before the Grams, so "
+                        "norm folding cannot change a score; ignore: the stored matrices, the paper's computation "
+                        f"(default: {DEFAULT_NORM_GAINS})")
     p.add_argument("--mlp", action="store_true",
                    help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")

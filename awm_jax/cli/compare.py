@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
             r = compare(
                 a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
                 cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
-                alignment=args.alignment, mlp=args.mlp,
+                alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains,
             )
         results.append(r)
         if args.quiet:

@@ -21,8 +21,10 @@ from awm_jax.numerics.alignment import (
     embedding_cross,
     orthogonal_procrustes,
     permutation_fit,
+    probe_alignments,
 )
 from awm_jax.numerics.kernels import align_grams, rotate_grams
+from awm_jax.errors import UsageError
 from awm_jax.io.vocab import shared_rows
 
 __all__ = ["PairAlignment", "align_pair"]
@@ -75,6 +77,9 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
       AWMError: no shared tokens, a damaged embedding, a degenerate alignment.
     """
     timings = {} if timings is None else timings
+    if a.grams.norm_gains != b.grams.norm_gains:
+        raise UsageError(f"the models were prepared with different norm-gain modes ({a.grams.norm_gains}, "
+                         f"{b.grams.norm_gains}); prepare both with the same mode")
     base_is_a = a.hidden_size >= b.hidden_size
     base, target = (a, b) if base_is_a else (b, a)
     t = time.perf_counter()
@@ -96,14 +101,18 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
         t = time.perf_counter()
         fitted = orthogonal_procrustes(cross)
         perm_fit = permutation_fit(cross, assignment)
-        used, reason = choose_alignment(alignment, perm_fit, fitted.fit)
+        probe = probe_alignments(base.grams, target.grams, assignment, fitted) if alignment == "auto" else None
+        used, reason = choose_alignment(alignment, perm_fit, fitted.fit, probe)
         timings["procrustes_s"] = time.perf_counter() - t
         diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
+        if probe is not None:
+            diagnostics.update(probe_layers=[list(p) for p in probe.pairs], probe_permutation=probe.permutation,
+                               probe_rotation=probe.rotation, probe_margin=probe.margin)
         if used == "orthogonal":
             rotation = fitted.matrix
     else:
         used, reason = "assignment", "requested assignment"
-    diagnostics.update(mode=alignment, used=used, reason=reason)
+    diagnostics.update(mode=alignment, used=used, reason=reason, norm_gains=a.grams.norm_gains)
     dropped_a, dropped_b = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     vocabulary = {"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped_a,
                   "dropped_b": dropped_b, "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)}

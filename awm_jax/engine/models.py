@@ -17,7 +17,8 @@ from awm_jax.errors import NumericalError
 from awm_jax.fingerprint import FingerprintCache, GramSet, model_grams
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.io.vocab import Vocabulary, load_vocabulary
-from awm_jax.layouts import ResolvedLayout, detect
+from awm_jax.layouts import ResolvedLayout, check_norm_gains, detect
+from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.report import ModelInfo, ModelSummary
 
 __all__ = ["PreparedModel", "check_embedding_sums", "locate_model", "prepare_model", "read_embedding"]
@@ -77,20 +78,23 @@ def locate_model(spec: str | os.PathLike) -> Path:
 
 
 def prepare_model(
-    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False
+    path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False,
+    norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> PreparedModel:
     """Opens a model (folder or hub id), reads its vocabulary and gets its Gram fingerprint (cached or computed).
 
-    Run under ``jax.default_device(...)`` to choose where the Grams are computed.
+    ``norm_gains``: ``"fold"`` (pre-norm gains folded into the matrices reading them) or ``"ignore"``
+    (the paper's computation). Run under ``jax.default_device(...)`` to choose where the Grams are computed.
     """
+    check_norm_gains(norm_gains)
     t = time.perf_counter()
     ckpt = Checkpoint(locate_model(path))
     resolved = detect(ckpt, layout)
     vocab = load_vocabulary(ckpt.root)
     timings: dict = {"open_s": time.perf_counter() - t}
-    grams = model_grams(resolved, cache, timings)
+    grams = model_grams(resolved, cache, timings, norm_gains=norm_gains)
     cached = bool(timings.pop("cache_hit"))
-    mlp_grams = model_grams(resolved, cache, timings, kind="mlp") if mlp else None
+    mlp_grams = model_grams(resolved, cache, timings, kind="mlp", norm_gains=norm_gains) if mlp else None
     timings.pop("cache_hit", None)
     timings["weights_read_s"] = timings.pop("read_s", 0.0)  # waiting on the reader thread
     return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)

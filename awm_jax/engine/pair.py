@@ -22,7 +22,7 @@ from awm_jax.engine.models import PreparedModel, prepare_model
 from awm_jax.errors import UsageError
 from awm_jax.fingerprint import FingerprintCache
 from awm_jax.numerics.statistics import decide, verdict, z_reference
-from awm_jax.options import DEVICES, PairOptions, check_choice
+from awm_jax.options import DEFAULT_NORM_GAINS, DEVICES, PairOptions, check_choice
 from awm_jax.report import CompareResult, LayerScore, PairResult
 
 __all__ = ["assemble", "compare", "environment", "score_pair", "select_device"]
@@ -139,6 +139,7 @@ def compare(
     layout_b: str | None = None,
     alignment: str = "assignment",
     mlp: bool = False,
+    norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> CompareResult:
     """Runs the AWM lineage test on two models.
 
@@ -157,6 +158,9 @@ def compare(
         rotation) or ``"auto"``.
       mlp: also score the MLP input matrices (gate and up; all experts of a mixture), reported
         beside the attention scores (not part of the verdict).
+      norm_gains: ``"fold"`` (default: each pre-norm gain folded into the matrices that read the
+        norm, so norm folding cannot change a score) or ``"ignore"`` (the stored matrices: the
+        paper's computation).
 
     Returns:
       A frozen :class:`~awm_jax.report.CompareResult`.
@@ -164,14 +168,14 @@ def compare(
     Raises:
       AWMError: any problem with the input (the subclass says which kind).
     """
-    options = PairOptions(layer_match=layer_match, alignment=alignment, mlp=mlp)
+    options = PairOptions(layer_match=layer_match, alignment=alignment, mlp=mlp, norm_gains=norm_gains)
     dev = select_device(device)
     t_start = time.perf_counter()
     store = FingerprintCache(cache_dir) if cache else None
     timings: dict = {}
     with jax.default_device(dev):
-        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp)
-        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp)
+        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp, norm_gains=options.norm_gains)
+        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp, norm_gains=options.norm_gains)
         t = time.perf_counter()
         with _compile_timer(timings):
             pair = score_pair(a, b, options, timings)

@@ -28,6 +28,7 @@ from awm_jax.errors import AWMError, LayoutError, UsageError
 from awm_jax.layouts._base import LM_PREFIXES, Layout, ResolvedLayout
 from awm_jax.layouts._dims import Dims, MLADims, config_scopes, config_value
 from awm_jax.layouts._mlp import Experts, FusedGatedMLP, GatedMLP, MLPInput, PlainMLP
+from awm_jax.layouts._norms import DEFAULT_NORM_GAINS, NORM_GAIN_MODES, NormGains, check_norm_gains, fold_gain
 from awm_jax.layouts._projections import SPLIT_RULES, FusedSplit, Projection, Separate
 from awm_jax.layouts._quant import QUANT_SIDE_SUFFIXES, WeightReader
 from awm_jax.layouts._userfile import DOC, load_layout_file
@@ -46,6 +47,7 @@ from awm_jax.layouts.phi3 import PHI3
 from awm_jax.layouts.qwen1 import QWEN1
 
 __all__ = [
+    "DEFAULT_NORM_GAINS",
     "Dims",
     "Experts",
     "FusedGatedMLP",
@@ -55,6 +57,8 @@ __all__ = [
     "Layout",
     "MLADims",
     "MLPInput",
+    "NORM_GAIN_MODES",
+    "NormGains",
     "PlainMLP",
     "Projection",
     "QUANT_SIDE_SUFFIXES",
@@ -63,7 +67,9 @@ __all__ = [
     "SPLIT_RULES",
     "Separate",
     "WeightReader",
+    "check_norm_gains",
     "detect",
+    "fold_gain",
     "load_layout_file",
     "register",
 ]

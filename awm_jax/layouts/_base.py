@@ -26,6 +26,7 @@ from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import MLPInput, MLPSpec
+from awm_jax.layouts._norms import NormGains, fold_gain
 from awm_jax.layouts._projections import Projection
 from awm_jax.layouts._quant import WeightReader, to_float32
 
@@ -69,6 +70,9 @@ class Layout:
         embedding (OPT-350m ``project_in``); the embedding read is then ``E @ P^T``.
       hidden_keys: config keys of the hidden size.
       layers_keys: config keys of the number of layers.
+      norms: where each layer's pre-attention and pre-MLP normalisation gains are
+        (:class:`NormGains`); ``None`` when no per-dimension gain sits in front of the attention
+        (post-norm or parameter-free norms: docs/layouts.md says which, per layout).
       source: where the layout was checked: ``"transformers"`` (captured from its modules),
         ``"documented"`` (the published modelling code, for families transformers does not ship)
         or ``"layout file"`` (a user's TOML description).
@@ -91,6 +95,7 @@ class Layout:
     layers_keys: tuple[str, ...] = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
     source: str = "transformers"
     prefixes: tuple[str, ...] = LM_PREFIXES
+    norms: NormGains | None = None
 
     def layer_markers(self) -> tuple[str, ...]:
         """Templates whose presence marks a complete layer (and identifies the layout)."""
@@ -180,8 +185,10 @@ class Layout:
         for proj in (self.query, self.key):
             names = [t.format(p=prefix, i=0) for t in proj.tensor_names(dims)]
             rows.append(proj.rows(reader, names, dims, hidden))
+        attention_gain, mlp_gain = self.norms.bind(reader, prefix, hidden) if self.norms is not None else (None, None)
         return ResolvedLayout(self, ckpt, prefix, embedding, hidden, num_layers, dims, q_dim=rows[0], k_dim=rows[1],
-                              embedding_projection=projection, reader=reader)
+                              embedding_projection=projection, reader=reader, attention_gain=attention_gain,
+                              mlp_gain=mlp_gain)
 
     def _count_layers(self, ckpt: Checkpoint, reader: WeightReader, prefix: str) -> int:
         """Decoder layers: the config's count, all present; extra layers only as declared MTP layers."""
@@ -226,6 +233,8 @@ class ResolvedLayout:
       k_dim: rows of ``Wk``.
       embedding_projection: tensor applied after the embedding (OPT ``project_in``), if any.
       reader: the dequantising weight reader.
+      attention_gain: template of the gain of the norm ``Wq``/``Wk`` read (``None``: none).
+      mlp_gain: template of the gain of the norm the MLP inputs read (``None``: none).
     """
 
     layout: Layout
@@ -239,6 +248,8 @@ class ResolvedLayout:
     k_dim: int = 0
     embedding_projection: str | None = None
     reader: WeightReader | None = None
+    attention_gain: str | None = None
+    mlp_gain: str | None = None
 
     @property
     def name(self) -> str:
@@ -276,8 +287,32 @@ class ResolvedLayout:
         where = f"{self.ckpt.root}: {self.embedding_name}"
         return to_float32(emb, where) @ self._reader().matrix(self.embedding_projection).T
 
+    def gain(self, layer: int, which: str) -> np.ndarray | None:
+        """Layer ``layer``'s normalisation gain ``[n]`` float32 in front of ``"attention"`` or
+        ``"mlp"``, ``None`` when there is none (the layout's :class:`NormGains`)."""
+        template = self.attention_gain if which == "attention" else self.mlp_gain
+        if template is None:
+            return None
+        return self.layout.norms.read(self._reader(), template, self.prefix, layer)
+
+    def fold_gains(self, layer: int, which: str, *matrices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Folds layer ``layer``'s ``"attention"`` or ``"mlp"`` norm gain into matrices reading it.
+
+        Args:
+          layer: the decoder layer.
+          which: ``"attention"`` (for :meth:`read_qk`'s matrices) or ``"mlp"`` (:meth:`read_mlp`'s).
+          *matrices: ``[rows, n]`` float32 matrices that read the norm's output.
+
+        Returns:
+          ``W diag(g)`` for each ``W`` (``awm_jax.layouts._norms``); the matrices unchanged when
+          the layout has no such gain.
+        """
+        gain = self.gain(layer, which)
+        return matrices if gain is None else tuple(fold_gain(w, gain) for w in matrices)
+
     def read_qk(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reads layer ``layer``'s query and key projections as float32 ``[d_q, n]``, ``[d_k, n]``.
+        """Reads layer ``layer``'s query and key projections as float32 ``[d_q, n]``, ``[d_k, n]``
+        as stored (:meth:`fold_gains` folds the pre-attention norm's gain into them).
 
         Raises:
           LayoutError: a tensor is missing, quantised in a refused format, or of the wrong shape.
@@ -303,7 +338,8 @@ class ResolvedLayout:
         return q, k
 
     def read_mlp(self, layer: int) -> list[MLPInput]:
-        """Reads layer ``layer``'s MLP input matrices (gate/up or fc1), one record per expert.
+        """Reads layer ``layer``'s MLP input matrices (gate/up or fc1), one record per expert, as
+        stored (:meth:`fold_gains` folds the pre-MLP norm's gain into them).
 
         Returns:
           A list of :class:`MLPInput`: one for a dense MLP; for a mixture of experts, the routed

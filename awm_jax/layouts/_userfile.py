@@ -22,6 +22,11 @@ split rule::
     gate = "blocks.{i}.ffn.w1.weight"
     up = "blocks.{i}.ffn.w3.weight"
 
+    [norms]                         # optional: pre-norm gains, folded in the canonical mode
+    attention = "blocks.{i}.attn_norm.weight"
+    mlp = "blocks.{i}.ffn_norm.weight"
+    gain_offset = 0.0               # 1.0 when the stored weight is gain - 1 (Gemma)
+
 Separate projections use ``[query] tensor = ...`` and ``[key] tensor = ...`` instead of
 ``[qkv]``. Unknown keys are errors, so a typo cannot silently change what is read.
 """
@@ -38,6 +43,7 @@ from awm_jax.errors import UsageError
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims
 from awm_jax.layouts._mlp import GatedMLP, MLPSpec, PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import SPLIT_RULES, FusedSplit, Projection, Separate
 
 __all__ = ["load_layout_file", "DOC"]
@@ -45,13 +51,14 @@ __all__ = ["load_layout_file", "DOC"]
 #: Where the format is documented, for messages.
 DOC = "docs/layouts.md"
 
-_TOP = {"name", "embedding", "prefix", "query", "key", "qkv", "dims", "mlp", "num_layers_key", "hidden_key"}
+_TOP = {"name", "embedding", "prefix", "query", "key", "qkv", "dims", "mlp", "norms", "num_layers_key", "hidden_key"}
 _SECTIONS = {
     "query": {"tensor", "transposed"},
     "key": {"tensor", "transposed"},
     "qkv": {"tensor", "split", "transposed"},
     "dims": {"heads", "kv_heads", "head_dim"},
     "mlp": {"gate", "up", "fc1", "transposed"},
+    "norms": {"attention", "mlp", "gain_offset"},
 }
 
 
@@ -180,6 +187,18 @@ def load_layout_file(path: str | os.PathLike) -> Layout:
         else:
             raise _fail(path, "[mlp] needs fc1, or gate and up")
 
+    norms = None
+    n_sec = _section(path, data, "norms")
+    if n_sec is not None:
+        if "attention" not in n_sec:
+            raise _fail(path, "[norms] needs attention (the gain of the norm the query and key read)")
+        offset = n_sec.get("gain_offset", 0.0)
+        if not isinstance(offset, (int, float)) or isinstance(offset, bool):
+            raise _fail(path, "[norms] gain_offset must be a number")
+        attention = _template(path, "[norms] attention", n_sec["attention"])
+        mlp_norm = _template(path, "[norms] mlp", n_sec["mlp"]) if "mlp" in n_sec else None
+        norms = NormGains((attention,), (mlp_norm,) if mlp_norm else (), offset=float(offset))
+
     extra: dict[str, Any] = {}
     for file_key, field in (("num_layers_key", "layers_keys"), ("hidden_key", "hidden_keys")):
         if file_key in data:
@@ -189,5 +208,5 @@ def load_layout_file(path: str | os.PathLike) -> Layout:
     return Layout(
         name=name, architectures=(), model_types=(), embedding=embedding, query=query, key=key,
         bases=("",), prefixes=(prefix,), mlp=mlp, dims=_dims_fn(path, _section(path, data, "dims"), rule),
-        source="layout file", **extra,
+        source="layout file", norms=norms, **extra,
     )

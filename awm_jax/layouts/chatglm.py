@@ -7,6 +7,9 @@ multi_query_group_num * kv_channels, multi_query_group_num * kv_channels])``: co
 (not interleaved per group). Without multi-query the rows are interleaved per head
 ``[heads, 3, kv_channels]``. The MLP's ``dense_h_to_4h`` is ``[gate | up]`` (``swiglu`` takes
 ``chunk(2)``). The transformers-native GLM-4 (``GlmForCausalLM``) is the ``glm`` layout.
+
+Pre-norm RMSNorms: ``input_layernorm`` before the attention, ``post_attention_layernorm`` before
+the MLP (gains folded).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import FusedGatedMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["CHATGLM", "chatglm_dims"]
@@ -43,6 +47,8 @@ CHATGLM = Layout(
     key=FusedSplit(_QKV, "k", "config"),
     bases=("transformer.", ""),
     mlp=(FusedGatedMLP("{p}encoder.layers.{i}.mlp.dense_h_to_4h.weight"),),
+    norms=NormGains(("{p}encoder.layers.{i}.input_layernorm.weight",),
+                    ("{p}encoder.layers.{i}.post_attention_layernorm.weight",)),
     dims=chatglm_dims,
     source="documented",
 )

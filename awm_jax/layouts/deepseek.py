@@ -17,6 +17,11 @@ Key ``Wk`` ``[heads * qk_nope + qk_rope, n]``
 Layers past ``num_hidden_layers`` (the multi-token-prediction module of V3 checkpoints,
 ``num_nextn_predict_layers``) are not decoder layers and are not scored. The first
 ``first_k_dense_replace`` layers have a dense MLP, the others routed plus shared experts.
+
+Pre-norm RMSNorm gains (folded in the canonical mode, after the latent gains above):
+``input_layernorm`` before the attention (it feeds ``q_a_proj``/``q_proj`` and
+``kv_a_proj_with_mqa``, the residual side of both maps), ``post_attention_layernorm`` before the
+MLP (dense, routed and shared experts).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from awm_jax.errors import LayoutError
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims, MLADims
 from awm_jax.layouts._mlp import Experts, GatedMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import Projection
 from awm_jax.layouts._quant import WeightReader
 
@@ -163,4 +169,5 @@ DEEPSEEK = Layout(
     ),
     markers=(_ATTN + "kv_a_proj_with_mqa.weight", _ATTN + "kv_b_proj.weight"),
     dims=mla_dims,
+    norms=NormGains(("{p}layers.{i}.input_layernorm.weight",), ("{p}layers.{i}.post_attention_layernorm.weight",)),
 )

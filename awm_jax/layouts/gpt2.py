@@ -3,12 +3,15 @@
 The fused output is ``[Q | K | V]`` in contiguous blocks; ``Conv1D`` stores the transpose of a
 ``Linear`` weight, so the tensor is transposed before splitting. Checkpoints saved from the
 bare ``GPT2Model`` (``openai-community/gpt2`` itself) have no ``transformer.`` prefix.
+
+Pre-norm LayerNorms: ``ln_1`` before the attention, ``ln_2`` before the MLP (gains folded).
 """
 
 from __future__ import annotations
 
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._mlp import PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["GPT2"]
@@ -24,4 +27,5 @@ GPT2 = Layout(
     key=FusedSplit(_QKV, "k", "blocks", transposed=True),
     bases=("transformer.", ""),
     mlp=(PlainMLP("{p}h.{i}.mlp.c_fc.weight", transposed=True),),
+    norms=NormGains(("{p}h.{i}.ln_1.weight",), ("{p}h.{i}.ln_2.weight",)),
 )

@@ -4,6 +4,8 @@ With ``multi_query`` (the default and every StarCoder release) ``c_attn`` holds
 ``[Q (hidden) | K (head_dim) | V (head_dim)]`` in contiguous blocks; without it, the rows are
 interleaved per head ``[heads, 3, head_dim]``. Unlike GPT-2 the weight is a ``Linear``
 ``[out, hidden]``, not a transposed ``Conv1D``.
+
+Pre-norm LayerNorms: ``ln_1`` before the attention, ``ln_2`` before the MLP (gains folded).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["GPT_BIGCODE"]
@@ -38,5 +41,6 @@ GPT_BIGCODE = Layout(
     key=FusedSplit(_QKV, "k", "config"),
     bases=("transformer.", ""),
     mlp=(PlainMLP("{p}h.{i}.mlp.c_fc.weight"),),
+    norms=NormGains(("{p}h.{i}.ln_1.weight",), ("{p}h.{i}.ln_2.weight",)),
     dims=bigcode_dims,
 )

@@ -3,6 +3,8 @@
 Grouped-query MPT variants (``attn_config.attn_type = "grouped_query_attention"`` with
 ``kv_n_heads``, or ``multiquery_attention``) keep the block order with fewer key/value rows:
 ``split([d_model, kv_n_heads * head_dim, kv_n_heads * head_dim])``.
+
+Pre-norm LayerNorms: ``norm_1`` before the attention, ``norm_2`` before the MLP (gains folded).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["MPT", "mpt_dims"]
@@ -41,5 +44,6 @@ MPT = Layout(
     key=FusedSplit(_QKV, "k", "blocks"),
     bases=("transformer.", ""),
     mlp=(PlainMLP("{p}blocks.{i}.ffn.up_proj.weight"),),
+    norms=NormGains(("{p}blocks.{i}.norm_1.weight",), ("{p}blocks.{i}.norm_2.weight",)),
     dims=mpt_dims,
 )

@@ -14,6 +14,14 @@ contiguous blocks:
 BLOOM and Falcon share tensor names (``transformer.h.{i}.self_attention.query_key_value``),
 so the config decides between them; checkpoints saved from the bare base model drop the
 ``transformer.``/``gpt_neox.`` prefix.
+
+Pre-norm LayerNorm gains (folded): GPT-NeoX and BLOOM ``input_layernorm`` before the attention
+and ``post_attention_layernorm`` before the MLP (also with GPT-NeoX's parallel residual, where
+each reads its own norm of the same input); Falcon ``ln_attn``/``ln_mlp`` (new architecture with
+two norms), else ``input_layernorm``, read by the MLP too when the blocks are parallel (no
+``post_attention_layernorm``, Falcon-7B). BLOOM's ``word_embeddings_layernorm`` normalises the
+embedding itself before the first layer; it is not a gain in front of a projection and is left
+as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims, config_value
 from awm_jax.layouts._mlp import PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["GPT_NEOX", "BLOOM", "FALCON", "falcon_dims"]
@@ -62,6 +71,7 @@ GPT_NEOX = Layout(
     bases=("gpt_neox.", ""),
     mlp=(PlainMLP("{p}layers.{i}.mlp.dense_h_to_4h.weight"),),
     dims=_per_head_dims,
+    norms=NormGains(("{p}layers.{i}.input_layernorm.weight",), ("{p}layers.{i}.post_attention_layernorm.weight",)),
 )
 
 _H_QKV = "{p}h.{i}.self_attention.query_key_value.weight"
@@ -75,6 +85,7 @@ BLOOM = Layout(
     bases=("transformer.", ""),
     mlp=(PlainMLP("{p}h.{i}.mlp.dense_h_to_4h.weight"),),
     dims=_per_head_dims,
+    norms=NormGains(("{p}h.{i}.input_layernorm.weight",), ("{p}h.{i}.post_attention_layernorm.weight",)),
 )
 
 FALCON = Layout(
@@ -87,4 +98,7 @@ FALCON = Layout(
     bases=("transformer.", ""),
     mlp=(PlainMLP("{p}h.{i}.mlp.dense_h_to_4h.weight"),),
     dims=falcon_dims,
+    norms=NormGains(("{p}h.{i}.ln_attn.weight", "{p}h.{i}.input_layernorm.weight"),
+                    ("{p}h.{i}.ln_mlp.weight", "{p}h.{i}.post_attention_layernorm.weight",
+                     "{p}h.{i}.input_layernorm.weight")),
 )

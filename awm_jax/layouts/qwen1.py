@@ -4,12 +4,15 @@ From the published ``modeling_qwen.py``: ``query, key, value = self.c_attn(x).sp
 self.split_size, dim=2)`` with ``split_size = hidden_size``, i.e. contiguous ``[Q | K | V]``
 blocks of a ``Linear`` weight (not GPT-2's transposed ``Conv1D``, although the names look alike).
 The MLP computes ``w1(x) * silu(w2(x))``: ``w2`` is the gate and ``w1`` the up projection.
+
+Pre-norm RMSNorms: ``ln_1`` before the attention, ``ln_2`` before the MLP (gains folded).
 """
 
 from __future__ import annotations
 
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._mlp import GatedMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["QWEN1"]
@@ -25,5 +28,6 @@ QWEN1 = Layout(
     key=FusedSplit(_QKV, "k", "blocks"),
     bases=("transformer.", ""),
     mlp=(GatedMLP(gate="{p}h.{i}.mlp.w2.weight", up="{p}h.{i}.mlp.w1.weight"),),
+    norms=NormGains(("{p}h.{i}.ln_1.weight",), ("{p}h.{i}.ln_2.weight",)),
     source="documented",
 )

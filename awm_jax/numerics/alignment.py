@@ -6,8 +6,9 @@ total ``|cos|`` on the host with ``scipy.optimize.linear_sum_assignment``: every
 ``j`` gets a distinct base dimension ``p(j)`` and a sign ``s_j``. A dense rotation of the
 residual stream (function-preserving once the normalisation gains are folded into the
 neighbouring matrices) defeats any permutation; ``orthogonal`` fits an orthogonal map instead
-(Procrustes, an SVD of the same ``E_b^T E_t``), and ``auto`` picks between the two from how well
-each fits the embeddings.
+(Procrustes, an SVD of the same ``E_b^T E_t``), and ``auto`` picks between the two by which makes
+a few of the pair's layers agree (``probe_alignments``: the embedding fits alone cannot tell a
+rotated real model from a permuted one).
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from awm_jax.errors import NumericalError
-from awm_jax.numerics.kernels import column_cosine_accumulate, default_platform
+from awm_jax.numerics.kernels import align_grams, column_cosine_accumulate, default_platform, paired_cka, rotate_grams
 
 __all__ = [
     "ALIGNMENT_MODES",
+    "AUTO_MAX_PERMUTATION_SHARE",
+    "AUTO_MIN_GAIN",
+    "AUTO_MIN_ROTATION_CKA",
+    "AUTO_NOISE_WIDTHS",
+    "AUTO_PROBE_LAYERS",
     "Alignment",
+    "AlignmentProbe",
     "EmbeddingCross",
     "ROW_BLOCK",
     "Rotation",
@@ -34,11 +41,13 @@ __all__ = [
     "embedding_cross",
     "orthogonal_procrustes",
     "permutation_fit",
+    "probe_alignments",
+    "probe_pairs",
 ]
 
 #: ``assignment``: the paper's signed permutation; ``orthogonal``: a Procrustes rotation, which also
 #: undoes a dense rotation of the residual stream; ``auto``: the permutation unless the rotation
-#: fits the embeddings far better. Defined in :mod:`awm_jax.options`.
+#: makes the layers' Grams agree far better. Defined in :mod:`awm_jax.options`.
 from awm_jax.options import ALIGNMENT_MODES  # noqa: E402
 
 #: Shared rows per accumulation block (padded blocks keep one compiled shape per model pair).
@@ -209,21 +218,116 @@ def permutation_fit(cross: EmbeddingCross, alignment: Alignment) -> float:
     return float(matched / denom) if denom > 0 else 0.0
 
 
-#: ``auto`` chooses the rotation when it fits the embeddings at least this well ...
-AUTO_MIN_ROTATION_FIT = 0.5
-#: ... and the best signed permutation explains less than this fraction of what the rotation does.
+#: Layer pairs ``auto`` scores under both alignments (evenly spaced over the depth).
+AUTO_PROBE_LAYERS = 4
+#: ``auto`` takes the rotation only when all three hold for the probed layers' mean CKA:
+#:
+#: * the rotation makes them agree like a derived pair's do: at least ``AUTO_MIN_ROTATION_CKA``.
+#:   A rotation has far more freedom than a signed permutation and, on real models' anisotropic
+#:   weights, raises unrelated pairs' CKA too (small real models of ../shared/wild: independent
+#:   pairs probe up to 0.18 rotated against 0.14 permuted, one pair of 105/361-token models 0.53
+#:   against 0.40), but not to a derived pair's level;
+#: * the permutation explains at most ``AUTO_MAX_PERMUTATION_SHARE`` of it (a rotated copy probes
+#:   near 0 permuted; an unrelated pair's two probes are of one size);
+#: * the difference exceeds the probe's noise, ``max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / n_t)``: an
+#:   unrelated pair's difference spreads as about ``1 / n_t`` (random anisotropic models: standard
+#:   deviation 0.020 at ``n_t = 48``, 0.007 at 128), so this is 4 standard deviations or more.
+AUTO_MIN_ROTATION_CKA = 0.3
 AUTO_MAX_PERMUTATION_SHARE = 0.5
+AUTO_MIN_GAIN = 0.05
+AUTO_NOISE_WIDTHS = 4.0
 
 
-def choose_alignment(mode: str, perm_fit: float, rotation_fit: float) -> tuple[str, str]:
-    """Resolves ``assignment`` / ``orthogonal`` / ``auto`` to the alignment used, with the reason."""
+@dataclasses.dataclass(frozen=True)
+class AlignmentProbe:
+    """How well each alignment makes a few of the pair's layers agree (the evidence of ``auto``).
+
+    Attributes:
+      pairs: the probed ``(base layer, target layer)`` pairs, at the same relative depth.
+      permutation: mean unbiased CKA of the probed Q and K Grams aligned by the signed permutation.
+      rotation: the same, aligned by the orthogonal (Procrustes) map.
+      margin: how much higher ``rotation`` must be than ``permutation`` for ``auto`` to take it
+        (the probe's noise, see ``AUTO_MIN_GAIN``).
+    """
+
+    pairs: tuple[tuple[int, int], ...]
+    permutation: float
+    rotation: float
+    margin: float = AUTO_MIN_GAIN
+
+
+def probe_pairs(base_layers: int, target_layers: int, count: int = AUTO_PROBE_LAYERS) -> tuple[tuple[int, int], ...]:
+    """Up to ``count`` layer pairs evenly spaced over the depth, base and target at the same
+    relative depth (layer ``i`` with layer ``i`` at equal depth), first and last layers included."""
+    k = max(1, min(count, base_layers, target_layers))
+    if k == 1:
+        return ((0, 0),)
+    steps = [j / (k - 1) for j in range(k)]
+    return tuple(dict.fromkeys((round(f * (base_layers - 1)), round(f * (target_layers - 1))) for f in steps))
+
+
+def _probe_score(base: tuple[np.ndarray, ...], target: tuple[np.ndarray, ...], aligned) -> float:
+    scores = [np.asarray(paired_cka(aligned(jnp.asarray(b)), jnp.asarray(t))) for b, t in zip(base, target)]
+    return float(np.mean(np.concatenate(scores)))
+
+
+def probe_alignments(base_grams, target_grams, permutation: Alignment, rotation: Rotation,
+                     count: int = AUTO_PROBE_LAYERS) -> AlignmentProbe:
+    """Scores a few layer pairs under the signed permutation and under the rotation.
+
+    Why the layers and not the embeddings: on a real model's embedding (a few dominant columns and
+    a shared mean direction) a signed permutation fits a rotated copy's embedding half as well as
+    the rotation does, so no threshold on the embedding fits separates "permuted" from "rotated";
+    the right alignment is the one under which the layers' Grams agree as a derived pair's do. An
+    unrelated pair's layers agree under neither, though the rotation, with far more freedom,
+    flatters them somewhat (the rule in :func:`choose_alignment` allows for it). Cost: the
+    alignments of ``2 * count`` base Grams, one compilation per probe shape.
+
+    Args:
+      base_grams: the base model's Q/K fingerprint (``GramSet``: ``num_layers`` and ``take``).
+      target_grams: the target's.
+      permutation: the signed permutation (``assign_dimensions``).
+      rotation: the orthogonal map (``orthogonal_procrustes``).
+      count: layer pairs probed (:func:`probe_pairs`).
+
+    Returns:
+      The probe: mean CKA over the probed layers' Q and K Grams under each alignment.
+    """
+    pairs = probe_pairs(base_grams.num_layers, target_grams.num_layers, count)
+    base = base_grams.take([b for b, _ in pairs])
+    target = target_grams.take([t for _, t in pairs])
+    perm, signs = jnp.asarray(permutation.perm), jnp.asarray(permutation.signs)
+    matrix = jnp.asarray(rotation.matrix)
+    return AlignmentProbe(
+        pairs=pairs,
+        permutation=_probe_score(base, target, lambda g: align_grams(g, perm, signs)),
+        rotation=_probe_score(base, target, lambda g: rotate_grams(g, matrix)),
+        margin=max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / permutation.target_dims),
+    )
+
+
+def choose_alignment(mode: str, perm_fit: float, rotation_fit: float,
+                     probe: AlignmentProbe | None = None) -> tuple[str, str]:
+    """Resolves ``assignment`` / ``orthogonal`` / ``auto`` to the alignment used, with the reason.
+
+    ``auto`` keeps the paper's signed permutation unless the rotation makes the probed layers'
+    Grams agree like a derived pair's (mean CKA at least :data:`AUTO_MIN_ROTATION_CKA`), the
+    permutation explains at most :data:`AUTO_MAX_PERMUTATION_SHARE` of that, and the difference
+    exceeds the probe's noise margin; the embedding fits are reported beside it but do not decide
+    (see :func:`probe_alignments`).
+
+    Raises:
+      ValueError: ``auto`` without a probe.
+    """
     if mode != "auto":
         return mode, f"requested {mode}"
-    if rotation_fit >= AUTO_MIN_ROTATION_FIT and perm_fit < AUTO_MAX_PERMUTATION_SHARE * rotation_fit:
-        return "orthogonal", (
-            f"the residual basis looks rotated: an orthogonal map fits the embeddings {rotation_fit:.3f}, "
-            f"the best signed permutation only {perm_fit:.3f}"
-        )
-    return "assignment", (
-        f"signed permutation fits the embeddings {perm_fit:.3f} (orthogonal {rotation_fit:.3f}); the paper's alignment"
-    )
+    if probe is None:
+        raise ValueError("auto alignment needs the layer probe (probe_alignments)")
+    layers = ", ".join(f"{b}->{t}" for b, t in probe.pairs)
+    evidence = (f"probed layers {layers}: mean CKA {probe.rotation:.3f} rotated vs {probe.permutation:.3f} permuted, "
+                f"margin {probe.margin:.3f}; embedding fits {rotation_fit:.3f} vs {perm_fit:.3f}")
+    if (probe.rotation >= AUTO_MIN_ROTATION_CKA and probe.permutation <= AUTO_MAX_PERMUTATION_SHARE * probe.rotation
+            and probe.rotation - probe.permutation >= probe.margin):
+        return "orthogonal", f"the residual basis looks rotated: {evidence}"
+    return "assignment", (f"the paper's alignment: the rotation does not make the layers agree as a rotated copy's "
+                          f"would ({evidence})")

