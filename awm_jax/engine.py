@@ -23,6 +23,7 @@ from awm_jax._version import __version__
 from awm_jax.numerics.alignment import (
     ALIGNMENT_MODES,
     assign_dimensions,
+    check_alignment_evidence,
     choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
@@ -422,6 +423,7 @@ def score_pair(
         del emb_base, emb_target
         check_embedding_sums(base.resolved, cross.sq_base)
         check_embedding_sums(target.resolved, cross.sq_target)
+        check_alignment_evidence(cross, base.path, target.path)
         timings["embedding_cosine_s"] = time.perf_counter() - t
         t = time.perf_counter()
         assignment = assign_dimensions(cross.cosine())
