@@ -93,11 +93,13 @@ class InvarianceCase:
     exact: bool = True
 
     def build(self, root: Path) -> tuple[list[str], list[str]]:
-        """Writes the partner, the derived model and the changed derived model under ``root``;
+        """Writes a base model, a derived model (the base plus noise) and the changed derived
+        model under ``root`` (three layers: enough for the calibrated test to say DERIVED);
         returns the CLI arguments of the clean pair and of the changed pair."""
-        good = good_model(root)
         rng = np.random.default_rng(11)
         e, qs, ks = _arrays(seed=1)
+        qs, ks = [*qs, *_arrays(seed=2)[1][:1]], [*ks, *_arrays(seed=2)[2][:1]]
+        good = _model(root / "good", emb=e, qs=qs, ks=ks)
         noisy = lambda a: (a + 0.02 * rng.standard_normal(a.shape)).astype(np.float32)  # noqa: E731
         e, qs, ks = noisy(e), [noisy(q) for q in qs], [noisy(k) for k in ks]
         derived = _model(root / "derived", emb=e, qs=qs, ks=ks)
