@@ -16,12 +16,16 @@ and the HSIC products as ``c^4`` when a projection is multiplied by ``c``, so a
 function-preserving ``Wq * c``, ``Wk / c`` would underflow or overflow them for ``|log2 c|``
 around 30. Two exact power-of-two normalisations keep every finite scale in range:
 
-- a projection whose largest magnitude lies outside ``[2^-SAFE_EXPONENT, 2^SAFE_EXPONENT]``
-  is multiplied by the power of two that brings it into ``[0.5, 1)`` before its Gram
-  (:func:`range_shift`); ordinary weights are used as stored, so their Grams are bit for bit
-  what they were;
-- every Gram is multiplied by the power of two that brings its largest diagonal entry (for a
-  Gram, its largest entry) into ``[0.5, 1)`` before the HSIC products (``HsicParts.unit``).
+- a projection whose largest magnitude lies outside ``[2^-13, 2^12)`` (``SAFE_EXPONENT``) is
+  multiplied by the power of two that brings it into ``[0.5, 1)`` before its Gram
+  (:func:`range_shift`), so every Gram computed here has entries below ``d 2^24``; ordinary
+  weights are used as stored, so their Grams are bit for bit what they were;
+- the HSIC parts of a Gram are those of ``unit * K`` (``HsicParts.unit``, the power of two
+  that brings its largest diagonal entry into ``[0.5, 1)``): the squares of the self-term are
+  normalised inside their reduction, the row sums and the cross term ``<K, L>`` are scaled
+  after theirs (a multiply inside the ``n^2`` cross-term reduction would double its time; the
+  bound on the Grams keeps ``<K, L>`` in range: below ``n^2 d_K d_L 2^48 < 2^112`` for ``n``
+  and ``d`` up to ``2^16``).
 
 Multiplying by a power of two is exact in binary floating point, and every sum, product and
 square root of the score commutes with it, so the scores of models whose values never left
@@ -79,9 +83,10 @@ SELF_TERM_FLOOR = 1e-8
 MIN_SAMPLES = 4
 
 #: Values whose largest magnitude ``m 2^e`` (``m`` in ``[0.5, 1)``) has ``|e| <= SAFE_EXPONENT``
-#: are used as stored; others are first multiplied by ``2^-e``. In that window a Gram of up to
-#: 2^20 rows and the sums over up to 2^20 embedding rows stay far inside float32's range.
-SAFE_EXPONENT = 24
+#: are used as stored; others are first multiplied by ``2^-e``. In that window the entries of a
+#: Gram stay below ``d 2^24`` and its products with another Gram far inside float32's range;
+#: trained weights and embeddings lie well within it.
+SAFE_EXPONENT = 12
 #: Shifts are clipped so the factor ``2^shift`` is a normal float32 (no denormal is ever formed).
 _MAX_SHIFT = 126
 
@@ -208,8 +213,8 @@ class HsicParts(NamedTuple):
 
     Every part is of the normalised Gram ``unit * K``, ``unit`` the power of two that brings the
     largest diagonal entry into ``[0.5, 1)`` (a Gram's entries are at most its largest diagonal
-    entry in magnitude), so the products below stay in float32's range whatever the scale of
-    ``K``; CKA is invariant to it, and, a power of two, it changes no rounding.
+    entry in magnitude), so the self-term stays in float32's range whatever the scale of ``K``;
+    CKA is invariant to it, and, a power of two, it changes no rounding.
 
     Attributes:
       diag: ``[n]`` the diagonal of ``unit * K``.
@@ -240,10 +245,14 @@ def _check_samples(n: int) -> None:
 
 def _hsic(k: jax.Array, kp: HsicParts, l: jax.Array, lp: HsicParts, kl: jax.Array | None = None) -> jax.Array:
     """``n (n - 3) HSIC_u`` of the normalised Grams ``kp.unit * K``, ``lp.unit * L`` from the raw
-    Grams and their parts (``kl`` = their ``<., .>`` if known)."""
+    Grams and their parts (``kl`` = their ``<., .>`` if known).
+
+    ``<K, L>`` is summed as stored and then scaled (see the module docstring: in range for the
+    Grams of :func:`gram`, and for one Gram of any magnitude from ``2^-100`` to ``2^100``
+    against an ordinary one)."""
     n = k.shape[0]
     _check_samples(n)
-    kl = _dot(k * kp.unit, l * lp.unit) if kl is None else kl
+    kl = _dot(k, l) * kp.unit * lp.unit if kl is None else kl
     return (kl - jnp.dot(kp.diag, lp.diag, precision=HIGHEST) + kp.total * lp.total / ((n - 1) * (n - 2))
             - 2.0 / (n - 2) * jnp.dot(kp.rows, lp.rows, precision=HIGHEST))
 
@@ -262,12 +271,12 @@ def hsic_parts(k: jax.Array) -> HsicParts:
     """
     _check_samples(k.shape[0])
     unit = _unit(k)
-    k = k * unit
-    diag = jnp.diagonal(k)
-    rows = jnp.sum(k, axis=1) - diag
-    scale = _dot(k, k)
-    partial = HsicParts(diag, rows, jnp.sum(rows), jnp.zeros((), k.dtype), scale, jnp.ones((), k.dtype))
-    return partial._replace(self_term=_hsic(k, partial, k, partial, kl=scale), unit=unit)
+    diag = jnp.diagonal(k) * unit
+    rows = jnp.sum(k, axis=1) * unit - diag  # scaled after the sum: ``unit * k`` feeding several
+    normalised = k * unit  # reductions would be materialised (measured 10x slower on XLA:CPU)
+    scale = _dot(normalised, normalised)
+    partial = HsicParts(diag, rows, jnp.sum(rows), jnp.zeros((), k.dtype), scale, unit)
+    return partial._replace(self_term=_hsic(k, partial, k, partial, kl=scale))
 
 
 def _cka(kl: jax.Array, kp: HsicParts, lp: HsicParts) -> jax.Array:
