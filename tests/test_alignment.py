@@ -8,6 +8,7 @@ import pytest
 
 from awm_jax.numerics import alignment
 from awm_jax.numerics.alignment import (
+    MIN_RANK,
     RANK_COLUMNS,
     EmbeddingCross,
     SampledRank,
@@ -170,6 +171,13 @@ def test_evidence_refuses_degenerate_embeddings():
     emb = rng.standard_normal((200, 16)).astype(np.float32)
     with pytest.raises(NumericalError, match="^b: the embedding is degenerate .* span only 1 direction"):
         check_alignment_evidence(_cross(emb, np.repeat(emb[:1], 200, axis=0), 200), "a", "b")
+    for rank in (2, 3, 4, 8):  # low rank is fine from MIN_RANK on (a factored embedding, OPT-350m's project_in)
+        low = (rng.standard_normal((200, rank)) @ rng.standard_normal((rank, 16))).astype(np.float32)
+        if rank < MIN_RANK:
+            with pytest.raises(NumericalError, match=f"^a: .* span only {rank} direction"):
+                check_alignment_evidence(_cross(low, emb, 200), "a", "b")
+        else:
+            check_alignment_evidence(_cross(low, emb, 200), "a", "b")
     zero = emb.copy()
     zero[:, 3] = 0
     with pytest.raises(NumericalError, match="^a: 1 of 16 embedding columns are zero"):

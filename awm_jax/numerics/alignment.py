@@ -23,10 +23,14 @@ rather than scored:
   rows the base columns are linearly dependent and the column cosines do not determine the
   matching (one shared token makes every cosine +-1);
 - no embedding column is zero over the shared rows, and ``RANK_COLUMNS`` evenly spaced columns
-  of each embedding (all of them for ``n <= RANK_COLUMNS``) are linearly independent over up
-  to ``RANK_ROWS`` evenly spaced shared rows (singular values of the column-normalised sample
-  above ``RANK_RTOL`` times the largest). An embedding whose rows are all equal has rank 1:
-  every column is the same direction and any matching is as good as any other.
+  of each embedding (all of them for ``n <= RANK_COLUMNS``) span at least ``MIN_RANK`` (4)
+  directions over up to ``RANK_ROWS`` evenly spaced shared rows (singular values of the
+  column-normalised sample above ``RANK_RTOL`` times the largest). An embedding whose rows are
+  all equal has rank 1: every column is the same direction and any matching is as good as any
+  other. Full rank is not required: an embedding factored through a narrower matrix (OPT-350m's
+  ``project_in``, half the hidden size) has distinct column directions, and on random
+  embeddings of rank ``r`` with a fine-tune's noise the matching is recovered exactly from
+  ``r = 3`` or ``4`` on (hidden sizes 32 to 1024), and fails at ``r <= 2``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "ALIGNMENT_MODES",
     "Alignment",
     "EmbeddingCross",
+    "MIN_RANK",
     "RANK_COLUMNS",
     "RANK_ROWS",
     "RANK_RTOL",
@@ -115,6 +120,8 @@ RANK_COLUMNS = 64
 RANK_ROWS = 4096
 #: A singular value of the column-normalised sample counts when above this times the largest.
 RANK_RTOL = 1e-4
+#: Fewest directions the sampled columns must span (fewer: the columns cannot be told apart).
+MIN_RANK = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,11 +311,12 @@ def check_alignment_evidence(cross: EmbeddingCross, base: str, target: str) -> N
                 "shared-token rows (degenerate alignment: those dimensions cannot be matched); the embedding is "
                 "damaged or a placeholder: fetch the real weights"
             )
-        if sample is not None and sample.rank < sample.columns:
+        if sample is not None and sample.rank < min(MIN_RANK, sample.columns):
             raise NumericalError(
                 f"{name}: the embedding is degenerate over the shared-token rows: {sample.columns} of its columns span "
-                f"only {sample.rank} direction(s) over {sample.rows} rows (degenerate alignment: its columns cannot be "
-                "told apart); the embedding is damaged or a placeholder: fetch the real weights"
+                f"only {sample.rank} direction(s) over {sample.rows} rows, fewer than the {MIN_RANK} needed to tell "
+                "its columns apart (degenerate alignment); the embedding is damaged or a placeholder: fetch the real "
+                "weights"
             )
 
 
