@@ -283,3 +283,13 @@ def test_column_cosine_accumulator_scales_rows():
     np.testing.assert_allclose(np.asarray(cross), bb.T @ tt, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(sb), (bb**2).sum(0), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(st_), (tt**2).sum(0), rtol=1e-5)
+
+
+def test_row_scales_do_not_recompile_the_accumulator():
+    rng = np.random.default_rng(24)
+    b, t = jnp.asarray(rng.standard_normal((16, 6)), jnp.float32), jnp.asarray(rng.standard_normal((16, 4)), jnp.float32)
+    before = kernels.column_cosine_accumulate._cache_size()
+    for p in (0, -70, 70):
+        zeros = (jnp.zeros((6, 4)), jnp.zeros(6), jnp.zeros(4))
+        kernels.column_cosine_accumulate(*zeros, b, t, np.float32(2.0**p), np.float32(1.0))[0].block_until_ready()
+    assert kernels.column_cosine_accumulate._cache_size() - before == 1
