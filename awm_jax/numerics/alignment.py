@@ -306,13 +306,13 @@ def check_alignment_evidence(cross: EmbeddingCross, base: str, target: str) -> N
             "dimensions to align (degenerate alignment: the column cosines over so few rows cannot identify the "
             f"dimensions); compare models whose vocabularies share at least {n_b} tokens"
         )
+    over = "the shared-token rows" if cross.rows is None else f"the {cross.rows} shared-token rows"
     for name, squares, sample in ((base, cross.sq_base, cross.rank_base), (target, cross.sq_target, cross.rank_target)):
         zero = int(np.count_nonzero(squares == 0))
         if zero:
             raise NumericalError(
-                f"{name}: {zero} of {squares.size} embedding columns are zero over the {cross.rows or 'shared'} "
-                "shared-token rows (degenerate alignment: those dimensions cannot be matched); the embedding is "
-                "damaged or a placeholder: fetch the real weights"
+                f"{name}: {zero} of {squares.size} embedding columns are zero over {over} (degenerate alignment: "
+                "those dimensions cannot be matched); the embedding is damaged or a placeholder: fetch the real weights"
             )
         if sample is not None and sample.rank < min(MIN_RANK, sample.columns):
             raise NumericalError(

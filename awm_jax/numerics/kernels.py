@@ -99,7 +99,7 @@ def range_shift(max_abs: np.ndarray) -> np.ndarray:
 
     Returns:
       int32 array of the same shape: 0 when ``max_abs`` is within
-      ``[2^-SAFE_EXPONENT, 2^SAFE_EXPONENT]``, zero or not finite; else ``-e`` (clipped to
+      ``[2^-(SAFE_EXPONENT + 1), 2^SAFE_EXPONENT)``, zero or not finite; else ``-e`` (clipped to
       ``[-126, 126]``) for ``max_abs = m 2^e``, ``m`` in ``[0.5, 1)``, so the values times
       ``2^shift`` have their largest magnitude in ``[0.5, 1)``.
     """
