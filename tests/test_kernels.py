@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from awm_jax.numerics import kernels
 
@@ -172,3 +174,122 @@ def test_cka_from_precomputed_parts_equals_paired_cka():
     l = kernels.gram_layers(jnp.asarray(w[0] + 0.5 * w[1]))
     got = kernels.paired_cka_from_parts(k, kernels.hsic_parts_layers(k), l, kernels.hsic_parts_layers(l))
     np.testing.assert_allclose(np.asarray(got), np.asarray(kernels.paired_cka(k, l)), rtol=0, atol=1e-6)
+
+
+# -- range: CKA is scale invariant, and so must the float32 computation be ------------------------
+
+
+def _cka(wx: np.ndarray, wy: np.ndarray) -> float:
+    return float(kernels.unbiased_cka(kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))))
+
+
+@settings(max_examples=40, deadline=None)
+@given(px=st.integers(-100, 100), py=st.integers(-100, 100), seed=st.integers(0, 2**16))
+def test_cka_is_exactly_invariant_to_power_of_two_scales(px, py, seed):
+    """``W * 2^p`` is exact in float32 while no entry leaves the normal range: the score must not
+    move a bit."""
+    wx, wy = related(np.random.default_rng(seed), 24, 20, 12, 0.5)
+    sx, sy = np.float32(2.0**px), np.float32(2.0**py)
+    assume(np.array_equal(wx * sx / sx, wx) and np.array_equal(wy * sy / sy, wy))
+    assert _cka(wx * sx, wy * sy) == _cka(wx, wy)
+    np.testing.assert_allclose(_cka(wx * sx, wy * sy), cka_u_reference(wx, wy), rtol=0, atol=2e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(log2c=st.floats(-110.0, 110.0), seed=st.integers(0, 2**16))
+def test_cka_is_invariant_to_any_finite_scale(log2c, seed):
+    """A scale that is not a power of two rounds W once (float32): the score stays within 2e-6 of
+    the float64 score of the rounded weights, and of the unscaled ones."""
+    wx, wy = related(np.random.default_rng(seed), 24, 20, 12, 0.5)
+    scaled = (wx.astype(np.float64) * 2.0**log2c).astype(np.float32)
+    np.testing.assert_allclose(_cka(scaled, wy), cka_u_reference(scaled, wy), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(_cka(scaled, wy), cka_u_reference(wx, wy), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("p", [-100, -60, -32, -30, 30, 32, 60, 100])
+def test_grams_of_scaled_weights_stay_in_range_on_both_paths(p):
+    """Host BLAS and jitted Grams of a projection scaled by 2^p: finite, the same on both paths,
+    and exactly a power of two times the Gram of the unscaled projection."""
+    w = np.random.default_rng(20).standard_normal((2, 16, 12)).astype(np.float32)
+    scaled = w * np.float32(2.0**p)
+    host = kernels.gram_layers_host(scaled)
+    device = np.asarray(kernels.gram_layers(jnp.asarray(scaled)))
+    np.testing.assert_array_equal(host, device)
+    plain = kernels.gram_layers_host(w)
+    for g, ref in zip(host, plain):
+        assert np.isfinite(g).all() and np.abs(g).max() > 0
+        ratio = g[ref != 0] / ref[ref != 0]
+        assert np.all(ratio == ratio[0]) and np.frexp(ratio[0])[0] == 0.5  # one power of two
+
+
+def test_ordinary_weights_are_used_as_stored():
+    """Within the safe range no scaling happens: the Grams are bit for bit the plain products."""
+    w = np.random.default_rng(21).standard_normal((3, 16, 12)).astype(np.float32)
+    for scale in (2.0**-10, 1.0, 2.0**9):
+        x = (w * scale).astype(np.float32)
+        np.testing.assert_array_equal(kernels.gram_layers_host(x), np.matmul(x.transpose(0, 2, 1), x))
+        got = np.asarray(kernels.gram_layers(jnp.asarray(x)))
+        want = np.asarray(jax.jit(jax.vmap(lambda a: jnp.matmul(a.T, a, precision=kernels.HIGHEST)))(jnp.asarray(x)))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_range_shift_rule():
+    e = kernels.SAFE_EXPONENT
+    inside = [0.0, 1.0, 2.0**e - 1, 2.0 ** (-e - 1), np.inf, np.nan]
+    assert kernels.range_shift(np.array(inside)).tolist() == [0] * len(inside)
+    assert kernels.range_shift(np.array([2.0**e, 2.0 ** (-e - 2), 3e38, 1e-45])).tolist() == [-e - 1, e + 1, -126, 126]
+    for value in (2.0**30, 5.0**40, 2.0**-40, 1e-30):
+        shifted = value * 2.0 ** int(kernels.range_shift(np.array(value)))
+        assert 0.5 <= shifted < 1.0
+
+
+@pytest.mark.parametrize("p", [-100, -40, 40, 100])
+def test_hsic_parts_normalise_each_gram(p):
+    """Grams themselves scaled by 2^p (as an old cache or another producer may hold them)."""
+    rng = np.random.default_rng(22)
+    wx, wy = related(rng, 20, 16, 10, 0.3)
+    k, l = kernels.gram(jnp.asarray(wx)), kernels.gram(jnp.asarray(wy))
+    big = k * np.float32(2.0**p)
+    assert np.array_equal(np.asarray(big / np.float32(2.0**p)), np.asarray(k))  # exact: no denormal, no Inf
+    parts = kernels.hsic_parts(big)
+    assert 0.5 <= float(jnp.max(parts.diag)) < 1.0
+    assert float(kernels.unbiased_cka(big, l)) == float(kernels.unbiased_cka(k, l))
+    # The same batch shapes (XLA may round differently at different batch positions).
+    paired = [float(kernels.paired_cka(g[None], l[None])[0]) for g in (big, k)]
+    grid = [float(kernels.grid_cka(g[None], l[None])[0, 0]) for g in (big, k)]
+    assert paired[0] == paired[1] and grid[0] == grid[1]
+    np.testing.assert_allclose([*paired, *grid], cka_u_reference(wx, wy), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_fewer_than_four_samples_is_refused(n):
+    k = jnp.eye(n, dtype=jnp.float32)
+    for f in (kernels.unbiased_cka, kernels.paired_cka):
+        args = (k, k) if f is kernels.unbiased_cka else (k[None], k[None])
+        with pytest.raises(ValueError, match="at least 4 samples"):
+            f(*args)
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        kernels.unbiased_center(k)
+
+
+def test_column_cosine_accumulator_scales_rows():
+    rng = np.random.default_rng(23)
+    b = (rng.standard_normal((64, 10)) * 2.0**70).astype(np.float32)
+    t = rng.standard_normal((64, 6)).astype(np.float32)
+    zeros = (jnp.zeros((10, 6)), jnp.zeros(10), jnp.zeros(6))
+    cross, sb, st_ = kernels.column_cosine_accumulate(*zeros, jnp.asarray(b), jnp.asarray(t), np.float32(2.0**-70),
+                                                      np.float32(1.0))
+    bb, tt = b.astype(np.float64) * 2.0**-70, t.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(cross), bb.T @ tt, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(sb), (bb**2).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(st_), (tt**2).sum(0), rtol=1e-5)
+
+
+def test_row_scales_do_not_recompile_the_accumulator():
+    rng = np.random.default_rng(24)
+    b, t = jnp.asarray(rng.standard_normal((16, 6)), jnp.float32), jnp.asarray(rng.standard_normal((16, 4)), jnp.float32)
+    before = kernels.column_cosine_accumulate._cache_size()
+    for p in (0, -70, 70):
+        zeros = (jnp.zeros((6, 4)), jnp.zeros(6), jnp.zeros(4))
+        kernels.column_cosine_accumulate(*zeros, b, t, np.float32(2.0**p), np.float32(1.0))[0].block_until_ready()
+    assert kernels.column_cosine_accumulate._cache_size() - before == 1

@@ -17,6 +17,7 @@ import numpy as np
 from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
 from awm_jax.numerics.alignment import (
     assign_dimensions,
+    check_alignment_evidence,
     choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
@@ -91,6 +92,7 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
     del emb_base, emb_target
     check_embedding_sums(base.resolved, cross.sq_base)
     check_embedding_sums(target.resolved, cross.sq_target)
+    check_alignment_evidence(cross, base.path, target.path)
     timings["embedding_cosine_s"] = time.perf_counter() - t
     t = time.perf_counter()
     assignment = assign_dimensions(cross.cosine())

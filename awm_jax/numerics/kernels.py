@@ -10,6 +10,26 @@ Every kernel is written for one layer and lifted with ``jax.vmap``; ``jax.jit`` 
 batched functions, whose shapes stay fixed across layer chunks so one compilation serves a whole
 model. Matmuls use ``Precision.HIGHEST`` (TF32/bf16 defaults on GPU/TPU would cost ~1e-3 in a
 score near 1); inputs are upcast to float32 before any accumulation.
+
+Range. CKA is invariant to the scale of each Gram, but float32 is not: a Gram grows as ``c^2``
+and the HSIC products as ``c^4`` when a projection is multiplied by ``c``, so a
+function-preserving ``Wq * c``, ``Wk / c`` would underflow or overflow them for ``|log2 c|``
+around 30. Two exact power-of-two normalisations keep every finite scale in range:
+
+- a projection whose largest magnitude lies outside ``[2^-13, 2^12)`` (``SAFE_EXPONENT``) is
+  multiplied by the power of two that brings it into ``[0.5, 1)`` before its Gram
+  (:func:`range_shift`), so every Gram computed here has entries below ``d 2^24``; ordinary
+  weights are used as stored, so their Grams are bit for bit what they were;
+- the HSIC parts of a Gram are those of ``unit * K`` (``HsicParts.unit``, the power of two
+  that brings its largest diagonal entry into ``[0.5, 1)``): the squares of the self-term are
+  normalised inside their reduction, the row sums and the cross term ``<K, L>`` are scaled
+  after theirs (a multiply inside the ``n^2`` cross-term reduction would double its time; the
+  bound on the Grams keeps ``<K, L>`` in range: below ``n^2 d_K d_L 2^48 < 2^112`` for ``n``
+  and ``d`` up to ``2^16``).
+
+Multiplying by a power of two is exact in binary floating point, and every sum, product and
+square root of the score commutes with it, so the scores of models whose values never left
+float32's range are unchanged to the last bit.
 """
 
 from __future__ import annotations
@@ -23,10 +43,13 @@ import numpy as np
 
 __all__ = [
     "HIGHEST",
+    "MIN_SAMPLES",
+    "SAFE_EXPONENT",
     "SELF_TERM_FLOOR",
     "gram",
     "gram_layers",
     "gram_layers_host",
+    "range_shift",
     "align_gram",
     "align_grams",
     "rotate_gram",
@@ -56,17 +79,62 @@ def default_platform() -> str:
 #: floor keeps the score invariant to that scaling and still returns 0 for constant inputs.
 SELF_TERM_FLOOR = 1e-8
 
+#: The unbiased HSIC estimator divides by ``n - 3`` (and ``n - 2``): it needs at least 4 samples.
+MIN_SAMPLES = 4
+
+#: Values whose largest magnitude ``m 2^e`` (``m`` in ``[0.5, 1)``) has ``|e| <= SAFE_EXPONENT``
+#: are used as stored; others are first multiplied by ``2^-e``. In that window the entries of a
+#: Gram stay below ``d 2^24`` and its products with another Gram far inside float32's range;
+#: trained weights and embeddings lie well within it.
+SAFE_EXPONENT = 12
+#: Shifts are clipped so the factor ``2^shift`` is a normal float32 (no denormal is ever formed).
+_MAX_SHIFT = 126
+
+
+def range_shift(max_abs: np.ndarray) -> np.ndarray:
+    """The power-of-two exponent that brings values of the given largest magnitude into range.
+
+    Args:
+      max_abs: largest magnitudes (any shape, float).
+
+    Returns:
+      int32 array of the same shape: 0 when ``max_abs`` is within
+      ``[2^-(SAFE_EXPONENT + 1), 2^SAFE_EXPONENT)``, zero or not finite; else ``-e`` (clipped to
+      ``[-126, 126]``) for ``max_abs = m 2^e``, ``m`` in ``[0.5, 1)``, so the values times
+      ``2^shift`` have their largest magnitude in ``[0.5, 1)``.
+    """
+    max_abs = np.asarray(max_abs, np.float64)
+    _, e = np.frexp(np.where(np.isfinite(max_abs), max_abs, 0.0))
+    return np.where(np.abs(e) > SAFE_EXPONENT, np.clip(-e, -_MAX_SHIFT, _MAX_SHIFT), 0).astype(np.int32)
+
+
+def _pow2(e: jax.Array) -> jax.Array:
+    """``2^e`` as an exact float32, for int32 ``e`` in ``[-126, 127]`` (built from its bits)."""
+    return jax.lax.bitcast_convert_type((e.astype(jnp.int32) + 127) << 23, jnp.float32)
+
+
+def _range_shift(max_abs: jax.Array) -> jax.Array:
+    """:func:`range_shift` inside jit (int32 scalar)."""
+    _, e = jnp.frexp(jnp.where(jnp.isfinite(max_abs), max_abs, 0.0))
+    return jnp.where(jnp.abs(e) > SAFE_EXPONENT, jnp.clip(-e, -_MAX_SHIFT, _MAX_SHIFT), 0)
+
 
 def gram(w: jax.Array) -> jax.Array:
     """Sample Gram matrix of one projection.
+
+    A projection outside float32's comfortable range is first multiplied by a power of two
+    (:func:`range_shift`): the Gram is then ``2^(2 shift) W^T W``, exactly, which CKA cannot tell
+    from ``W^T W``.
 
     Args:
       w: ``[d, n]`` projection (Linear layout).
 
     Returns:
-      ``[n, n]`` float32 ``K = W^T W`` (samples are the residual dimensions).
+      ``[n, n]`` float32 ``K = W^T W`` up to a power-of-two factor (samples are the residual
+      dimensions).
     """
     w = w.astype(jnp.float32)
+    w = w * _pow2(_range_shift(jnp.max(jnp.abs(w))))
     return jnp.matmul(w.T, w, precision=HIGHEST)
 
 
@@ -85,9 +153,14 @@ def gram_layers_host(w: np.ndarray) -> np.ndarray:
       w: ``[L, d, n]`` float32 projections.
 
     Returns:
-      ``[L, n, n]`` float32 Grams.
+      ``[L, n, n]`` float32 Grams, each up to the power-of-two factor of :func:`gram` (the same
+      factor: both paths use :func:`range_shift`).
     """
     w = np.asarray(w, np.float32)
+    if w.size:
+        shift = range_shift(np.maximum(w.max(axis=(1, 2)), -w.min(axis=(1, 2))))
+        if shift.any():  # a copy only for layers outside the safe range (exact: powers of two)
+            w = np.ldexp(w, shift[:, None, None])
     return np.matmul(w.transpose(0, 2, 1), w)
 
 
@@ -117,12 +190,13 @@ def unbiased_center(k: jax.Array) -> jax.Array:
     definition and is checked against it in the tests.
 
     Args:
-      k: ``[n, n]`` symmetric Gram, ``n >= 4``.
+      k: ``[n, n]`` symmetric Gram, ``n >= MIN_SAMPLES``.
 
     Returns:
       ``[n, n]`` centred matrix with zero diagonal.
     """
     n = k.shape[0]
+    _check_samples(n)
     off = 1.0 - jnp.eye(n, dtype=k.dtype)
     k = k * off
     m = jnp.sum(k, axis=0) / (n - 2)
@@ -137,12 +211,18 @@ class HsicParts(NamedTuple):
     ``<K~, L~> + (1'K~1)(1'L~1) / ((n - 1)(n - 2)) - 2 / (n - 2) (K~1)'(L~1)``, and
     ``<K~, L~> = <K, L> - diag(K)'diag(L)``: no zero-diagonal copy is ever formed.
 
+    Every part is of the normalised Gram ``unit * K``, ``unit`` the power of two that brings the
+    largest diagonal entry into ``[0.5, 1)`` (a Gram's entries are at most its largest diagonal
+    entry in magnitude), so the self-term stays in float32's range whatever the scale of ``K``;
+    CKA is invariant to it, and, a power of two, it changes no rounding.
+
     Attributes:
-      diag: ``[n]`` the diagonal of ``K``.
-      rows: ``[n]`` row sums ``K~ 1``.
-      total: ``1'K~1``.
-      self_term: ``n (n - 3) HSIC_u(K, K)``.
-      scale: ``<K, K>`` (with the diagonal), the reference for the constant-matrix floor.
+      diag: ``[n]`` the diagonal of ``unit * K``.
+      rows: ``[n]`` row sums ``unit * K~ 1``.
+      total: ``unit * 1'K~1``.
+      self_term: ``n (n - 3) HSIC_u(unit * K, unit * K)``.
+      scale: ``<unit * K, unit * K>`` (with the diagonal), the reference for the constant-matrix floor.
+      unit: the float32 power of two.
     """
 
     diag: jax.Array
@@ -150,6 +230,7 @@ class HsicParts(NamedTuple):
     total: jax.Array
     self_term: jax.Array
     scale: jax.Array
+    unit: jax.Array
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -157,20 +238,44 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(jnp.sum(a * b, axis=1))
 
 
+def _check_samples(n: int) -> None:
+    if n < MIN_SAMPLES:  # a shape: checked when the kernel is traced
+        raise ValueError(f"the unbiased CKA needs at least {MIN_SAMPLES} samples (residual dimensions), got {n}")
+
+
 def _hsic(k: jax.Array, kp: HsicParts, l: jax.Array, lp: HsicParts, kl: jax.Array | None = None) -> jax.Array:
-    """``n (n - 3) HSIC_u(K, L)`` from two Grams and their parts (``kl`` = ``<K, L>`` if known)."""
+    """``n (n - 3) HSIC_u`` of the normalised Grams ``kp.unit * K``, ``lp.unit * L`` from the raw
+    Grams and their parts (``kl`` = their ``<., .>`` if known).
+
+    ``<K, L>`` is summed as stored and then scaled (see the module docstring: in range for the
+    Grams of :func:`gram`, and for one Gram of any magnitude from ``2^-100`` to ``2^100``
+    against an ordinary one)."""
     n = k.shape[0]
-    kl = _dot(k, l) if kl is None else kl
+    _check_samples(n)
+    kl = _dot(k, l) * kp.unit * lp.unit if kl is None else kl
     return (kl - jnp.dot(kp.diag, lp.diag, precision=HIGHEST) + kp.total * lp.total / ((n - 1) * (n - 2))
             - 2.0 / (n - 2) * jnp.dot(kp.rows, lp.rows, precision=HIGHEST))
 
 
+def _unit(k: jax.Array) -> jax.Array:
+    """The power of two bringing the largest ``|K_ii|`` into ``[0.5, 1)`` (1 for a zero Gram)."""
+    _, e = jnp.frexp(jnp.max(jnp.abs(jnp.diagonal(k))))
+    return _pow2(jnp.clip(-e, -_MAX_SHIFT, _MAX_SHIFT))
+
+
 def hsic_parts(k: jax.Array) -> HsicParts:
-    """The :class:`HsicParts` of a Gram, computed once per matrix (two passes over it)."""
-    diag = jnp.diagonal(k)
-    rows = jnp.sum(k, axis=1) - diag
-    scale = _dot(k, k)
-    partial = HsicParts(diag, rows, jnp.sum(rows), jnp.zeros((), k.dtype), scale)
+    """The :class:`HsicParts` of a Gram, computed once per matrix (two passes over it).
+
+    Args:
+      k: ``[n, n]`` symmetric Gram, ``n >= MIN_SAMPLES``.
+    """
+    _check_samples(k.shape[0])
+    unit = _unit(k)
+    diag = jnp.diagonal(k) * unit
+    rows = jnp.sum(k, axis=1) * unit - diag  # scaled after the sum: ``unit * k`` feeding several
+    normalised = k * unit  # reductions would be materialised (measured 10x slower on XLA:CPU)
+    scale = _dot(normalised, normalised)
+    partial = HsicParts(diag, rows, jnp.sum(rows), jnp.zeros((), k.dtype), scale, unit)
     return partial._replace(self_term=_hsic(k, partial, k, partial, kl=scale))
 
 
@@ -183,12 +288,15 @@ def unbiased_cka(k: jax.Array, l: jax.Array) -> jax.Array:
     """Unbiased linear CKA of two Gram matrices over the same samples.
 
     Args:
-      k: ``[n, n]`` Gram of the first representation.
+      k: ``[n, n]`` Gram of the first representation, ``n >= MIN_SAMPLES``.
       l: ``[n, n]`` Gram of the second.
 
     Returns:
       Scalar ``HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L))``; 0 when either Gram is
       constant (see ``SELF_TERM_FLOOR``).
+
+    Raises:
+      ValueError: ``n < MIN_SAMPLES`` (when traced).
     """
     kp, lp = hsic_parts(k), hsic_parts(l)
     return _cka(_hsic(k, kp, l, lp), kp, lp)
@@ -262,12 +370,15 @@ def grid_cka(k_aligned: jax.Array, l_target: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
 def column_cosine_accumulate(
-    cross: jax.Array, sq_base: jax.Array, sq_target: jax.Array, rows_base: jax.Array, rows_target: jax.Array
+    cross: jax.Array, sq_base: jax.Array, sq_target: jax.Array, rows_base: jax.Array, rows_target: jax.Array,
+    scale_base: jax.Array | float = 1.0, scale_target: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Adds one block of shared embedding rows to the column-cosine sums.
 
     The cosine ``S[i, j] = <e_b[:, i], e_t[:, j]> / (|e_b[:, i]| |e_t[:, j]|)`` over the shared
-    rows is accumulated block by block so the embeddings never need to be upcast whole.
+    rows is accumulated block by block so the embeddings never need to be upcast whole. It is
+    invariant to a scale of either embedding, so each may be multiplied by a power of two
+    (the same for all its blocks) to keep the sums in range.
 
     Args:
       cross: ``[n_b, n_t]`` running ``E_b^T E_t``.
@@ -275,11 +386,14 @@ def column_cosine_accumulate(
       sq_target: ``[n_t]`` running squared column norms of ``E_t``.
       rows_base: ``[r, n_b]`` block of base rows (any float dtype; zero rows pad a short block).
       rows_target: ``[r, n_t]`` the matching target rows.
+      scale_base: float32 factor the base rows are multiplied by (a power of two; traced, so a
+        new value does not recompile).
+      scale_target: likewise for the target rows.
 
     Returns:
       The updated ``(cross, sq_base, sq_target)``.
     """
-    b = rows_base.astype(jnp.float32)
-    t = rows_target.astype(jnp.float32)
+    b = rows_base.astype(jnp.float32) * scale_base
+    t = rows_target.astype(jnp.float32) * scale_target
     cross = cross + jnp.matmul(b.T, t, precision=HIGHEST)
     return cross, sq_base + jnp.sum(b * b, axis=0), sq_target + jnp.sum(t * t, axis=0)
