@@ -10,6 +10,8 @@ Routes:
   numpy_f32: numpy's float32 matmul on inputs already upcast (today's host path; numpy computes
     ``W^T W`` as a symmetric rank-k update, half the flops of a GEMM);
   mkl_bf16: ``awm_jax.numerics.host_blas`` (oneMKL ``cblas_gemm_bf16bf16f32``, AMX-BF16);
+  mkl_bf16_from_f32: the same from float32 copies, narrowed with ``host_blas.exact_bf16``
+    inside the timing (what a caller that holds float32 stacks pays);
   xla_bf16: ``jax.lax.dot_general`` of the bf16 arrays with ``preferred_element_type=float32``
     as laid out (contracting the leading axis), timed on the device with ``block_until_ready``;
   xla_bf16_nt: the same product from the host-transposed ``[n, d]`` arrays (contracting the
@@ -89,6 +91,15 @@ def routes(dnnl: str | None) -> dict:
     def mkl_bf16(a, b):
         return lambda: host_blas.cross_bf16(a, b) if b is not a else host_blas.gram_bf16(a)
 
+    def mkl_bf16_from_f32(a, b):  # float32 stacks from the reader, narrowed back first
+        a32 = a.astype(np.float32)
+        b32 = a32 if b is a else b.astype(np.float32)
+
+        def call():
+            a16 = host_blas.exact_bf16(a32)
+            return host_blas.gram_bf16(a16) if b is a else host_blas.cross_bf16(a16, host_blas.exact_bf16(b32))
+        return call
+
     tn = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32))
     nt = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
 
@@ -102,6 +113,7 @@ def routes(dnnl: str | None) -> dict:
     found = {"numpy_f32": numpy_f32, "xla_bf16": xla(tn, False), "xla_bf16_nt": xla(nt, True)}
     if host_blas.bf16_gemm_available():
         found["mkl_bf16"] = mkl_bf16
+        found["mkl_bf16_from_f32"] = mkl_bf16_from_f32
     if dnnl:
         lib = ctypes.CDLL(dnnl)
         gemm = lib.dnnl_gemm_bf16bf16f32  # row-major, char transposes, int64 sizes
@@ -121,6 +133,18 @@ def routes(dnnl: str | None) -> dict:
             return call
         found["onednn_bf16"] = onednn
     return found
+
+
+def dnnl_version(path: str) -> str:
+    """``"oneDNN X.Y.Z"`` of the library at ``path`` (``dnnl_version()``)."""
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
+
+    lib = ctypes.CDLL(path)
+    lib.dnnl_version.restype = ctypes.POINTER(Version)
+    v = lib.dnnl_version().contents
+    return f"oneDNN {v.major}.{v.minor}.{v.patch} ({v.hash.decode()[:12]})"
 
 
 def main(argv=None) -> int:
@@ -176,7 +200,8 @@ def main(argv=None) -> int:
     record = {
         "machine": cpu_record(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "threads": {k: os.environ.get(k) for k in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
-        "host_blas_route": route.__dict__, "numpy": np.__version__, "repeats": args.repeats, "quick": args.quick,
+        "host_blas_route": route.__dict__, "onednn": dnnl_version(args.dnnl) if args.dnnl else None,
+        "numpy": np.__version__, "repeats": args.repeats, "quick": args.quick,
         "cases": results,
         "estimates_7b": {"note": "fingerprint: 64 Grams of [4096, 4096] at the measured time each; cosine: "
                                  "2 x 32000 x 4096^2 flops at the cross-32000x2048 rate", "routes": estimates},

@@ -228,3 +228,20 @@ def test_inputs_are_checked_not_converted():
         host_blas.cross_bf16(np.ones((3, 2), BF16), np.ones((3, 2), BF16), out=np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="stack"):
         host_blas.gram_layers_bf16(np.ones((3, 3), BF16))
+
+
+def test_exact_bf16_converts_only_what_bf16_holds():
+    rng = np.random.default_rng(10)
+    w16 = bf16(rng, (7, 5, 3))
+    w32 = w16.astype(np.float32)
+    got = host_blas.exact_bf16(w32)
+    assert got.dtype == BF16 and got.shape == w32.shape
+    np.testing.assert_array_equal(got.astype(np.float32), w32)
+    np.testing.assert_array_equal(host_blas.exact_bf16(np.asfortranarray(w32[0])).astype(np.float32), w32[0])
+    special = np.array([0.0, -0.0, np.inf, -np.inf, float(ml_dtypes.finfo(BF16).max)], np.float32)
+    np.testing.assert_array_equal(host_blas.exact_bf16(special).astype(np.float32), special)
+    off = w32.copy()
+    off[3, 2, 1] = np.nextafter(off[3, 2, 1], np.float32(np.inf))  # one float32 ulp off the bf16 grid
+    assert host_blas.exact_bf16(off) is None
+    assert host_blas.exact_bf16(w32.astype(np.float16)) is None
+    assert host_blas.exact_bf16(w16) is w16

@@ -51,6 +51,7 @@ __all__ = [
     "gram_bf16",
     "gram_layers_bf16",
     "cross_bf16",
+    "exact_bf16",
 ]
 
 #: Environment variable choosing the route: ``auto`` (default), ``mkl`` or ``numpy``.
@@ -313,3 +314,26 @@ def cross_bf16(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> n
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"a and b must have the same rows, got {a.shape} and {b.shape}")
     return _product(a, b, out)
+
+
+def exact_bf16(x: np.ndarray) -> np.ndarray | None:
+    """``x`` as bfloat16 when that loses nothing (every float32 value is a bf16 value, as in
+    weights read from a bf16 checkpoint and upcast), else None.
+
+    Args:
+      x: float32 array of any shape (a bfloat16 array is returned as it is).
+
+    Returns:
+      A new C-contiguous bfloat16 array of ``x``'s shape, or None when some element has low
+      mantissa bits set (float16/float32 weights), when ``x`` is another dtype, or on a
+      big-endian host.
+    """
+    x = np.asarray(x)
+    if x.dtype == _BF16:
+        return x
+    if x.dtype != np.float32 or sys.byteorder != "little":
+        return None
+    halves = np.ascontiguousarray(x).view(np.uint16).reshape(x.shape + (2,))
+    if halves[..., 0].any():  # the low 16 bits of each float32: zero exactly when bf16 holds it
+        return None
+    return halves[..., 1].copy().view(_BF16)
