@@ -76,6 +76,7 @@ class BlasRoute:
       version: oneMKL's version string, or None.
       threading: oneMKL threading layer (``"intel"``, ``"gnu"`` or ``"sequential"``), or None.
       isa: the CPU's bf16 instructions oneMKL uses (``"amx_bf16"`` or ``"avx512_bf16"``), or None.
+      threads: oneMKL's thread count when loaded (``MKL_NUM_THREADS``, else the physical cores).
     """
 
     name: str
@@ -84,6 +85,7 @@ class BlasRoute:
     version: str | None = None
     threading: str | None = None
     isa: str | None = None
+    threads: int | None = None
 
 
 class _Mkl:
@@ -182,7 +184,7 @@ def _load() -> tuple[_Mkl | None, BlasRoute]:
     buf = ctypes.create_string_buffer(256)
     rt.MKL_Get_Version_String(buf, len(buf))
     route = BlasRoute("mkl", f"oneMKL bf16 GEMM on {isa}", str(path), buf.value.decode(errors="replace").strip(),
-                      threading, isa)
+                      threading, isa, int(rt.MKL_Get_Max_Threads()))
     a = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
     got = _mkl_product(mkl, a.astype(_BF16), a.astype(_BF16), None)
     if not np.array_equal(got, a.T @ a):
