@@ -169,7 +169,7 @@ def _load() -> tuple[_Mkl | None, BlasRoute]:
     suffix = path.name[len("libmkl_rt"):]
     try:
         threading = _load_threading(path.parent, suffix)
-        rt = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        rt = ctypes.CDLL(str(path))  # local: its BLAS symbols stay out of the global namespace
         rt.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
         rt.MKL_Set_Threading_Layer(_LAYERS[threading])
         ilp64 = hasattr(rt, "cblas_gemm_bf16bf16f32_64")
