@@ -20,7 +20,7 @@ import pytest
 from awm_jax.errors import UsageError
 from awm_jax.numerics import host_blas
 
-BF16 = ml_dtypes.bfloat16
+BF16 = host_blas.BF16
 U32 = 2.0**-24
 TINY = 2.0**-126
 

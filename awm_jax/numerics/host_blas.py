@@ -44,6 +44,7 @@ import numpy as np
 from awm_jax.errors import UsageError
 
 __all__ = [
+    "BF16",
     "HOST_BLAS_ENV",
     "BlasRoute",
     "host_blas_route",
@@ -57,7 +58,8 @@ __all__ = [
 #: Environment variable choosing the route: ``auto`` (default), ``mkl`` or ``numpy``.
 HOST_BLAS_ENV = "AWM_JAX_HOST_BLAS"
 
-_BF16 = np.dtype(ml_dtypes.bfloat16)
+#: The bfloat16 numpy dtype these functions take.
+BF16 = np.dtype(ml_dtypes.bfloat16)
 _CHOICES = ("auto", "mkl", "numpy")
 # CBLAS enums.
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -186,7 +188,7 @@ def _load() -> tuple[_Mkl | None, BlasRoute]:
     route = BlasRoute("mkl", f"oneMKL bf16 GEMM on {isa}", str(path), buf.value.decode(errors="replace").strip(),
                       threading, isa, int(rt.MKL_Get_Max_Threads()))
     a = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
-    got = _mkl_product(mkl, a.astype(_BF16), a.astype(_BF16), None)
+    got = _mkl_product(mkl, a.astype(BF16), a.astype(BF16), None)
     if not np.array_equal(got, a.T @ a):
         return None, BlasRoute("numpy", f"oneMKL at {path} failed its self-check (got {got.tolist()})")
     return mkl, route
@@ -248,7 +250,7 @@ def _mkl_product(mkl: _Mkl, a: np.ndarray, b: np.ndarray, out: np.ndarray | None
 
 def _check(name: str, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype != _BF16:
+    if x.dtype != BF16:
         raise TypeError(f"{name} must be bfloat16 (ml_dtypes.bfloat16), got {x.dtype}: converting would round it")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a matrix [rows, columns], got shape {x.shape}")
@@ -331,11 +333,11 @@ def exact_bf16(x: np.ndarray) -> np.ndarray | None:
       big-endian host.
     """
     x = np.asarray(x)
-    if x.dtype == _BF16:
+    if x.dtype == BF16:
         return x
     if x.dtype != np.float32 or sys.byteorder != "little":
         return None
     halves = np.ascontiguousarray(x).view(np.uint16).reshape(x.shape + (2,))
     if halves[..., 0].any():  # the low 16 bits of each float32: zero exactly when bf16 holds it
         return None
-    return halves[..., 1].copy().view(_BF16)
+    return halves[..., 1].copy().view(BF16)
