@@ -153,7 +153,8 @@ def dnnl_version(path: str) -> str:
     """``"oneDNN X.Y.Z"`` of the library at ``path`` (``dnnl_version()``)."""
 
     class Version(ctypes.Structure):
-        _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int), ("hash", ctypes.c_char_p)]
+        _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                    ("hash", ctypes.c_char_p)]
 
     lib = ctypes.CDLL(path)
     lib.dnnl_version.restype = ctypes.POINTER(Version)
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
         results[case] = {
             "shape": {"rows": a.shape[0], "a_cols": a.shape[1], "b_cols": b.shape[1]}, "flops": flops,
             "routes": {name: {"min_s": min(ts), "median_s": statistics.median(ts), "times_s": ts,
-                              "gflops_best": flops / min(ts) / 1e9, "gflops_median": flops / statistics.median(ts) / 1e9,
+                              "gflops_best": flops / min(ts) / 1e9,
+                              "gflops_median": flops / statistics.median(ts) / 1e9,
                               "rel_diff_vs_numpy_f32": check[name]} for name, ts in times.items()},
         }
         line = ", ".join(f"{n} {r['gflops_best']:.0f}" for n, r in results[case]["routes"].items())
@@ -204,10 +206,9 @@ def main(argv=None) -> int:
         gram = results[SEVEN_B["gram_case"]]["routes"]
         cross = results["cross-32000x2048"]["routes"]
         for name in {**gram, **cross}:
-            estimates[name] = {
-                "fingerprint_7b_grams_s": SEVEN_B["grams_per_model"] * gram[name]["min_s"] if name in gram else None,
-                "pair_cosine_7b_s": SEVEN_B["cosine_flops"] / (cross[name]["gflops_best"] * 1e9) if name in cross else None,
-            }
+            grams_s = SEVEN_B["grams_per_model"] * gram[name]["min_s"] if name in gram else None
+            cosine_s = SEVEN_B["cosine_flops"] / (cross[name]["gflops_best"] * 1e9) if name in cross else None
+            estimates[name] = {"fingerprint_7b_grams_s": grams_s, "pair_cosine_7b_s": cosine_s}
             print(f"[7B] {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in estimates[name].items() if v is not None))
     route = host_blas.host_blas_route()
     record = {
