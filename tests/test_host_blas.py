@@ -13,6 +13,11 @@ transpose or a wrong leading dimension all break it by orders of magnitude.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -245,3 +250,13 @@ def test_exact_bf16_converts_only_what_bf16_holds():
     assert host_blas.exact_bf16(off) is None
     assert host_blas.exact_bf16(w32.astype(np.float16)) is None
     assert host_blas.exact_bf16(w16) is w16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_import_loads_no_library():
+    code = ("import awm_jax.numerics.host_blas; "
+            "print(any('libmkl' in line for line in open('/proc/self/maps')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
