@@ -4,10 +4,10 @@ Bound asserted everywhere: a bf16 x bf16 product is exact in float32, so the onl
 float32 summation of ``k`` terms, which for any order is at most ``gamma_k <= k u`` times the
 sum of magnitudes (``u = 2^-24``, Higham, Accuracy and Stability, eq. 3.5). Per entry:
 
-    |C - C_exact| <= k u (|A|^T |B|) + k 2^-126
+    |C - C_exact| <= k u (|A|^T |B|) + k 2^-126 max(1, max|A|, max|B|)
 
-(the last term covers products below float32's normal range, which the matrix units flush to
-zero). Two routes each within that bound differ by at most twice it. A bf16 accumulator, a wrong
+(the last term covers bf16 subnormal inputs and products below float32's normal range, which
+the matrix units flush to zero). Two routes each within that bound differ by at most twice it. A bf16 accumulator, a wrong
 transpose or a wrong leading dimension all break it by orders of magnitude.
 """
 
@@ -37,7 +37,9 @@ def exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def bound(a: np.ndarray, b: np.ndarray, routes: int = 1) -> np.ndarray:
     k = a.shape[0]
-    return routes * (k * U32 * exact(np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))) + k * TINY)
+    a64, b64 = np.abs(np.asarray(a, np.float64)), np.abs(np.asarray(b, np.float64))
+    largest = max(1.0, a64.max(initial=0.0), b64.max(initial=0.0))
+    return routes * (k * U32 * exact(a64, b64) + k * TINY * largest)
 
 
 def float32_path(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,6 +144,15 @@ def test_tiny_values_underflow_to_within_the_absolute_term(mkl):
     w = bf16(rng, (50, 9), scale=1e-20)  # products ~1e-40: below float32's normal range
     got = host_blas.gram_bf16(w)
     assert_within(got, exact(w, w), bound(w, w))
+
+
+def test_subnormal_inputs_stay_within_the_flush_term(mkl):
+    tiny = float(ml_dtypes.finfo(BF16).smallest_subnormal)
+    a = np.array([[tiny, 1.0], [64 * tiny, -2.0], [3.0, 0.5]], BF16)
+    b = np.array([[1e30, 1.0], [-1e30, 4.0], [1.0, 1.0]], BF16)
+    got = host_blas.cross_bf16(a, b)
+    assert_within(got, exact(a, b), bound(a, b))
+    assert_within(got, float32_path(a, b).astype(np.float64), bound(a, b, routes=2))
 
 
 def test_zeros_give_exact_zeros(mkl):
