@@ -1,0 +1,345 @@
+"""bf16 x bf16 -> float32 matrix products on the host CPU's matrix units, through oneMKL.
+
+The two big host matmuls of the test take bf16 weights: the per-layer Gram ``K = W^T W`` and
+the embedding-column cross product ``E_b^T E_t`` over the shared rows. The product of two bf16
+numbers is exact in float32, so a GEMM that reads bf16 and accumulates in float32 returns the
+numbers of the float32 path (``a.astype(float32).T @ b.astype(float32)``) up to the order of
+the float32 summation, and on a CPU with AMX-BF16 (Sapphire Rapids and later) or AVX512-BF16 it
+runs at two to three times the float32 sgemm's rate.
+
+The route is oneMKL's ``cblas_gemm_bf16bf16f32`` called through ``ctypes`` from ``libmkl_rt``
+(the ``mkl`` wheel, installed by ``pip install 'awm_jax[amx]'``). The library is loaded on first
+use, never at import. Without it, on a CPU without bf16 matrix instructions, or with
+``AWM_JAX_HOST_BLAS=numpy``, every function here computes the same product with numpy's float32
+matmul (the arithmetic of the path it replaces), so callers need no branch of their own;
+:func:`bf16_gemm_available` says which route runs.
+
+Environment:
+  ``AWM_JAX_HOST_BLAS``: ``auto`` (default: oneMKL when usable, numpy otherwise), ``mkl``
+  (oneMKL or a :class:`~awm_jax.errors.UsageError` saying why not), ``numpy`` (never oneMKL).
+  Read on every call, so a test or a benchmark can switch it. oneMKL's own variables
+  (``MKL_NUM_THREADS``, ``MKL_VERBOSE``) apply as usual.
+
+Numerics: the matrix units treat bf16 subnormal inputs (``|x| < 2^-126``) and float32-subnormal
+products as zero (``TDPBF16PS``/``VDPBF16PS`` ignore MXCSR), so a flushed term changes an entry by
+less than ``2^-126 max(1, |other factor|)``. Every other term is exact, and the entries agree
+with the float32 path within float32 summation error (the tests assert
+``|C - C_exact| <= k u (|A|^T |B|) + k 2^-126 max(1, max|A|, max|B|)``, ``u = 2^-24``, against
+a float64 oracle). Weights of a real checkpoint are far from that range; a matrix scaled into it
+(``|w| < 1e-19``) has Gram entries below float32's normal range on the float32 path as well.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import importlib.metadata
+import os
+import platform
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from awm_jax.errors import UsageError
+
+__all__ = [
+    "BF16",
+    "HOST_BLAS_ENV",
+    "BlasRoute",
+    "host_blas_route",
+    "bf16_gemm_available",
+    "gram_bf16",
+    "gram_layers_bf16",
+    "cross_bf16",
+    "exact_bf16",
+]
+
+#: Environment variable choosing the route: ``auto`` (default), ``mkl`` or ``numpy``.
+HOST_BLAS_ENV = "AWM_JAX_HOST_BLAS"
+
+#: The bfloat16 numpy dtype these functions take.
+BF16 = np.dtype(ml_dtypes.bfloat16)
+_CHOICES = ("auto", "mkl", "numpy")
+# CBLAS enums.
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+# MKL_Set_Threading_Layer codes.
+_LAYERS = {"intel": 0, "sequential": 1, "gnu": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlasRoute:
+    """Which implementation computes the bf16 products, and why.
+
+    Attributes:
+      name: ``"mkl"`` (oneMKL's bf16 GEMM on the matrix units) or ``"numpy"`` (float32 matmul).
+      reason: one line saying why this route was chosen (for logs and benchmark records).
+      library: path of the loaded ``libmkl_rt``, or None.
+      version: oneMKL's version string, or None.
+      threading: oneMKL threading layer (``"intel"``, ``"gnu"`` or ``"sequential"``), or None.
+      isa: the CPU's bf16 instructions oneMKL uses (``"amx_bf16"`` or ``"avx512_bf16"``), or None.
+      threads: oneMKL's thread count when loaded (``MKL_NUM_THREADS``, else the physical cores).
+    """
+
+    name: str
+    reason: str
+    library: str | None = None
+    version: str | None = None
+    threading: str | None = None
+    isa: str | None = None
+    threads: int | None = None
+
+
+class _Mkl:
+    """The loaded library and its bf16 GEMM entry point (ILP64 when exported, else LP64)."""
+
+    def __init__(self, rt: ctypes.CDLL, gemm, index_type):
+        self.rt, self.gemm, self.index_type = rt, gemm, index_type
+        self.index_max = np.iinfo(np.int64 if index_type is ctypes.c_int64 else np.int32).max
+
+
+def _choice() -> str:
+    value = os.environ.get(HOST_BLAS_ENV, "auto").strip().lower() or "auto"
+    if value not in _CHOICES:
+        raise UsageError(f"{HOST_BLAS_ENV}={value!r} is not one of {', '.join(_CHOICES)}; unset it or pick one")
+    return value
+
+
+def _cpu_bf16_isa() -> str | None:
+    """``"amx_bf16"`` / ``"avx512_bf16"`` when the CPU (and kernel) expose them, else None."""
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if "amx_bf16" in flags and "amx_tile" in flags:
+        return "amx_bf16"
+    return "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def _find_mkl_rt() -> Path | None:
+    """``libmkl_rt`` from the ``mkl`` distribution's file list, else beside the interpreter."""
+    candidates = []
+    try:
+        dist = importlib.metadata.distribution("mkl")
+        candidates += [Path(str(dist.locate_file(f))) for f in dist.files or [] if f.name.startswith("libmkl_rt.so")]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for prefix in (sys.prefix, sys.base_prefix):
+        candidates += [Path(prefix, "lib", f"libmkl_rt.so.{v}") for v in (3, 2)]
+    return next((p.resolve() for p in candidates if p.is_file()), None)
+
+
+def _load_threading(libdir: Path, suffix: str) -> str:
+    """Picks the first threading layer whose files are all there and whose OpenMP runtime loads.
+
+    oneMKL dlopens its core, interface, threading and CPU-kernel libraries on its first call and
+    ends the process when one is missing, so their presence is checked here first (they cannot
+    be preloaded one by one: each needs symbols of the others).
+    """
+    needed = [f"libmkl_core{suffix}", f"libmkl_intel_lp64{suffix}", f"libmkl_intel_ilp64{suffix}",
+              f"libmkl_avx512{suffix}"]
+    missing = [name for name in needed if not (libdir / name).is_file()]
+    if missing:
+        raise OSError(f"{', '.join(missing)} missing beside libmkl_rt in {libdir}")
+    attempts = (("intel", "libiomp5.so", "libmkl_intel_thread"), ("gnu", "libgomp.so.1", "libmkl_gnu_thread"),
+                ("sequential", None, "libmkl_sequential"))
+    for layer, runtime, thread_lib in attempts:
+        if not (libdir / f"{thread_lib}{suffix}").is_file():
+            continue
+        try:
+            if runtime is not None:
+                local = libdir / runtime
+                ctypes.CDLL(str(local) if local.is_file() else runtime, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return layer
+    raise OSError(f"no oneMKL threading layer is usable in {libdir}")
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[_Mkl | None, BlasRoute]:
+    """Loads oneMKL once per process and checks it on a small product."""
+    isa = _cpu_bf16_isa()
+    if isa is None:
+        return None, BlasRoute("numpy", "the CPU reports neither amx_bf16 nor avx512_bf16")
+    path = _find_mkl_rt()
+    if path is None:
+        return None, BlasRoute("numpy", "oneMKL is not installed (pip install 'awm_jax[amx]')")
+    suffix = path.name[len("libmkl_rt"):]
+    try:
+        threading = _load_threading(path.parent, suffix)
+        rt = ctypes.CDLL(str(path))  # local: its BLAS symbols stay out of the global namespace
+        rt.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
+        rt.MKL_Set_Threading_Layer(_LAYERS[threading])
+        ilp64 = hasattr(rt, "cblas_gemm_bf16bf16f32_64")
+        gemm = rt.cblas_gemm_bf16bf16f32_64 if ilp64 else rt.cblas_gemm_bf16bf16f32
+    except (OSError, AttributeError) as exc:
+        return None, BlasRoute("numpy", f"oneMKL at {path} is unusable: {exc}")
+    index = ctypes.c_int64 if ilp64 else ctypes.c_int32
+    gemm.argtypes = [ctypes.c_int] * 3 + [index] * 3 + [ctypes.c_float, ctypes.c_void_p, index,
+                                                        ctypes.c_void_p, index, ctypes.c_float, ctypes.c_void_p, index]
+    gemm.restype = None
+    mkl = _Mkl(rt, gemm, index)
+    buf = ctypes.create_string_buffer(256)
+    rt.MKL_Get_Version_String(buf, len(buf))
+    route = BlasRoute("mkl", f"oneMKL bf16 GEMM on {isa}", str(path), buf.value.decode(errors="replace").strip(),
+                      threading, isa, int(rt.MKL_Get_Max_Threads()))
+    a = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    got = _mkl_product(mkl, a.astype(BF16), a.astype(BF16), None)
+    if not np.array_equal(got, a.T @ a):
+        return None, BlasRoute("numpy", f"oneMKL at {path} failed its self-check (got {got.tolist()})")
+    return mkl, route
+
+
+def host_blas_route() -> BlasRoute:
+    """The route the functions below take now (loads oneMKL on the first call).
+
+    Raises:
+      UsageError: ``AWM_JAX_HOST_BLAS`` is not a known value, or is ``mkl`` and oneMKL cannot run.
+    """
+    choice = _choice()
+    if choice == "numpy":
+        return BlasRoute("numpy", f"{HOST_BLAS_ENV}=numpy")
+    route = _load()[1]
+    if choice == "mkl" and route.name != "mkl":
+        raise UsageError(f"{HOST_BLAS_ENV}=mkl but {route.reason}; unset {HOST_BLAS_ENV} to use numpy")
+    return route
+
+
+def bf16_gemm_available() -> bool:
+    """True when the products below run on the matrix units (oneMKL loaded, CPU able, not disabled)."""
+    return host_blas_route().name == "mkl"
+
+
+def _row_major(x: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """``(view, ld, transposed)``: ``view`` is ``x`` (or ``x.T`` when ``transposed``) laid out
+    row-major with leading dimension ``ld`` elements, read in place; other layouts are copied."""
+    (rows, cols), (s0, s1), item = x.shape, x.strides, x.itemsize
+    if (cols <= 1 or s1 == item) and (rows <= 1 or (s0 % item == 0 and s0 >= cols * item)):
+        return x, (s0 // item if rows > 1 else max(1, cols)), False
+    if (rows <= 1 or s0 == item) and (cols <= 1 or (s1 % item == 0 and s1 >= rows * item)):
+        return x.T, (s1 // item if cols > 1 else max(1, rows)), True
+    x = np.ascontiguousarray(x)
+    return x, max(1, cols), False
+
+
+def _mkl_product(mkl: _Mkl, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``a^T b`` (+ ``out``) with oneMKL; ``a`` [r, p], ``b`` [r, q] bf16 -> [p, q] float32."""
+    (r, p), q = a.shape, b.shape[1]
+    beta = 0.0 if out is None else 1.0
+    c = np.empty((p, q), np.float32) if out is None else out
+    if p == 0 or q == 0:
+        return c
+    if r == 0:
+        if out is None:
+            c[...] = 0.0
+        return c
+    a_view, lda, a_flipped = _row_major(a)  # the GEMM reads a^T: transpose a row-major a
+    b_view, ldb, b_flipped = _row_major(b)
+    trans_a = _NO_TRANS if a_flipped else _TRANS
+    trans_b = _TRANS if b_flipped else _NO_TRANS
+    if max(r, p, q, lda, ldb) > mkl.index_max:
+        raise ValueError(f"matrix dimensions {a.shape} x {b.shape} exceed oneMKL's 32-bit index range")
+    mkl.gemm(_ROW_MAJOR, trans_a, trans_b, p, q, r, 1.0, a_view.ctypes.data, lda, b_view.ctypes.data, ldb,
+             beta, c.ctypes.data, q)
+    return c
+
+
+def _check(name: str, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != BF16:
+        raise TypeError(f"{name} must be bfloat16 (ml_dtypes.bfloat16), got {x.dtype}: converting would round it")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a matrix [rows, columns], got shape {x.shape}")
+    return x
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is not None and (out.dtype != np.float32 or out.shape != (a.shape[1], b.shape[1])
+                            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous float32 [{a.shape[1]}, {b.shape[1]}] array, "
+                         f"got {out.dtype} {out.shape}")
+    if host_blas_route().name == "mkl":
+        return _mkl_product(_load()[0], a, b, out)
+    a32 = a.astype(np.float32)
+    product = a32.T @ (a32 if b is a else b.astype(np.float32))
+    if out is None:
+        return product
+    out += product
+    return out
+
+
+def gram_bf16(w: np.ndarray) -> np.ndarray:
+    """Sample Gram ``K = W^T W`` of one bf16 projection, accumulated in float32.
+
+    Args:
+      w: ``[d, n]`` bfloat16 projection (Linear layout); any strides (a row-major or
+        column-major view is read in place, anything else is copied once).
+
+    Returns:
+      ``[n, n]`` float32 ``K`` (a new C-contiguous array).
+
+    Raises:
+      TypeError: ``w`` is not bfloat16 (convert nothing silently: float16/float32 weights go
+        through the float32 path instead).
+    """
+    w = _check("w", w)
+    return _product(w, w, None)
+
+
+def gram_layers_bf16(w: np.ndarray) -> np.ndarray:
+    """Grams of a stack of bf16 projections: ``[L, d, n] -> [L, n, n]`` float32, layer by layer."""
+    w = np.asarray(w)
+    if w.ndim != 3:
+        raise ValueError(f"w must be a stack [layers, d, n], got shape {w.shape}")
+    out = np.empty((w.shape[0], w.shape[2], w.shape[2]), np.float32)
+    for i in range(w.shape[0]):
+        out[i] = gram_bf16(w[i])
+    return out
+
+
+def cross_bf16(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Column cross product ``a^T b`` of two bf16 matrices over shared rows, in float32.
+
+    Args:
+      a: ``[r, n_b]`` bfloat16 (e.g. the base embedding's shared rows).
+      b: ``[r, n_t]`` bfloat16 (the target embedding's rows for the same tokens, same order).
+      out: optional ``[n_b, n_t]`` C-contiguous float32 accumulator; the product is added to it
+        in place (GEMM with ``beta = 1``) and it is returned, so blocks of rows accumulate
+        without a temporary.
+
+    Returns:
+      ``[n_b, n_t]`` float32 ``a^T b`` (plus ``out``'s previous contents when given).
+    """
+    a, b = _check("a", a), _check("b", b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must have the same rows, got {a.shape} and {b.shape}")
+    return _product(a, b, out)
+
+
+def exact_bf16(x: np.ndarray) -> np.ndarray | None:
+    """``x`` as bfloat16 when that loses nothing (every float32 value is a bf16 value, as in
+    weights read from a bf16 checkpoint and upcast), else None.
+
+    Args:
+      x: float32 array of any shape (a bfloat16 array is returned as it is).
+
+    Returns:
+      A new C-contiguous bfloat16 array of ``x``'s shape, or None when some element has low
+      mantissa bits set (float16/float32 weights), when ``x`` is another dtype, or on a
+      big-endian host.
+    """
+    x = np.asarray(x)
+    if x.dtype == BF16:
+        return x
+    if x.dtype != np.float32 or sys.byteorder != "little":
+        return None
+    halves = np.ascontiguousarray(x).view(np.uint16).reshape(x.shape + (2,))
+    if halves[..., 0].any():  # the low 16 bits of each float32: zero exactly when bf16 holds it
+        return None
+    return halves[..., 1].copy().view(BF16)
