@@ -45,6 +45,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from awm_jax.errors import NumericalError
+from awm_jax.numerics import host_blas
 from awm_jax.numerics.kernels import (
     MIN_SAMPLES,
     align_grams,
@@ -278,6 +279,7 @@ def embedding_cross(
     zeros = np.zeros if host else jnp.zeros
     cross, sq_b, sq_t = zeros((n_b, n_t), np.float32), zeros((n_b,), np.float32), zeros((n_t,), np.float32)
     shift_b = shift_t = None
+    amx = host and emb_base.dtype == emb_target.dtype == host_blas.BF16 and host_blas.bf16_gemm_available()
     for start in range(0, ids_base.size, block):
         rb = emb_base[ids_base[start : start + block]]
         rt = emb_target[ids_target[start : start + block]]
@@ -289,12 +291,16 @@ def embedding_cross(
         shift_b = new_b if shift_b is None else min(shift_b, new_b)
         shift_t = new_t if shift_t is None else min(shift_t, new_t)
         if host:
-            rb, rt = rb.astype(np.float32), rt.astype(np.float32)
-            if shift_b:
-                rb = np.ldexp(rb, shift_b).astype(np.float32, copy=False)
-            if shift_t:
-                rt = np.ldexp(rt, shift_t).astype(np.float32, copy=False)
-            cross += rb.T @ rt
+            if amx and not shift_b and not shift_t:  # bf16 rows on the matrix units, float32 accumulation
+                host_blas.cross_bf16(np.ascontiguousarray(rb), np.ascontiguousarray(rt), out=cross)
+                rb, rt = rb.astype(np.float32), rt.astype(np.float32)
+            else:
+                rb, rt = rb.astype(np.float32), rt.astype(np.float32)
+                if shift_b:
+                    rb = np.ldexp(rb, shift_b).astype(np.float32, copy=False)
+                if shift_t:
+                    rt = np.ldexp(rt, shift_t).astype(np.float32, copy=False)
+                cross += rb.T @ rt
             sq_b += np.einsum("ij,ij->j", rb, rb)
             sq_t += np.einsum("ij,ij->j", rt, rt)
             continue

@@ -156,11 +156,17 @@ def gram_layers_host(w: np.ndarray) -> np.ndarray:
       ``[L, n, n]`` float32 Grams, each up to the power-of-two factor of :func:`gram` (the same
       factor: both paths use :func:`range_shift`).
     """
+    from awm_jax.numerics import host_blas
+
     w = np.asarray(w, np.float32)
     if w.size:
         shift = range_shift(np.maximum(w.max(axis=(1, 2)), -w.min(axis=(1, 2))))
         if shift.any():  # a copy only for layers outside the safe range (exact: powers of two)
             w = np.ldexp(w, shift[:, None, None])
+        elif host_blas.bf16_gemm_available():  # the CPU's bf16 matrix units (AMX), float32 accumulation
+            w16 = host_blas.exact_bf16(w)  # only when every value is a bf16 value: then the Gram is exact
+            if w16 is not None:
+                return host_blas.gram_layers_bf16(w16)
     return np.matmul(w.transpose(0, 2, 1), w)
 
 
