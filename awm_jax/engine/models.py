@@ -16,6 +16,7 @@ import numpy as np
 from awm_jax.errors import NumericalError
 from awm_jax.fingerprint import FingerprintCache, GramSet, model_grams
 from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.io.gguf import GGUFCheckpoint, find_gguf
 from awm_jax.io.vocab import Vocabulary, load_vocabulary
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.report import ModelInfo, ModelSummary
@@ -84,7 +85,8 @@ def prepare_model(
     Run under ``jax.default_device(...)`` to choose where the Grams are computed.
     """
     t = time.perf_counter()
-    ckpt = Checkpoint(locate_model(path))
+    gguf = find_gguf(path)  # a .gguf file, a folder of them, or PATH:QUANT
+    ckpt = GGUFCheckpoint(gguf) if gguf is not None else Checkpoint(locate_model(path))
     resolved = detect(ckpt, layout)
     vocab = load_vocabulary(ckpt.root)
     timings: dict = {"open_s": time.perf_counter() - t}
