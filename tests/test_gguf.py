@@ -173,7 +173,7 @@ def test_split_set_and_folder_selection(parity, tmp_path):
     result = _compare(parity / "llama_a", f"{folder}:Q8_0")
     assert result.mean >= 0.99
     (folder / "m-Q8_0-00003-of-00003.gguf").unlink()
-    with pytest.raises(CheckpointError, match="1 are missing"):
+    with pytest.raises(CheckpointError, match="1 of them is missing"):
         find_gguf(first)
 
 
@@ -212,3 +212,95 @@ def test_unmapped_architecture_is_refused_by_name(tmp_path):
     writer.close()
     with pytest.raises(CheckpointError, match="GGUF architecture 'mamba' is not mapped"):
         GGUFCheckpoint(find_gguf(tmp_path / "x.gguf"))
+
+
+# -- K-quants: the gguf package dequantises them but cannot quantise them; a Q4_K packer written
+# -- from llama.cpp's block_q4_K (ggml-common.h, dequantize_row_q4_K) makes the fixtures.
+
+
+def pack_q4_k(w: np.ndarray) -> np.ndarray:
+    """Quantises ``[rows, n]`` (``n`` a multiple of 256) into llama.cpp ``block_q4_K`` bytes ``[rows, n / 256 * 144]``.
+
+    Per super-block of 256: ``d``, ``dmin`` (float16), 12 bytes of 6-bit sub-block scales and mins,
+    128 bytes of 4-bit codes; value ``d * sc * q - dmin * m`` per sub-block of 32.
+    """
+    rows, n = w.shape
+    x = w.reshape(rows, n // 256, 8, 32).astype(np.float64)
+    mins = np.maximum(-x.min(-1), 0.0)  # [rows, B, 8]
+    scales = np.maximum((x.max(-1) + mins) / 15.0, 1e-12)
+    d = (scales.max(-1) / 63.0).astype(np.float16)
+    dmin = (mins.max(-1) / 63.0).astype(np.float16)
+    df, dminf = np.maximum(d.astype(np.float64), 1e-12), np.maximum(dmin.astype(np.float64), 1e-12)
+    sc = np.clip(np.round(scales / df[..., None]), 1, 63).astype(np.uint8)
+    m = np.clip(np.round(mins / dminf[..., None]), 0, 63).astype(np.uint8)
+    step = d.astype(np.float64)[..., None] * sc
+    offset = dmin.astype(np.float64)[..., None] * m
+    q = np.clip(np.round((x + offset[..., None]) / step[..., None]), 0, 15).astype(np.uint8)  # [rows, B, 8, 32]
+    packed_scales = np.zeros((rows, n // 256, 12), np.uint8)
+    for j in range(4):
+        packed_scales[..., j] = sc[..., j] | ((sc[..., j + 4] >> 4) << 6)
+        packed_scales[..., j + 4] = m[..., j] | ((m[..., j + 4] >> 4) << 6)
+        packed_scales[..., j + 8] = (sc[..., j + 4] & 0xF) | ((m[..., j + 4] & 0xF) << 4)
+    qs = (q[..., 0::2, :] | (q[..., 1::2, :] << 4)).reshape(rows, n // 256, 128)
+    block = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed_scales, qs], axis=-1)
+    return block.reshape(rows, n // 256 * 144)
+
+
+def test_q4_k_packer_round_trips_through_gguf_dequantize():
+    w = np.random.default_rng(0).standard_normal((8, 512)).astype(np.float32)
+    back = gguf.quants.dequantize(pack_q4_k(w), T.Q4_K)
+    assert back.shape == w.shape
+    assert np.abs(back - w).max() < 0.25 * np.abs(w).max()
+    assert np.corrcoef(back.ravel(), w.ravel())[0, 1] > 0.99
+
+
+def _random_llama(folder: Path, seed: int, hidden: int = 256, layers: int = 3, vocab: int = 512) -> Path:
+    from awm_jax.synthetic import llama_config, write_model
+
+    rng = np.random.default_rng(seed)
+    specs = [("model.embed_tokens.weight", (vocab, hidden), np.float32,
+              lambda: rng.standard_normal((vocab, hidden)).astype(np.float32))]
+    for i in range(layers):
+        for p, rows in (("q_proj", hidden), ("k_proj", hidden // 2)):
+            specs.append((f"model.layers.{i}.self_attn.{p}.weight", (rows, hidden), np.float32,
+                          lambda rows=rows: (rng.standard_normal((rows, hidden)) / 16).astype(np.float32)))
+    return write_model(folder, specs, llama_config(vocab, hidden, layers, 4, 2, 64, dtype="float32"),
+                       [f"tok{i}" for i in range(vocab)])
+
+
+def _write_q4_k(parent: Path, path: Path) -> Path:
+    ckpt = Checkpoint(parent)
+    cfg = ckpt.config
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(_tokens(parent))
+    for name in ckpt.tensors:
+        w = np.asarray(ckpt.read(name), np.float32)
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        else:
+            i, module = name.split(".")[2], name.split(".")[4]
+            gname = f"blk.{i}.{'attn_q' if module == 'q_proj' else 'attn_k'}.weight"
+            heads = cfg["num_attention_heads"] if module == "q_proj" else cfg["num_key_value_heads"]
+            w = llama_cpp_permute(w, heads)
+        block = pack_q4_k(w)
+        writer.add_tensor(gname, block, raw_shape=block.shape, raw_dtype=T.Q4_K)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_path):
+    parent = _random_llama(tmp_path / "parent", 0)
+    path = _write_q4_k(parent, tmp_path / "m-Q4_K.gguf")
+    assert GGUFCheckpoint(find_gguf(path)).types["model.layers.0.self_attn.q_proj.weight"] == "Q4_K"
+    result = _compare(parent, path)
+    assert result.mean >= 0.95 and result.verdict == "derived", result.mean
+    independent = _compare(_random_llama(tmp_path / "other", 1), path)
+    assert independent.verdict != "derived", independent.mean

@@ -157,8 +157,8 @@ def _split_files(first: Path) -> tuple[Path, ...]:
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise CheckpointError(
-            f"{first}: belongs to a split GGUF model of {count} files but {len(missing)} are missing (first: "
-            f"{missing[0]}); fetch them all"
+            f"{first}: belongs to a split GGUF model of {count} files but {len(missing)} of them "
+            f"{'is' if len(missing) == 1 else 'are'} missing (first: {missing[0]}); fetch them all"
         )
     return files
 
