@@ -12,7 +12,8 @@ a name into a float32 matrix, whatever way the checkpoint stores it:
   ``2**(s - 127)``;
 * GPTQ, AWQ (GEMM, GEMV), bitsandbytes (NF4/FP4 with their quant states, LLM.int8) and
   compressed-tensors (pack-quantized, int-quantized): dequantised by
-  :mod:`awm_jax.layouts._dequant` as each format's published code does;
+  :mod:`awm_jax.layouts._quantformats` (kernels in :mod:`awm_jax.layouts._dequant`) as each
+  format's published code does;
 * any other integer storage, and the variants of those formats that are not dequantised
   (3-bit GPTQ, AWQ GEMV-fast/Marlin...): refused with a one-line message naming the format found.
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from awm_jax.io.checkpoint import Checkpoint, check_readable
 from awm_jax.errors import LayoutError, NumericalError
-from awm_jax.layouts import _dequant
+from awm_jax.layouts import _quantformats
 
 __all__ = ["WeightReader", "QUANT_SIDE_SUFFIXES", "to_float32", "quantisation_method"]
 
@@ -103,7 +104,7 @@ class WeightReader:
     def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
         self._memo: dict[str, np.ndarray] | None = None
-        self._plans: dict[str, _dequant.QuantisedWeight | None] = {}
+        self._plans: dict[str, _quantformats.QuantisedWeight | None] = {}
         self.method = quantisation_method(ckpt.config)
         block = _quantization_config(ckpt.config).get("weight_block_size")
         self.fp8_block = tuple(int(b) for b in block) if isinstance(block, (list, tuple)) and len(block) == 2 else None
@@ -148,10 +149,10 @@ class WeightReader:
             self._refuse_integer(name, stem, info.dtype)
         return info.shape
 
-    def _integer_plan(self, name: str) -> _dequant.QuantisedWeight | None:
+    def _integer_plan(self, name: str) -> _quantformats.QuantisedWeight | None:
         """The integer-quantised storage of ``name`` (planned once per reader), ``None`` for float/FP8 storage."""
         if name not in self._plans:
-            self._plans[name] = _dequant.plan(self.ckpt, name, _quantization_config(self.ckpt.config))
+            self._plans[name] = _quantformats.plan(self.ckpt, name, _quantization_config(self.ckpt.config))
         return self._plans[name]
 
     def quantisation(self, name: str) -> str | None:
@@ -183,7 +184,7 @@ class WeightReader:
         shape = self.shape(name)
         quantised = self._integer_plan(name)
         if quantised is not None:
-            return to_float32(_dequant.read(self.ckpt, quantised), self._where(name))
+            return to_float32(_quantformats.read(self.ckpt, quantised), self._where(name))
         if self.ckpt.info(name).dtype in _FLOAT_DTYPES:
             return to_float32(self.ckpt.read(name), self._where(name))
         scale_name, block = self._fp8_plan(name, stem, shape)
