@@ -132,3 +132,11 @@ def test_unsupported_adapters_are_refused_by_name(parity, tmp_path, edit, match)
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=match):
         _compare(parity / "llama_a", tmp_path / "adapter")
+
+
+def test_the_checkpoint_says_it_is_a_merged_adapter(parity, tmp_path):
+    from awm_jax.engine.models import open_checkpoint
+
+    write_adapter(parity / "llama_a", tmp_path / "adapter", r=8)
+    assert open_checkpoint(tmp_path / "adapter").form == (
+        f"LoRA adapter (16 weights, rank 8) merged into {(parity / 'llama_a').resolve()}")

@@ -304,3 +304,8 @@ def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_pat
     assert result.mean >= 0.95 and result.verdict == "derived", result.mean
     independent = _compare(_random_llama(tmp_path / "other", 1), path)
     assert independent.verdict != "derived", independent.mean
+
+
+def test_the_checkpoint_says_what_types_it_read(parity, tmp_path):
+    path = write_gguf(parity / "llama_a", tmp_path / "m.gguf", T.Q8_0, embed_type=T.F16)
+    assert GGUFCheckpoint(find_gguf(path)).form == "GGUF llama, Q8_0 x 16, F16 x 1"  # Q, K, gate, up of 4 layers

@@ -185,6 +185,13 @@ class AdapterCheckpoint:
             scale = float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
             self.deltas[weight] = LoraDelta(weight, a, b, scale, transposed)
 
+    @property
+    def form(self) -> str:
+        """What was scored, for reports: ``"LoRA adapter (N weights, rank r) merged into BASE"``."""
+        ranks = sorted({self.adapter.info(d.a).shape[0] for d in self.deltas.values()})
+        return (f"LoRA adapter ({len(self.deltas)} weights, rank {'/'.join(map(str, ranks)) or '-'}) merged into "
+                f"{self.base.root}")
+
     def __repr__(self) -> str:
         return f"AdapterCheckpoint({str(self.root)!r}, {len(self.deltas)} merged weights on {self.base!r})"
 

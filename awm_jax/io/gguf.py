@@ -351,6 +351,15 @@ class GGUFCheckpoint:
         config["gguf"] = {"architecture": arch, "file_type": file_type if isinstance(file_type, int) else None}
         return config
 
+    @property
+    def form(self) -> str:
+        """What was read, for reports: ``"GGUF llama, Q8_0 x 9, F32 x 1"`` (the types of the tensors AWM reads)."""
+        counts: dict[str, int] = {}
+        for kind in self.types.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        shown = ", ".join(f"{k} x {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"GGUF {self.architecture}, {shown}"
+
     def __repr__(self) -> str:
         return f"GGUFCheckpoint({str(self.root)!r}, {len(self.tensors)} tensors read of {len(self.files)} file(s))"
 

@@ -1,5 +1,5 @@
 """The bad-input corpus for published model formats: GGUF files, integer-quantised checkpoints
-(GPTQ, AWQ, bitsandbytes, compressed-tensors) and tensors of unknown dtype.
+(GPTQ, AWQ, bitsandbytes, compressed-tensors), LoRA adapters and tensors of unknown dtype.
 
 Each case follows :mod:`cases`: it writes a broken model under ``root/bad`` (the valid partner is
 ``root/good``), returns the CLI arguments, and declares the exit code and a fragment of the one
@@ -198,6 +198,61 @@ def _ct_shape(root):
               "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",
                                                                         "strategy": "channel", "symmetric": True}}}}
     return _quantised(root, tensors, config)
+
+
+# -- LoRA adapters ----------------------------------------------------------------------------------
+
+
+def _adapter(root: Path, config: dict | None = None, rank: int = 4, drop_b: bool = False, cols: int = HIDDEN) -> list[str]:
+    """A LoRA adapter folder ``root/bad`` over the corpus model ``root/base``."""
+    from awm_jax.synthetic import write_safetensors
+
+    base = _model(root / "base")
+    bad = _bad_folder(root)
+    rng = np.random.default_rng(0)
+    specs = []
+    for i in range(LAYERS):
+        module = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        a = rng.standard_normal((rank, cols)).astype(np.float32)
+        b = rng.standard_normal((HIDDEN, rank)).astype(np.float32)
+        specs.append((f"{module}.lora_A.weight", a.shape, np.float32, lambda a=a: a))
+        if not drop_b:
+            specs.append((f"{module}.lora_B.weight", b.shape, np.float32, lambda b=b: b))
+    write_safetensors(bad / "adapter_model.safetensors", specs)
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 8, "target_modules": ["q_proj"],
+           "base_model_name_or_path": str(base)}
+    cfg.update(config or {})
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    return _pair(bad, root)
+
+
+@_case("adapter_without_base", "a LoRA adapter whose config names no base model", 3, "names no base_model_name_or_path",
+       "bad/adapter_config.json")
+def _adapter_no_base(root):
+    return _adapter(root, {"base_model_name_or_path": None})
+
+
+@_case("adapter_dora", "a DoRA adapter (use_dora)", 3, "DoRA", "bad/adapter_config.json")
+def _adapter_dora(root):
+    return _adapter(root, {"use_dora": True})
+
+
+@_case("adapter_half_pair", "a LoRA adapter with lora_A but no lora_B", 3, "only one of lora_A/lora_B",
+       "bad/adapter_model.safetensors")
+def _adapter_half(root):
+    return _adapter(root, drop_b=True)
+
+
+@_case("adapter_other_base", "a LoRA adapter whose matrices do not fit the base's weights", 3,
+       "belongs to another base model", "bad/adapter_model.safetensors")
+def _adapter_other_base(root):
+    return _adapter(root, cols=HIDDEN * 2)
+
+
+@_case("adapter_rank_mismatch", "adapter_config.json r disagreeing with the lora_A rank", 3, "do not fit its lora_A",
+       "bad/adapter_config.json")
+def _adapter_rank(root):
+    return _adapter(root, {"r": 16})
 
 
 # -- unknown dtypes ---------------------------------------------------------------------------------
