@@ -264,4 +264,9 @@ def open_adapter(folder: Path, open_base: Callable[[str], Any]) -> AdapterCheckp
             )
         local = folder / named
         base = os.fspath(local) if not os.path.isabs(named) and local.exists() else named
+    if find_adapter(base) is not None:
+        raise CheckpointError(
+            f"{folder / ADAPTER_CONFIG}: its base {base} is itself an adapter folder; pass the base model with "
+            "--adapter-base"
+        )
     return AdapterCheckpoint(folder, open_base(base))

@@ -232,6 +232,12 @@ def _adapter_no_base(root):
     return _adapter(root, {"base_model_name_or_path": None})
 
 
+@_case("adapter_base_is_itself", "a LoRA adapter naming its own folder as its base", 3, "is itself an adapter folder",
+       "bad/adapter_config.json")
+def _adapter_self(root):
+    return _adapter(root, {"base_model_name_or_path": "."})
+
+
 @_case("adapter_dora", "a DoRA adapter (use_dora)", 3, "DoRA", "bad/adapter_config.json")
 def _adapter_dora(root):
     return _adapter(root, {"use_dora": True})
