@@ -49,7 +49,7 @@ def _raw_file(path, header: bytes, data: bytes = b"", length: int | None = None)
         (b"{}", b"", MAX_HEADER_BYTES + 1, "limit"),
         (json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode(), b"1234", None, "outside"),
         (json.dumps({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}).encode(), b"12345678", None, "needs"),
-        (json.dumps({"x": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}).encode(), b"12345678", None, "unsupported dtype"),
+        (json.dumps({"x": {"dtype": 4, "shape": [2], "data_offsets": [0, 8]}}).encode(), b"12345678", None, "not a dtype name"),
         (json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                      "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode(), b"123456789012", None, "overlap"),
         (json.dumps([1, 2]).encode(), b"", None, "not a JSON object"),

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true",
                    help="load pickle weights (pytorch_model.bin, *.pt) of folders without safetensors, through "
                         "torch.load(weights_only=True); needs torch. Off by default: unpickling can run code")
+    p.add_argument("--adapter-base", metavar="MODEL",
+                   help="base model (folder, .gguf or hub id) of LoRA adapter folders given as models (default: the "
+                        "adapter's base_model_name_or_path)")
     p.add_argument("--quiet", action="store_true", help="print only the verdict line")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
@@ -67,6 +70,7 @@ def _write_json(path: str, payload: object) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from awm_jax.io.adapters import adapter_base
     from awm_jax.io.checkpoint import pickle_loading
     from awm_jax.errors import UsageError
     from awm_jax.engine import compare
@@ -81,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
     results = []
     for a, b in pairs:
-        with pickle_loading(args.allow_pickle):
+        with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
             r = compare(
                 a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
                 cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,

@@ -16,12 +16,14 @@ import numpy as np
 from awm_jax.errors import NumericalError
 from awm_jax.fingerprint import FingerprintCache, GramSet, model_grams
 from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.io.adapters import AdapterCheckpoint, find_adapter, open_adapter
+from awm_jax.io.gguf import GGUFCheckpoint, find_gguf
 from awm_jax.io.vocab import Vocabulary, load_vocabulary
 from awm_jax.layouts import ResolvedLayout, check_norm_gains, detect
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.report import ModelInfo, ModelSummary
 
-__all__ = ["PreparedModel", "check_embedding_sums", "locate_model", "prepare_model", "read_embedding"]
+__all__ = ["PreparedModel", "check_embedding_sums", "locate_model", "open_checkpoint", "prepare_model", "read_embedding"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,18 @@ def locate_model(spec: str | os.PathLike) -> Path:
     return resolve_model(spec)
 
 
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint | GGUFCheckpoint | AdapterCheckpoint:
+    """Opens a model: a GGUF file (or ``FOLDER:QUANT``), a LoRA adapter folder over its base, or a
+    safetensors folder or hub id."""
+    gguf = find_gguf(path)
+    if gguf is not None:
+        return GGUFCheckpoint(gguf)
+    adapter = find_adapter(path)
+    if adapter is not None:
+        return open_adapter(adapter, open_checkpoint)
+    return Checkpoint(locate_model(path))
+
+
 def prepare_model(
     path: str | os.PathLike, *, layout: str | None = None, cache: FingerprintCache | None = None, mlp: bool = False,
     norm_gains: str = DEFAULT_NORM_GAINS,
@@ -88,9 +102,9 @@ def prepare_model(
     """
     check_norm_gains(norm_gains)
     t = time.perf_counter()
-    ckpt = Checkpoint(locate_model(path))
+    ckpt = open_checkpoint(path)
     resolved = detect(ckpt, layout)
-    vocab = load_vocabulary(ckpt.root)
+    vocab = load_vocabulary(getattr(ckpt, "vocabulary_folder", ckpt.root))  # an adapter may use its base's
     timings: dict = {"open_s": time.perf_counter() - t}
     grams = model_grams(resolved, cache, timings, norm_gains=norm_gains)
     cached = bool(timings.pop("cache_hit"))

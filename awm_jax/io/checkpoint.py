@@ -51,6 +51,7 @@ from awm_jax.errors import AWMError, CheckpointError, UsageError
 __all__ = [
     "Checkpoint",
     "TensorInfo",
+    "check_readable",
     "MAX_HEADER_BYTES",
     "MAX_JSON_BYTES",
     "MAX_CONFIG_INT",
@@ -327,10 +328,10 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
                 f"{path}: header entry {_short(name)} lacks dtype/shape/data_offsets; the file is corrupt: fetch it again"
             )
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or not dtype:
             raise CheckpointError(
-                f"{path}: tensor {_short(name)} has unsupported dtype {_short(dtype, 40)}; "
-                f"supported: {', '.join(SAFETENSORS_DTYPES)}; convert the checkpoint"
+                f"{path}: tensor {_short(name)} has dtype {_short(dtype, 40)}, not a dtype name; the file is corrupt: "
+                "fetch it again"
             )
         if (
             not isinstance(shape, list)
@@ -343,7 +344,7 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
                 f"{path}: tensor {_short(name)} has a malformed shape or data_offsets; the file is corrupt: fetch it again"
             )
         begin, end = offsets
-        expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        expected = _expected_nbytes(dtype, shape, end - begin)
         if not 0 <= begin <= end <= data_size:
             raise CheckpointError(
                 f"{path}: tensor {_short(name)} data [{begin}, {end}) lies outside the {data_size}-byte data "
@@ -362,6 +363,31 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
         if b1 < e0:
             raise CheckpointError(f"{path}: tensors {_short(n0)} and {_short(n1)} overlap; the file is corrupt: fetch it again")
     return infos
+
+
+def _expected_nbytes(dtype: str, shape: list[int], stored: int) -> int:
+    """The bytes a tensor of ``dtype`` x ``shape`` occupies; for a dtype awm_jax does not know
+    (``F8_E8M0``, ``F4``...), the ``stored`` size is taken as it is: only the extents and overlaps
+    of such a tensor are checked, and reading it is refused (:func:`check_readable`)."""
+    if dtype not in SAFETENSORS_DTYPES:
+        return stored
+    return math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+
+
+def check_readable(info: TensorInfo) -> None:
+    """Refuses to read a tensor whose dtype awm_jax does not know.
+
+    Unknown dtypes are accepted in headers (a checkpoint may hold tensors awm_jax never reads,
+    such as MXFP4 scales in ``F8_E8M0``); only reading one is an error.
+
+    Raises:
+      CheckpointError: ``info.dtype`` is not one of :data:`SAFETENSORS_DTYPES`.
+    """
+    if info.dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(
+            f"{info.file}: tensor {_short(info.name)} has unsupported dtype {_short(info.dtype, 40)} "
+            f"(supported: {', '.join(SAFETENSORS_DTYPES)}); convert the checkpoint to one of them"
+        )
 
 
 def _check_config(config: dict[str, Any], path: Path) -> None:
@@ -621,6 +647,7 @@ class Checkpoint:
             tensor is larger than the memory of this machine (an absurd header).
         """
         info = self.info(name)
+        check_readable(info)
         dtype = SAFETENSORS_DTYPES[info.dtype]
         shape = list(info.shape)
         start = info.start
@@ -677,6 +704,7 @@ class Checkpoint:
             is larger than the memory of this machine (as :meth:`read`).
         """
         info = self.info(name)
+        check_readable(info)
         dtype = SAFETENSORS_DTYPES[info.dtype]
         nbytes = math.prod(info.shape) * dtype.itemsize
         if name in self._pickled or nbytes == 0:

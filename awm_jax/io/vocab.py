@@ -1,6 +1,7 @@
 """Vocabularies: token -> id maps read from a model folder, and the shared-token rows.
 
-Sources, in order of preference: ``tokenizer.json`` (BPE / WordLevel / WordPiece dict vocab,
+A GGUF model (a ``.gguf`` path) carries its vocabulary in its ``tokenizer.ggml.tokens``
+metadata (:mod:`awm_jax.io.gguf`). For model folders the sources, in order of preference: ``tokenizer.json`` (BPE / WordLevel / WordPiece dict vocab,
 Unigram list vocab, plus ``added_tokens``), ``tokenizer.model`` (SentencePiece protobuf, or a
 tiktoken rank file as Llama-3 ships it), ``*.tiktoken``, ``vocab.json``.
 
@@ -65,7 +66,7 @@ class Vocabulary:
     Attributes:
       tokens: token string -> id.
       source: the file it was read from.
-      kind: ``"tokenizer.json"``, ``"sentencepiece"``, ``"tiktoken"`` or ``"vocab.json"``.
+      kind: ``"tokenizer.json"``, ``"sentencepiece"``, ``"tiktoken"``, ``"vocab.json"`` or ``"gguf"``.
       duplicate_ids: number of tokens beyond the first claiming an id (kept: each token maps
         to its own id, and a row may then be used by several tokens).
     """
@@ -239,6 +240,10 @@ def load_vocabulary(folder: str | os.PathLike) -> Vocabulary:
       VocabularyError: no tokenizer file, or the file is unreadable or malformed.
     """
     root = Path(folder)
+    if root.name.endswith(".gguf") and root.is_file():  # a GGUF model carries its vocabulary in its metadata
+        from awm_jax.io.gguf import gguf_tokens
+
+        return _finish(list(zip(gguf_tokens(root), range(MAX_TOKEN_ID))), root, "gguf")
     try:
         names = set(os.listdir(root))
     except OSError as e:

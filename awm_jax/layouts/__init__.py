@@ -43,6 +43,7 @@ from awm_jax.layouts.llama import LLAMA_LIKE
 from awm_jax.layouts.mpt import MPT
 from awm_jax.layouts.neox import BLOOM, FALCON, GPT_NEOX
 from awm_jax.layouts.opt import OPT
+from awm_jax.layouts.persimmon import PERSIMMON
 from awm_jax.layouts.phi3 import PHI3
 from awm_jax.layouts.qwen1 import QWEN1
 
@@ -87,7 +88,7 @@ def register(layout: Layout) -> Layout:
 
 
 for _layout in (*LLAMA_LIKE, PHI3, DEEPSEEK, GPT2, GPT_BIGCODE, QWEN1, GPT_NEOX, BLOOM, FALCON, MPT, BAICHUAN,
-                CHATGLM, INTERNLM2, GPTJ, OPT):
+                CHATGLM, INTERNLM2, GPTJ, OPT, PERSIMMON):
     register(_layout)
 
 

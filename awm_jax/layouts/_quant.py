@@ -7,10 +7,15 @@ a name into a float32 matrix, whatever way the checkpoint stores it:
 * FP8 (``F8_E4M3``/``F8_E5M2``) with its scale tensor, dequantised as ``w * s``:
   ``<module>.weight_scale_inv`` (DeepSeek-V3 / transformers fine-grained FP8, one scale per
   ``weight_block_size`` block, 128 x 128 by default, partial blocks at the edges) or
-  ``<module>.weight_scale`` (compressed-tensors / FBGEMM: one scale per tensor, per output row
-  ``[out]``/``[out, 1]``, or per block). ``uint8`` scales are E8M0 exponents ``2**(s - 127)``;
-* GPTQ, AWQ, bitsandbytes (4-bit NF4/FP4 and 8-bit), compressed-tensors packed integers and
-  any other integer storage: refused with a one-line message naming the format found.
+  ``<module>.weight_scale`` (compressed-tensors float-quantized / FBGEMM: one scale per tensor,
+  per output row ``[out]``/``[out, 1]``, or per block). ``uint8`` scales are E8M0 exponents
+  ``2**(s - 127)``;
+* GPTQ, AWQ (GEMM, GEMV), bitsandbytes (NF4/FP4 with their quant states, LLM.int8) and
+  compressed-tensors (pack-quantized, int-quantized): dequantised by
+  :mod:`awm_jax.layouts._quantformats` (kernels in :mod:`awm_jax.layouts._dequant`) as each
+  format's published code does;
+* any other integer storage, and the variants of those formats that are not dequantised
+  (3-bit GPTQ, AWQ GEMV-fast/Marlin...): refused with a one-line message naming the format found.
 
 The quantisation side tensors (``weight_scale``, ``weight_scale_inv``, ``qweight``,
 ``qzeros``, ``scales``, ``g_idx``, ``weight.absmax``, ``weight.quant_map``, ``SCB``...) are only
@@ -26,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint, check_readable
 from awm_jax.errors import LayoutError, NumericalError
+from awm_jax.layouts import _quantformats
 
 __all__ = ["WeightReader", "QUANT_SIDE_SUFFIXES", "to_float32", "quantisation_method"]
 
@@ -98,6 +104,7 @@ class WeightReader:
     def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
         self._memo: dict[str, np.ndarray] | None = None
+        self._plans: dict[str, _quantformats.QuantisedWeight | None] = {}
         self.method = quantisation_method(ckpt.config)
         block = _quantization_config(ckpt.config).get("weight_block_size")
         self.fp8_block = tuple(int(b) for b in block) if isinstance(block, (list, tuple)) and len(block) == 2 else None
@@ -129,14 +136,29 @@ class WeightReader:
             its FP8 scales are missing or do not fit it.
         """
         stem = _stem(name)
+        quantised = self._integer_plan(name)
+        if quantised is not None:
+            return quantised.shape
         if name not in self.ckpt:
             self._refuse_missing(name, stem)
         info = self.ckpt.info(name)
+        check_readable(info)
         if info.dtype in _FP8_DTYPES:
             self._fp8_plan(name, stem, info.shape)
         elif info.dtype not in _FLOAT_DTYPES:
             self._refuse_integer(name, stem, info.dtype)
         return info.shape
+
+    def _integer_plan(self, name: str) -> _quantformats.QuantisedWeight | None:
+        """The integer-quantised storage of ``name`` (planned once per reader), ``None`` for float/FP8 storage."""
+        if name not in self._plans:
+            self._plans[name] = _quantformats.plan(self.ckpt, name, _quantization_config(self.ckpt.config))
+        return self._plans[name]
+
+    def quantisation(self, name: str) -> str | None:
+        """The integer-quantisation format weight ``name`` is stored in (``"GPTQ"``...), ``None`` if none."""
+        planned = self._integer_plan(name)
+        return planned.format if planned is not None else None
 
     def matrix(self, name: str) -> np.ndarray:
         """Reads a 2-D weight as float32, dequantising FP8.
@@ -160,6 +182,9 @@ class WeightReader:
     def _matrix(self, name: str) -> np.ndarray:
         stem = _stem(name)
         shape = self.shape(name)
+        quantised = self._integer_plan(name)
+        if quantised is not None:
+            return to_float32(_quantformats.read(self.ckpt, quantised), self._where(name))
         if self.ckpt.info(name).dtype in _FLOAT_DTYPES:
             return to_float32(self.ckpt.read(name), self._where(name))
         scale_name, block = self._fp8_plan(name, stem, shape)
@@ -228,21 +253,6 @@ class WeightReader:
     # -- refusals ---------------------------------------------------------------------------------
 
     def _refuse_missing(self, name: str, stem: str) -> None:
-        if f"{stem}.qweight" in self.ckpt:
-            method = (self.method or "").lower()
-            if method in ("gptq", "awq"):
-                fmt = method.upper()
-            else:
-                fmt = "GPTQ" if f"{stem}.g_idx" in self.ckpt else "GPTQ/AWQ"
-            raise LayoutError(
-                f"{self.ckpt.root}: {stem} is {fmt}-quantised ({stem}.qweight, .qzeros, .scales) and awm_jax does not "
-                f"dequantise {fmt}; compare the float (bf16/fp16/fp32) release of this model instead"
-            )
-        if f"{stem}.weight_packed" in self.ckpt:
-            raise LayoutError(
-                f"{self.ckpt.root}: {stem} is packed-integer quantised (compressed-tensors {stem}.weight_packed) and "
-                "awm_jax does not dequantise it; compare the float release of this model instead"
-            )
         raise self._missing(name)
 
     def _missing(self, name: str) -> LayoutError:
@@ -251,15 +261,10 @@ class WeightReader:
         )
 
     def _refuse_integer(self, name: str, stem: str, dtype: str) -> None:
-        if any(f"{name}.{s}" in self.ckpt for s in ("absmax", "quant_map", "quant_state.bitsandbytes__nf4",
-                                                      "quant_state.bitsandbytes__fp4")):
-            kind = "NF4" if f"{name}.quant_state.bitsandbytes__nf4" in self.ckpt else (
-                "FP4" if f"{name}.quant_state.bitsandbytes__fp4" in self.ckpt else "4-bit")
-            fmt = f"bitsandbytes {kind}"
-        elif f"{stem}.SCB" in self.ckpt:
-            fmt = "bitsandbytes 8-bit (LLM.int8)"
+        if any(f"{name}.{s}" in self.ckpt for s in ("absmax", "quant_map")):
+            fmt = "bitsandbytes 4-bit without a quant_state.bitsandbytes__nf4/fp4 tensor"
         elif f"{stem}.weight_scale" in self.ckpt:
-            fmt = f"{dtype} with {stem}.weight_scale (compressed-tensors / FBGEMM integer)"
+            fmt = f"{dtype} with {stem}.weight_scale but no compressed-tensors quantization_config (FBGEMM integer?)"
         else:
             fmt = f"{dtype} integers" + (f" ({self.method})" if self.method else "")
         raise LayoutError(

@@ -346,9 +346,18 @@ def _offsets_mismatch(root):
     return _bad_header(root, {"x": _tensor("F32", [3], 0, 8)}, b"\0" * 8)
 
 
-@_case("unsupported_dtype", "a tensor of unsupported dtype (Q4)", 3, "unsupported dtype", "bad/model.safetensors")
+@_case("unsupported_dtype", "a query projection of unsupported dtype (Q4; unread tensors of unknown dtype are accepted)", 3,
+       "unsupported dtype", "bad/model.safetensors")
 def _unsupported_dtype(root):
-    return _bad_header(root, {"x": _tensor("Q4", [2], 0, 8)}, b"\0" * 8)
+    def retype(bad: Path) -> None:
+        path = bad / "model.safetensors"
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        header["model.layers.0.self_attn.q_proj.weight"]["dtype"] = "Q4"
+        write_raw_safetensors(path, header, raw[8 + n:])
+
+    return _with_model(root, retype)
 
 
 @_case("negative_shape", "a tensor with a negative dimension", 3, "malformed shape", "bad/model.safetensors")
