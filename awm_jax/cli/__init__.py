@@ -26,7 +26,13 @@ def _scrub_path() -> None:
 
 
 def launch(command: str, argv: list[str] | None = None) -> int:
-    """Runs ``command``'s CLI (a key of :data:`COMMANDS`) and returns its exit code."""
-    _scrub_path()
+    """Runs ``command``'s CLI (a key of :data:`COMMANDS`) and returns its exit code.
+
+    Ctrl-C from here to the end of the process prints one line and exits 130
+    (:mod:`awm_jax.cli._interrupt`)."""
+    _scrub_path()  # first: the handler's imports (socket, signal) must not come from the current folder
+    from awm_jax.cli._interrupt import install_for_process
+
+    install_for_process()
     module = importlib.import_module(f"awm_jax.cli.{COMMANDS[command]}")
     return module.main(argv)

@@ -1,31 +1,129 @@
 """Atomic file writes: a temporary file in the same folder, fsync-ed, then ``os.replace``.
 
 A reader sees either the old file or the complete new one, whatever happens to the writer.
+
+What is replaced is decided before a byte is written (:func:`write_target`):
+
+- a regular file, or a path where nothing exists yet (its folder must exist and be writable);
+- a symlink is resolved deliberately: the regular file it leads to is replaced atomically and
+  the link itself is kept (``--json latest.json`` pointing into a results folder updates that
+  file). A link to a missing file creates that file; a link loop is refused;
+- anything else that exists (a folder, a device such as ``/dev/null``, a FIFO, a socket) is
+  refused: replacing it would destroy it (run as root, ``/dev/null`` itself).
+
+A new file gets the permissions ``0o666`` less the process umask, as ``open()`` would give it; a
+replaced file keeps its permission bits. A temporary file still pending when the process is
+interrupted is removed by :func:`discard_pending` (the CLI's Ctrl-C handler calls it).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_target", "discard_pending"]
+
+_PENDING: set[str] = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def write_target(path: str | os.PathLike) -> Path:
+    """The regular file :func:`atomic_write` of ``path`` would replace or create.
+
+    ``path`` itself, or for a symlink the file it finally leads to. Nothing is written.
+
+    Raises:
+      OSError: its ``strerror`` says why: the path (or the link's target) exists and is not a
+        regular file (``errno.EEXIST``), is a symlink loop (``ELOOP``), its folder is missing
+        (``ENOENT``) or not writable (``EACCES``).
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot inspect {target} ({e.strerror})") from None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, "is a symlink loop (a link that leads back to itself)")
+    if mode is not None and not stat.S_ISREG(mode):
+        where = "" if target == path else f" (the symlink leads to {target})"
+        raise OSError(errno.EEXIST, f"is {_kind(mode)}{where}, not a regular file; refusing to replace it")
+    folder = target.parent
+    if not folder.is_dir():
+        raise OSError(errno.ENOENT, f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"folder {folder} is not writable")
+    return target
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def discard_pending() -> None:
+    """Removes the temporary files of writes in progress (for an interrupt handler about to exit)."""
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+    for tmp in pending:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically; the temporary file is removed on any failure.
 
+    See the module docstring for what is replaced (symlinks resolved, only regular files) and
+    the permissions the file gets.
+
     Raises:
-      OSError: the folder is missing or not writable, or the disk is full.
+      OSError: the path is not a regular file (see :func:`write_target`), the folder is missing or
+        not writable, or the disk is full.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    target = write_target(path)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with _PENDING_LOCK:
+        _PENDING.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.discard(tmp)
