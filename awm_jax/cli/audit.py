@@ -73,7 +73,11 @@ def read_model_list(path: str) -> dict[str, str] | list[str]:
     from awm_jax.errors import UsageError
     from awm_jax.io.checkpoint import open_regular
 
-    with open_regular(path, UsageError) as f:
+    try:
+        f = open_regular(path, UsageError)
+    except UsageError as e:
+        raise UsageError(f"--list {e}") from None
+    with f:
         try:
             raw = f.read(MAX_LIST_BYTES + 1)
         except OSError as e:
