@@ -22,6 +22,7 @@ first exits.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -30,8 +31,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
-__all__ = ["exit_on_interrupt", "install_for_process"]
+__all__ = ["exit_on_interrupt", "exit_process", "install_for_process"]
 
 _lock = threading.Lock()
 _exiting = threading.Lock()
@@ -159,3 +161,28 @@ def exit_on_interrupt(message: str = "interrupted") -> Iterator[None]:
             if owner:
                 _installed.restore()
                 _installed = None
+
+
+def exit_process(code: int) -> NoReturn:
+    """Ends a command-line process with ``code`` once its command has returned.
+
+    Standard output and error are flushed and the ``atexit`` handlers run (JAX's among them) while
+    Ctrl-C is still handled; then the process exits with ``os._exit``, skipping the interpreter's
+    finalisation (the commands leave no worker thread running when they return). Python removes its SIGINT handler early
+    in that finalisation, so a Ctrl-C during the seconds XLA's native destructors can take used
+    to kill a run that had completed and written everything (exit -2, no message).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BrokenPipeError:  # the reader went away (| head): as run_cli does, exit 141 quietly
+            code = code or 141
+        except (OSError, ValueError):
+            pass
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(code)

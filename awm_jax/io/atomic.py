@@ -18,14 +18,17 @@ interrupted is removed by :func:`discard_pending` (the CLI's Ctrl-C handler call
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_target", "discard_pending"]
+__all__ = ["atomic_write", "write_target", "pending", "discard_pending"]
 
 _PENDING: set[str] = set()
 _PENDING_LOCK = threading.Lock()
@@ -85,13 +88,32 @@ def _umask() -> int:
     return mask
 
 
-def discard_pending() -> None:
-    """Removes the temporary files of writes in progress (for an interrupt handler about to exit)."""
+@contextlib.contextmanager
+def pending(path: str | os.PathLike) -> Iterator[None]:
+    """Marks a temporary file or folder as in progress while the context is open, so that
+    :func:`discard_pending` removes it if the process is interrupted (for writers other than
+    :func:`atomic_write`, e.g. a cache entry assembled in a temporary folder)."""
+    name = os.fspath(path)
     with _PENDING_LOCK:
-        pending = list(_PENDING)
-    for tmp in pending:
+        _PENDING.add(name)
+    try:
+        yield
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.discard(name)
+
+
+def discard_pending() -> None:
+    """Removes the temporary files and folders of writes in progress (for an interrupt handler
+    about to exit the process)."""
+    with _PENDING_LOCK:
+        names = list(_PENDING)
+    for name in names:
         try:
-            os.unlink(tmp)
+            if os.path.isdir(name) and not os.path.islink(name):
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
         except OSError:
             pass
 
@@ -112,18 +134,14 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except FileNotFoundError:
         mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with _PENDING_LOCK:
-        _PENDING.add(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        with _PENDING_LOCK:
-            _PENDING.discard(tmp)
+    with pending(tmp):
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
