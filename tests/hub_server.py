@@ -19,7 +19,7 @@ mid-body), optionally answering the following attempt with an error status;
 ``server.stall(name, "silent" | "drip")`` makes every download of a file hang or trickle.
 
 :class:`HostileHub` is an endpoint that misbehaves on every request: it never answers, trickles
-its answer (body or headers) one byte a second, or answers with an HTML login page.
+its answer (body or headers) a byte at a time, or answers with an HTML login page.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class StandInHub:
 
     def stall(self, name: str, how: str) -> None:
         """Every download of file ``name`` from the CDN stalls: ``"silent"`` (the request is read
-        and never answered) or ``"drip"`` (headers, then one byte of the body per second)."""
+        and never answered) or ``"drip"`` (headers, then one byte of the body every 0.25 s)."""
         if how not in ("silent", "drip"):
             raise ValueError(how)
         self._stalls[name] = how
@@ -303,7 +303,7 @@ class StandInHub:
             return
         if self._stalls.get(name) == "drip":
             for i in range(len(body)):
-                if self._closing.wait(1.0):
+                if self._closing.wait(0.25):
                     return
                 h.wfile.write(body[i:i + 1])
                 h.wfile.flush()
@@ -421,22 +421,24 @@ class HostileHub:
 
     Modes:
       ``silent``: accepts the connection, reads the request, never answers.
-      ``drip``: answers ``200`` with headers announcing a large body, then one byte per second.
-      ``drip_headers``: sends the status line and headers one byte per second.
+      ``drip``: answers ``200`` with headers announcing a large body, then trickles the body.
+      ``drip_headers``: trickles the status line and headers.
       ``html``: answers every request ``200 text/html`` with a login page (a captive portal or a
         proxy's error page where JSON or a file is expected).
 
-    Use as a context manager; ``endpoint`` is the value for ``HF_ENDPOINT``; ``connections``
-    counts the connections accepted.
+    A trickle sends one byte every ``interval`` seconds (shorter than any read timeout, so only
+    an overall deadline can stop it). Use as a context manager; ``endpoint`` is the value for
+    ``HF_ENDPOINT``; ``connections`` counts the connections accepted.
     """
 
     MODES = ("silent", "drip", "drip_headers", "html")
     PORTAL = b"<!DOCTYPE html><html><head><title>Wi-Fi login</title></head><body><form>Accept</form></body></html>"
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, interval: float = 0.25):
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {self.MODES}")
         self.mode = mode
+        self.interval = interval
         self.connections = 0
         self._stop = threading.Event()
 
@@ -485,7 +487,7 @@ class HostileHub:
 
     def _trickle(self, conn: socket.socket, data: bytes) -> None:
         for i in range(len(data)):
-            if self._stop.wait(1.0):
+            if self._stop.wait(self.interval):
                 return
             conn.sendall(data[i:i + 1])
 

@@ -57,13 +57,13 @@ def _hub_silent(root):
     return _hub_pair(root)
 
 
-@_case("hub_trickle_body", "HF_ENDPOINT at a server that sends headers, then one byte a second", 3,
+@_case("hub_trickle_body", "HF_ENDPOINT at a server that sends headers, then the body a byte at a time", 3,
        "took longer than the 3 s allowed", "org/tiny", environment=_hostile("drip"), subprocess=True)
 def _hub_trickle_body(root):
     return _hub_pair(root)
 
 
-@_case("hub_trickle_headers", "HF_ENDPOINT at a server that sends its headers one byte a second", 3,
+@_case("hub_trickle_headers", "HF_ENDPOINT at a server that sends its headers a byte at a time", 3,
        "took longer than the 3 s allowed", "org/tiny", environment=_hostile("drip_headers"))
 def _hub_trickle_headers(root):
     return _hub_pair(root)
