@@ -425,13 +425,15 @@ class HostileHub:
       ``drip_headers``: trickles the status line and headers.
       ``html``: answers every request ``200 text/html`` with a login page (a captive portal or a
         proxy's error page where JSON or a file is expected).
+      ``html_files``: answers the repository API properly (``config.json`` and
+        ``model.safetensors``) but every file request with that login page.
 
     A trickle sends one byte every ``interval`` seconds (shorter than any read timeout, so only
     an overall deadline can stop it). Use as a context manager; ``endpoint`` is the value for
     ``HF_ENDPOINT``; ``connections`` counts the connections accepted.
     """
 
-    MODES = ("silent", "drip", "drip_headers", "html")
+    MODES = ("silent", "drip", "drip_headers", "html", "html_files")
     PORTAL = b"<!DOCTYPE html><html><head><title>Wi-Fi login</title></head><body><form>Accept</form></body></html>"
 
     def __init__(self, mode: str, interval: float = 0.25):
@@ -470,7 +472,8 @@ class HostileHub:
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _read_request(self, conn: socket.socket) -> bool:
+    def _read_request(self, conn: socket.socket) -> bytes | None:
+        """The request's head (request line and headers), or ``None`` once the client or server is gone."""
         conn.settimeout(0.2)
         data = b""
         while b"\r\n\r\n" not in data and not self._stop.is_set():
@@ -479,11 +482,16 @@ class HostileHub:
             except (TimeoutError, socket.timeout):
                 continue
             except OSError:
-                return False
+                return None
             if not chunk:
-                return False
+                return None
             data += chunk
-        return not self._stop.is_set()
+        return None if self._stop.is_set() else data
+
+    @staticmethod
+    def _answer(conn: socket.socket, content_type: str, body: bytes, extra: str = "") -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+                     .encode() + body)
 
     def _trickle(self, conn: socket.socket, data: bytes) -> None:
         for i in range(len(data)):
@@ -494,7 +502,12 @@ class HostileHub:
     def _serve(self, conn: socket.socket) -> None:
         try:
             with conn:
-                while self._read_request(conn):
+                while (head := self._read_request(conn)) is not None:
+                    if self.mode == "html_files" and head.split(b" ", 2)[1].startswith(b"/api/models/"):
+                        info = {"id": "org/tiny", "sha": "0" * 40, "siblings": [{"rfilename": "config.json"},
+                                                                                {"rfilename": "model.safetensors"}]}
+                        self._answer(conn, "application/json", json.dumps(info).encode())
+                        continue
                     if self.mode == "silent":
                         self._stop.wait()
                     elif self.mode == "drip":
@@ -503,8 +516,7 @@ class HostileHub:
                     elif self.mode == "drip_headers":
                         self._trickle(conn, b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"p" * 100000 + b"\r\n\r\n")
                     else:
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
-                                     + str(len(self.PORTAL)).encode() + b"\r\n\r\n" + self.PORTAL)
+                        self._answer(conn, "text/html; charset=utf-8", self.PORTAL)
                         continue
                     return
         except OSError:

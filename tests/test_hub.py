@@ -397,6 +397,7 @@ def _timed_failure(spec: str, match: str) -> float:
     ("drip", r"took longer than the 2 s allowed", 6),
     ("drip_headers", r"took longer than the 2 s allowed", 6),
     ("html", r"did not answer like a Hugging Face Hub .*captive portal", 2),
+    ("html_files", r"did not answer like a Hugging Face Hub \(no hub headers on its files", 2),
 ], indirect=["hostile"])
 def test_a_hostile_endpoint_fails_in_one_line_within_the_deadline(hostile, match, limit_s):
     assert _timed_failure("org/tiny", match) < limit_s

@@ -75,6 +75,11 @@ def _translate(error: Exception, hub_id: Any, hub: str, cache: Path, limits: Net
         "mirror, or set HF_HUB_OFFLINE=1 to use the local cache only"
     )
 
+    not_a_hub = (
+        f"{hub_id}: {hub} did not answer like a Hugging Face Hub (not JSON: a captive portal's login page or a "
+        "proxy's error page?); log in to the network, or set HF_ENDPOINT to a hub or mirror"
+    )
+
     def broken(e: BaseException) -> str:
         if "Timeout" in type(e).__name__:
             return (f"{hub_id}: the hub at {hub} did not answer within {limits.timeout_s:g} s (AWM_HUB_TIMEOUT); "
@@ -98,7 +103,9 @@ def _translate(error: Exception, hub_id: Any, hub: str, cache: Path, limits: Net
         raise CheckpointError(
             f"{hub_id}: revision {hub_id.revision!r} not found; check the branch, tag or commit"
         ) from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as e:
+        if type(e.__cause__).__name__ == "FileMetadataError":  # answered, but not with a hub's headers
+            raise CheckpointError(not_a_hub.replace("(not JSON:", "(no hub headers on its files:")) from None
         raise CheckpointError(unreachable) from None
     except EntryNotFoundError as e:
         raise CheckpointError(
@@ -116,10 +123,7 @@ def _translate(error: Exception, hub_id: Any, hub: str, cache: Path, limits: Net
             raise CheckpointError(f"{hub_id}: the hub answered {status} (server error); run again later to resume") from None
         raise CheckpointError(f"{hub_id}: the hub answered {status}: {_first_line(e)}; check HF_ENDPOINT and the id") from None
     except json.JSONDecodeError:
-        raise CheckpointError(
-            f"{hub_id}: {hub} did not answer like a Hugging Face Hub (not JSON: a captive portal's login page or a "
-            "proxy's error page?); log in to the network, or set HF_ENDPOINT to a hub or mirror"
-        ) from None
+        raise CheckpointError(not_a_hub) from None
     except OSError as e:
         if _network_failure(e) is not None:
             raise CheckpointError(unreachable if _network_failure(e) == "connect" else broken(e)) from None

@@ -92,3 +92,9 @@ def _endpoint_ipv6(root):
        environment=_endpoint("http://localhost:99999"))
 def _endpoint_port(root):
     return _hub_pair(root)
+
+
+@_case("hub_portal_files", "a hub API answered properly, its files with an HTML page (a rewriting proxy)", 3,
+       "no hub headers on its files", "org/tiny", environment=_hostile("html_files"))
+def _hub_portal_files(root):
+    return _hub_pair(root)

@@ -122,7 +122,7 @@ FIXES: list[tuple[str, str, str, str]] = [
      "watchdog that shuts the connection down; transient failures retried with backoff within it", "3",
      "`hub_trickle_body`, `hub_trickle_headers`"),
     ("a `200 text/html` answer (captive portal, proxy page) where JSON or a file is expected: traceback",
-     "reported as not a Hugging Face Hub answer", "3", "`hub_captive_portal`, `hub_download_portal`"),
+     "reported as not a Hugging Face Hub answer", "3", "`hub_captive_portal`, `hub_download_portal`, `hub_portal_files`"),
     ("`HF_ENDPOINT=http://[::1`, a port of 99999: traceback",
      "`HF_ENDPOINT` (and every `AWM_HUB_*` limit) validated before any request", "2",
      "`endpoint_bad_ipv6`, `endpoint_bad_port`"),
