@@ -146,6 +146,17 @@ def _check_out(out: str) -> None:
         raise UsageError(f"--out {out}: cannot be created ({existing} is not a folder); give a folder for the results")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: folder {existing} is not writable; give a folder you may write to")
+    if path.is_dir():  # outputs of an earlier run are replaced: each must be a regular file (or a link to one)
+        from awm_jax.audit.journal import JOURNAL_NAME
+        from awm_jax.audit.outputs import OUTPUT_FILES
+        from awm_jax.io.atomic import write_target
+
+        for name in (*OUTPUT_FILES, "labels.csv", JOURNAL_NAME):
+            if os.path.lexists(path / name):
+                try:
+                    write_target(path / name)
+                except OSError as e:
+                    raise UsageError(f"--out {out}: {name} {e.strerror}; remove it or choose another folder") from None
 
 
 def _check_options(args: argparse.Namespace) -> None:

@@ -189,3 +189,19 @@ def _json_link_to_device(root):
        "does not exist", "nowhere/result.json")
 def _json_missing_folder(root):
     return _pair(good_model(root), root) + ["--json", str(root / "nowhere" / "result.json")]
+
+
+@_case("out_holds_a_device", "audit --out whose audit.json is a symlink to /dev/null (checked before any work)", 2,
+       "audit.json is a character device", "results", command="audit")
+def _out_holds_a_device(root):
+    (root / "results").mkdir()
+    (root / "results" / "audit.json").symlink_to("/dev/null")
+    return [str(good_model(root)), str(good_model(root)), "--out", str(root / "results")]
+
+
+@_case("out_progress_fifo", "audit --out whose progress.jsonl is a named pipe (reading would block)", 2,
+       "progress.jsonl is a named pipe", "results", command="audit", subprocess=True)
+def _out_progress_fifo(root):
+    (root / "results").mkdir()
+    os.mkfifo(root / "results" / "progress.jsonl")
+    return [str(good_model(root)), str(good_model(root)), "--out", str(root / "results")]

@@ -83,8 +83,9 @@ case folder changed (names, sizes, modification times, contents).
   `attn_config.kv_n_heads`) must be positive integers in range. TOML files (`--layout`,
   `--suite`, suites given to `download`) nested too deeply to parse are refused.
 - **Options and lists.** Options are checked before any work: `--out` must be a folder (or
-  creatable) that may be written, `--json` a regular file (or a new file) in an existing writable
-  folder, `--memory-gb` a positive finite number. `--list` files must be regular files of at most
+  creatable) that may be written, whose earlier outputs and progress file are regular files;
+  `--json` a regular file (or a new file) in an existing writable folder; `--memory-gb` a
+  positive finite number. `--list` files must be regular files of at most
   16 MiB (a FIFO or `/dev/zero` is refused, not read), UTF-8 with or without a byte-order mark.
 - **Output files.** Outputs are written atomically (a temporary file in the same folder, then a
   rename): a reader sees the old file or the complete new one. A symlink given as `--json` is
@@ -142,8 +143,9 @@ FIXES: list[tuple[str, str, str, str]] = [
      "regular files only, at most 16 MiB, decoded as UTF-8 with an optional BOM", "2",
      "`list_device`, `list_fifo`, `list_too_large`; `test_output_files.py`"),
     ("`--json` and `--out` checked only after the whole computation",
-     "checked first: an existing writable folder, a regular file or a new one", "2",
-     "`out_is_a_file`, `out_under_a_file`, `json_missing_folder`"),
+     "checked first: an existing writable folder, a regular file or a new one (and the outputs an earlier "
+     "audit left in `--out` regular files)", "2",
+     "`out_is_a_file`, `out_under_a_file`, `out_holds_a_device`, `out_progress_fifo`, `json_missing_folder`"),
     ("`--json` on a symlink replaced the link; on a device node replaced the node (`/dev/null` as root)",
      "symlinks resolved to the regular file they lead to (replaced atomically, link kept); folders, devices, "
      "FIFOs and sockets refused; new files get the umask's permissions instead of 0600", "2",
