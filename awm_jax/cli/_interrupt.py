@@ -102,17 +102,28 @@ class _Installed:
     """What :func:`_install` replaced, to put back."""
 
     def __init__(self) -> None:
-        self.reader, self.writer = socket.socketpair()
-        self.writer.setblocking(False)
-        self.old_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
         self.old_handler = signal.signal(signal.SIGINT, _on_signal)
+        self.reader = self.writer = None
+        self.old_fd = -1
+        try:
+            self.reader, self.writer = socket.socketpair()
+            self.writer.setblocking(False)
+            self.old_fd = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+        except (OSError, ValueError):  # no socket pair here: the Python-level handler alone
+            self._close()
+            return
         threading.Thread(target=_watch, args=(self.reader,), daemon=True, name="awm-interrupt").start()
+
+    def _close(self) -> None:
+        for sock in (self.writer, self.reader):
+            if sock is not None:
+                sock.close()  # the watcher's recv returns b"" and it ends
 
     def restore(self) -> None:
         signal.signal(signal.SIGINT, self.old_handler)
-        signal.set_wakeup_fd(self.old_fd)
-        self.writer.close()  # the watcher's recv returns b"" and it ends
-        self.reader.close()
+        if self.writer is not None:
+            signal.set_wakeup_fd(self.old_fd)
+        self._close()
 
 
 _installed: _Installed | None = None
