@@ -29,9 +29,10 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import NoReturn
+
+from awm_jax.io.atomic import discard_pending
 
 __all__ = ["exit_on_interrupt", "exit_process", "install_for_process"]
 
@@ -59,12 +60,16 @@ def _flush_stdout(timeout: float = 0.5) -> None:
 
 
 def _exit_now() -> None:
-    """Removes pending temporary files, prints the interrupt line, exits 130. Never returns."""
-    if not _exiting.acquire(blocking=False):
-        while True:  # the other path (handler or watcher) is exiting the process
-            time.sleep(1)
-    from awm_jax.io.atomic import discard_pending
+    """Removes pending temporary files, prints the interrupt line, exits 130.
 
+    Returns at once when the other path (handler or watcher) is already exiting: the main thread
+    then goes on for the few milliseconds that takes, so that it never sits on a lock (an import,
+    a buffer) the exiting thread needs.
+    """
+    if not _exiting.acquire(blocking=False):
+        return
+    # Nothing here imports or waits on a lock without a timeout: the main thread may be stopped
+    # anywhere (inside an import, holding a lock), and the watcher must still get through.
     with contextlib.suppress(Exception):
         discard_pending()
     _flush_stdout()

@@ -106,8 +106,16 @@ def pending(path: str | os.PathLike) -> Iterator[None]:
 def discard_pending() -> None:
     """Removes the temporary files and folders of writes in progress (for an interrupt handler
     about to exit the process)."""
-    with _PENDING_LOCK:
+    # An interrupt handler may run while this thread (or a stopped one) holds the lock: wait a
+    # little, then read the set without it.
+    locked = _PENDING_LOCK.acquire(timeout=0.5)
+    try:
         names = list(_PENDING)
+    except RuntimeError:  # changed while copied
+        names = []
+    finally:
+        if locked:
+            _PENDING_LOCK.release()
     for name in names:
         try:
             if os.path.isdir(name) and not os.path.islink(name):

@@ -33,12 +33,14 @@ def _interrupt(argv: list[str], delay: float, cwd: Path) -> subprocess.Completed
 
 
 def _before_awm_jax(run: subprocess.CompletedProcess) -> bool:
-    """Whether the interrupt came during the interpreter's own start-up, before any awm_jax code ran
-    (site packages, runpy): nothing of awm_jax can handle it there. On a loaded machine start-up
-    can take longer than the shortest delays."""
+    """Whether the interrupt came during the interpreter's own start-up, before the command's entry
+    point ran (site packages, runpy locating the module, the package's ``__init__``, which installs no
+    signal handler since it is also the library's): nothing of awm_jax can handle it there. On a
+    loaded machine start-up can take longer than the shortest delays."""
     frames = [line for line in run.stderr.splitlines() if line.startswith("  File ")]
+    package_init = f"{os.sep}awm_jax{os.sep}__init__.py"
     return (run.returncode in (1, -signal.SIGINT) and run.stderr.rstrip().endswith("KeyboardInterrupt")
-            and not any(f"{os.sep}awm_jax{os.sep}" in line for line in frames))
+            and not any(f"{os.sep}awm_jax{os.sep}" in line and package_init not in line for line in frames))
 
 
 def _check_compare(tmp_path: Path, delay: float) -> int:
