@@ -1,7 +1,9 @@
 """The bad-input corpus: model folders a stranger might hand over, and what awm_jax must say.
 
-``cases.py`` builds each case and declares its exit code and message; ``test_corpus.py`` runs
-them through the CLI; ``table.py`` writes ``docs/errors.md`` from them; ``fuzz_targets.py``
-holds the property-based fuzzing targets shared by ``tests/test_fuzz.py`` and
+``cases.py`` builds each case and declares its exit code and message (``cases_options.py``:
+option values, list files and output paths; ``cases_network.py``: hostile hub endpoints);
+``test_corpus.py`` runs them through the CLI; ``table.py`` writes ``docs/errors.md`` from them;
+``test_output_files.py`` and ``test_signals.py`` check output files and Ctrl-C on real runs;
+``fuzz_targets.py`` holds the property-based fuzzing targets shared by ``tests/test_fuzz.py`` and
 ``benchmarks/fuzz.py``.
 """

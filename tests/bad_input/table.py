@@ -35,11 +35,12 @@ that names the file and the problem and says what to do, and a documented exit c
 traceback, never a hang. The messages below are what the CLI prints (with the folder of the
 case, here `bad/` and `good/`, stripped from the paths).
 
-This page is generated from the test corpus (`tests/bad_input/cases.py`):
-`python -m tests.bad_input.table > docs/errors.md`. Every row is a test
-(`tests/bad_input/test_corpus.py`) that builds the input, runs the CLI, and checks the exit code,
-the single line, that it matches this row, that it took under 10 s, and that nothing under the
-case folder changed (names, sizes, modification times, contents).
+This page is generated from the test corpus (`tests/bad_input/cases.py`, `cases_options.py`,
+`cases_network.py`): `python -m tests.bad_input.table > docs/errors.md`. Every row is a test
+(`tests/bad_input/test_corpus.py`) that builds the input, runs the command (`compare` unless the
+input names `audit` or `download`), and checks the exit code, the single line, that it matches
+this row, that it took under 10 s, and that nothing under the case folder changed (names, sizes,
+modification times, contents). Hub endpoints appear as `http://127.0.0.1:PORT` (a test server).
 
 ## Exit codes
 
