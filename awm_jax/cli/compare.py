@@ -58,12 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _json_target(path: str) -> Path:
-    """The file ``--json PATH`` will replace, checked before any work (see :func:`awm_jax.io.atomic.write_target`)."""
+    """The file ``--json PATH`` will replace, checked before any work: the path the user named, so a
+    symlink is written through to its regular file (see :func:`awm_jax.io.atomic.write_target`)."""
     from awm_jax.errors import UsageError
     from awm_jax.io.atomic import write_target
 
     try:
-        return write_target(path)
+        return write_target(path, follow_symlinks=True)
     except OSError as e:
         raise UsageError(f"--json {path}: {e.strerror}; choose a file path in a writable folder") from None
 
@@ -73,7 +74,7 @@ def _write_json(path: str, payload: object) -> None:
     from awm_jax.io.atomic import atomic_write
 
     try:
-        atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+        atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), follow_symlinks=True)
     except OSError as e:
         raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None
 

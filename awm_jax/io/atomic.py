@@ -5,9 +5,13 @@ A reader sees either the old file or the complete new one, whatever happens to t
 What is replaced is decided before a byte is written (:func:`write_target`):
 
 - a regular file, or a path where nothing exists yet (its folder must exist and be writable);
-- a symlink is resolved deliberately: the regular file it leads to is replaced atomically and
-  the link itself is kept (``--json latest.json`` pointing into a results folder updates that
-  file). A link to a missing file creates that file; a link loop is refused;
+- a symlink, deliberately one of two ways. With ``follow_symlinks=True`` (a path the user
+  named, such as ``--json latest.json`` pointing into a results folder) the regular file it
+  leads to is replaced atomically and the link kept; a link to a missing file creates that file,
+  a link loop or a link to anything but a regular file is refused. With
+  ``follow_symlinks=False`` (the default: files awm_jax names inside its own folders, the
+  fingerprint cache, the audit's ``--out``) the link itself is replaced by the new file, so a
+  link planted there can never redirect a write elsewhere;
 - anything else that exists (a folder, a device such as ``/dev/null``, a FIFO, a socket) is
   refused: replacing it would destroy it (run as root, ``/dev/null`` itself).
 
@@ -43,10 +47,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def write_target(path: str | os.PathLike) -> Path:
-    """The regular file :func:`atomic_write` of ``path`` would replace or create.
+def write_target(path: str | os.PathLike, *, follow_symlinks: bool = False) -> Path:
+    """The file :func:`atomic_write` of ``path`` would replace or create.
 
-    ``path`` itself, or for a symlink the file it finally leads to. Nothing is written.
+    ``path`` itself, or with ``follow_symlinks`` for a symlink the file it finally leads to.
+    Nothing is written.
 
     Raises:
       OSError: its ``strerror`` says why: the path (or the link's target) exists and is not a
@@ -54,15 +59,17 @@ def write_target(path: str | os.PathLike) -> Path:
         (``ENOENT``) or not writable (``EACCES``).
     """
     path = Path(path)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = Path(os.path.realpath(path)) if follow_symlinks and path.is_symlink() else path
     try:
         mode = os.lstat(target).st_mode
     except FileNotFoundError:
         mode = None
     except OSError as e:
         raise OSError(e.errno, f"cannot inspect {target} ({e.strerror})") from None
-    if mode is not None and stat.S_ISLNK(mode):
+    if mode is not None and stat.S_ISLNK(mode) and follow_symlinks:
         raise OSError(errno.ELOOP, "is a symlink loop (a link that leads back to itself)")
+    if mode is not None and stat.S_ISLNK(mode):
+        mode = None  # the link itself is replaced
     if mode is not None and not stat.S_ISREG(mode):
         where = "" if target == path else f" (the symlink leads to {target})"
         raise OSError(errno.EEXIST, f"is {_kind(mode)}{where}, not a regular file; refusing to replace it")
@@ -126,19 +133,20 @@ def discard_pending() -> None:
             pass
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, *, follow_symlinks: bool = False) -> None:
     """Writes ``data`` to ``path`` atomically; the temporary file is removed on any failure.
 
-    See the module docstring for what is replaced (symlinks resolved, only regular files) and
-    the permissions the file gets.
+    See the module docstring for what is replaced (only regular files; a symlink itself, or with
+    ``follow_symlinks`` the regular file it leads to) and the permissions the file gets.
 
     Raises:
       OSError: the path is not a regular file (see :func:`write_target`), the folder is missing or
         not writable, or the disk is full.
     """
-    target = write_target(path)
+    target = write_target(path, follow_symlinks=follow_symlinks)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        st = os.lstat(target)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~_umask()
     except FileNotFoundError:
         mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")

@@ -191,11 +191,10 @@ def _json_missing_folder(root):
     return _pair(good_model(root), root) + ["--json", str(root / "nowhere" / "result.json")]
 
 
-@_case("out_holds_a_device", "audit --out whose audit.json is a symlink to /dev/null (checked before any work)", 2,
-       "audit.json is a character device", "results", command="audit")
-def _out_holds_a_device(root):
-    (root / "results").mkdir()
-    (root / "results" / "audit.json").symlink_to("/dev/null")
+@_case("out_holds_a_folder", "audit --out whose audit.json is a folder (checked before any work)", 2,
+       "audit.json is a folder", "results", command="audit")
+def _out_holds_a_folder(root):
+    (root / "results" / "audit.json").mkdir(parents=True)
     return [str(good_model(root)), str(good_model(root)), "--out", str(root / "results")]
 
 

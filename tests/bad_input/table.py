@@ -90,9 +90,11 @@ modification times, contents). Hub endpoints appear as `http://127.0.0.1:PORT` (
   16 MiB (a FIFO or `/dev/zero` is refused, not read), UTF-8 with or without a byte-order mark.
 - **Output files.** Outputs are written atomically (a temporary file in the same folder, then a
   rename): a reader sees the old file or the complete new one. A symlink given as `--json` is
-  resolved deliberately: the regular file it leads to is replaced and the link kept. Anything else
-  that exists at the path (a folder, a device such as `/dev/null`, a FIFO, a socket) is refused,
-  never replaced. New files get `0666` less the umask; a replaced file keeps its permissions.
+  resolved deliberately: the regular file it leads to is replaced and the link kept. Files
+  awm_jax names itself (the audit's outputs in `--out`, the fingerprint cache) replace a symlink
+  found there instead of writing through it. Anything else that exists at the path (a folder, a
+  device such as `/dev/null`, a FIFO, a socket) is refused, never replaced. New files get `0666`
+  less the umask; a replaced file keeps its permissions.
 - **Network.** No request to the hub can hang. Every connect and read times out after
   `AWM_HUB_TIMEOUT` seconds (default: huggingface_hub's `HF_HUB_DOWNLOAD_TIMEOUT`, 10); a weight
   download receiving less than `AWM_HUB_MIN_RATE` bytes/s (default 50000) over any
@@ -146,9 +148,10 @@ FIXES: list[tuple[str, str, str, str]] = [
     ("`--json` and `--out` checked only after the whole computation",
      "checked first: an existing writable folder, a regular file or a new one (and the outputs an earlier "
      "audit left in `--out` regular files)", "2",
-     "`out_is_a_file`, `out_under_a_file`, `out_holds_a_device`, `out_progress_fifo`, `json_missing_folder`"),
+     "`out_is_a_file`, `out_under_a_file`, `out_holds_a_folder`, `out_progress_fifo`, `json_missing_folder`"),
     ("`--json` on a symlink replaced the link; on a device node replaced the node (`/dev/null` as root)",
-     "symlinks resolved to the regular file they lead to (replaced atomically, link kept); folders, devices, "
+     "a path the user names is resolved to the regular file it leads to (replaced atomically, link kept); "
+     "files awm_jax names in its own folders replace a link itself, never writing through it; folders, devices, "
      "FIFOs and sockets refused; new files get the umask's permissions instead of 0600", "2",
      "`json_device`, `json_fifo`, `json_folder`, `json_link_to_device`; `test_output_files.py`"),
     ("Ctrl-C in the first second: sometimes ignored (exit 0), SIGSEGV, SIGABRT or -2; in the audit's last "

@@ -43,31 +43,46 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o604
 
 
-def test_a_symlink_is_written_through_and_kept(tmp_path):
+def test_a_symlink_the_user_named_is_written_through_and_kept(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "run1.json").write_text("old")
     link = tmp_path / "latest.json"
     link.symlink_to(results / "run1.json")
-    assert write_target(link) == (results / "run1.json").resolve()
-    atomic_write(link, b"new")
+    assert write_target(link, follow_symlinks=True) == (results / "run1.json").resolve()
+    atomic_write(link, b"new", follow_symlinks=True)
     assert link.is_symlink() and os.readlink(link) == str(results / "run1.json")
     assert (results / "run1.json").read_bytes() == b"new"
     assert sorted(p.name for p in results.iterdir()) == ["run1.json"]
 
 
+def test_a_symlink_in_awm_jax_own_folders_is_replaced_never_written_through(tmp_path):
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("untouched")
+    (tmp_path / "cache").mkdir()
+    planted = tmp_path / "cache" / "index.json"
+    planted.symlink_to(victim)
+    atomic_write(planted, b"{}")
+    assert not planted.is_symlink() and planted.read_bytes() == b"{}"
+    assert victim.read_text() == "untouched"
+    loop = tmp_path / "cache" / "loop.json"
+    loop.symlink_to("loop.json")
+    atomic_write(loop, b"{}")
+    assert loop.read_bytes() == b"{}"
+
+
 def test_a_dangling_symlink_creates_its_target(tmp_path):
     link = tmp_path / "latest.json"
     link.symlink_to("made.json")
-    atomic_write(link, b"new")
+    atomic_write(link, b"new", follow_symlinks=True)
     assert link.is_symlink() and (tmp_path / "made.json").read_bytes() == b"new"
 
 
-def test_a_symlink_loop_is_refused(tmp_path):
+def test_a_symlink_loop_is_refused_when_followed(tmp_path):
     loop = tmp_path / "loop.json"
     loop.symlink_to("loop.json")
     with pytest.raises(OSError, match="symlink loop") as info:
-        atomic_write(loop, b"x")
+        atomic_write(loop, b"x", follow_symlinks=True)
     assert info.value.errno == errno.ELOOP and loop.is_symlink()
 
 
@@ -104,8 +119,11 @@ def test_anything_but_a_regular_file_is_refused_and_left_alone(tmp_path, make, k
     path = make(tmp_path)
     before = os.lstat(path)
     with pytest.raises(OSError, match="refusing to replace it") as info:
-        atomic_write(path, b"x")
+        atomic_write(path, b"x", follow_symlinks=True)
     assert kind in info.value.strerror
+    if not path.is_symlink():  # refused whether links are followed or not
+        with pytest.raises(OSError, match="refusing to replace it"):
+            atomic_write(path, b"x")
     after = os.lstat(path)
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
