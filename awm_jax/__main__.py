@@ -27,4 +27,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from awm_jax.cli import run_as_main
+
+    run_as_main()

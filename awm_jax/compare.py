@@ -8,9 +8,9 @@ import sys
 import types
 
 if __name__ == "__main__":
-    from awm_jax.cli import launch
+    from awm_jax.cli import run_as_main
 
-    sys.exit(launch("compare"))
+    run_as_main("compare")
 
 from awm_jax.cli.compare import build_parser, main  # noqa: E402  (no JAX: the CLI imports it lazily)
 

@@ -3,9 +3,9 @@
 import sys
 
 if __name__ == "__main__":
-    from awm_jax.cli import launch
+    from awm_jax.cli import run_as_main
 
-    sys.exit(launch("download"))
+    run_as_main("download")
 
 from awm_jax.cli.download import build_parser, expand_targets, main  # noqa: E402
 

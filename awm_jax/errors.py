@@ -96,20 +96,23 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def run_cli(run: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Runs a command's body: an :class:`AWMError` becomes one stderr line and its exit code,
-    Ctrl-C exits 130 with ``interrupted``, a reader that went away (``| head``) exits 141 quietly.
+    Ctrl-C exits 130 with ``awm_jax: <interrupted>`` (at once, whatever the process is doing:
+    :mod:`awm_jax.cli._interrupt`), a reader that went away (``| head``) exits 141 quietly.
     Anything else is a bug and keeps its traceback. The process allocator is tuned first
     (:func:`awm_jax.io.memory.tune_allocator`)."""
+    from awm_jax.cli._interrupt import exit_on_interrupt
     from awm_jax.io.memory import tune_allocator
 
-    tune_allocator()
-    try:
-        return run()
-    except AWMError as e:
-        print(f"awm_jax: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    except KeyboardInterrupt:
-        print(f"awm_jax: {interrupted}", file=sys.stderr)
-        return 130
+    with exit_on_interrupt(interrupted):
+        tune_allocator()
+        try:
+            return run()
+        except AWMError as e:
+            print(f"awm_jax: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except KeyboardInterrupt:  # raised by hand, or outside the main thread
+            print(f"awm_jax: {interrupted}", file=sys.stderr)
+            return 130

@@ -15,7 +15,11 @@ Errors carry the headers huggingface_hub maps to its exceptions: ``X-Error-Code:
 
 Every request is logged (``server.log``), and ``server.interrupt(name, after_bytes, then)``
 makes the next download of a file stop after ``after_bytes`` bytes (the connection is closed
-mid-body), optionally answering the following attempt with an error status.
+mid-body), optionally answering the following attempt with an error status;
+``server.stall(name, "silent" | "drip")`` makes every download of a file hang or trickle.
+
+:class:`HostileHub` is an endpoint that misbehaves on every request: it never answers, trickles
+its answer (body or headers) a byte at a time, or answers with an HTML login page.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import pytest
 
 from awm_jax.synthetic import llama_config, write_model
 
-__all__ = ["HubRepo", "Request", "StandInHub", "isolate_hub_client", "hub", "write_tiny_model"]
+__all__ = ["HostileHub", "HubRepo", "Request", "StandInHub", "isolate_hub_client", "hub", "write_tiny_model"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -94,6 +98,8 @@ class StandInHub:
     log: list[Request] = field(default_factory=list)
     _blobs: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     _interruptions: dict[str, _Interruption] = field(default_factory=dict)
+    _stalls: dict[str, str] = field(default_factory=dict)
+    _closing: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- set-up ------------------------------------------------------------------------
@@ -117,6 +123,13 @@ class StandInHub:
         """The next download of file ``name`` stops after ``after_bytes`` bytes; the one after
         answers ``then_status`` if given (e.g. 503), later ones are served normally."""
         self._interruptions[name] = _Interruption(after_bytes, then_status)
+
+    def stall(self, name: str, how: str) -> None:
+        """Every download of file ``name`` from the CDN stalls: ``"silent"`` (the request is read
+        and never answered) or ``"drip"`` (headers, then one byte of the body every 0.25 s)."""
+        if how not in ("silent", "drip"):
+            raise ValueError(how)
+        self._stalls[name] = how
 
     def requests(self, server: str | None = None, method: str | None = None) -> list[Request]:
         """Logged requests, optionally only those to one server / with one method."""
@@ -142,6 +155,7 @@ class StandInHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         for server in (self._hub, self._cdn):
             server.shutdown()
             server.server_close()
@@ -263,6 +277,9 @@ class StandInHub:
             self._reply(h, 404, {}, b"no such blob", head)
             return
         name, data = blob
+        if not head and self._stalls.get(name) == "silent":
+            self._closing.wait()
+            return
         start = 0
         rng = h.headers.get("Range")
         if rng:
@@ -283,6 +300,13 @@ class StandInHub:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.end_headers()
         if head:
+            return
+        if self._stalls.get(name) == "drip":
+            for i in range(len(body)):
+                if self._closing.wait(0.25):
+                    return
+                h.wfile.write(body[i:i + 1])
+                h.wfile.flush()
             return
         if plan is not None and plan.stage == 0:
             plan.stage = 1
@@ -389,3 +413,111 @@ def write_tiny_model(folder: Path, *, seed: int = 0, shard_bytes: int | None = 4
         (folder / "original" / "consolidated.00.pth").write_bytes(b"meta decoy" * 1000)
         (folder / "original" / "tokenizer.model").write_bytes(b"meta tokenizer decoy")
     return folder
+
+
+# ---- hostile endpoints ---------------------------------------------------------------------
+class HostileHub:
+    """A loopback server that misbehaves the ways a broken network or a captive portal does.
+
+    Modes:
+      ``silent``: accepts the connection, reads the request, never answers.
+      ``drip``: answers ``200`` with headers announcing a large body, then trickles the body.
+      ``drip_headers``: trickles the status line and headers.
+      ``html``: answers every request ``200 text/html`` with a login page (a captive portal or a
+        proxy's error page where JSON or a file is expected).
+      ``html_files``: answers the repository API properly (``config.json`` and
+        ``model.safetensors``) but every file request with that login page.
+
+    A trickle sends one byte every ``interval`` seconds (shorter than any read timeout, so only
+    an overall deadline can stop it). Use as a context manager; ``endpoint`` is the value for
+    ``HF_ENDPOINT``; ``connections`` counts the connections accepted.
+    """
+
+    MODES = ("silent", "drip", "drip_headers", "html", "html_files")
+    PORTAL = b"<!DOCTYPE html><html><head><title>Wi-Fi login</title></head><body><form>Accept</form></body></html>"
+
+    def __init__(self, mode: str, interval: float = 0.25):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {self.MODES}")
+        self.mode = mode
+        self.interval = interval
+        self.connections = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> HostileHub:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        threading.Thread(target=self._accept, daemon=True, name="hostile-hub").start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn: socket.socket) -> bytes | None:
+        """The request's head (request line and headers), or ``None`` once the client or server is gone."""
+        conn.settimeout(0.2)
+        data = b""
+        while b"\r\n\r\n" not in data and not self._stop.is_set():
+            try:
+                chunk = conn.recv(4096)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return None if self._stop.is_set() else data
+
+    @staticmethod
+    def _answer(conn: socket.socket, content_type: str, body: bytes, extra: str = "") -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+                     .encode() + body)
+
+    def _trickle(self, conn: socket.socket, data: bytes) -> None:
+        for i in range(len(data)):
+            if self._stop.wait(self.interval):
+                return
+            conn.sendall(data[i:i + 1])
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                while (head := self._read_request(conn)) is not None:
+                    if self.mode == "html_files" and head.split(b" ", 2)[1].startswith(b"/api/models/"):
+                        info = {"id": "org/tiny", "sha": "0" * 40, "siblings": [{"rfilename": "config.json"},
+                                                                                {"rfilename": "model.safetensors"}]}
+                        self._answer(conn, "application/json", json.dumps(info).encode())
+                        continue
+                    if self.mode == "silent":
+                        self._stop.wait()
+                    elif self.mode == "drip":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+                        self._trickle(conn, b'{"id": "' + b"x" * 99990 + b'"}')
+                    elif self.mode == "drip_headers":
+                        self._trickle(conn, b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"p" * 100000 + b"\r\n\r\n")
+                    else:
+                        self._answer(conn, "text/html; charset=utf-8", self.PORTAL)
+                        continue
+                    return
+        except OSError:
+            pass

@@ -118,14 +118,14 @@ def test_a_failure_does_not_stop_the_batch(two_repos, capsys):
     code, out, err = _run(capsys, ["org/missing", "org/a"])
     assert code == 3
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: org/missing: repository not found")
+    assert len(lines) == 1 and lines[0].startswith("awm_jax: error: org/missing: repository not found")
     assert "Traceback" not in err
     assert "[2/2] org/a: done" in out and "1 downloaded, 0 already cached, 1 failed" in out
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["nope"], 2, "error: unknown suite 'nope'"),
-    (["a/b/c"], 2, "error: a/b/c: not a suite name"),
+    (["nope"], 2, "awm_jax: error: unknown suite 'nope'"),
+    (["a/b/c"], 2, "awm_jax: error: a/b/c: not a suite name"),
 ])
 def test_usage_errors(hub, capsys, argv, code, message):
     got, out, err = _run(capsys, argv)
@@ -163,7 +163,7 @@ def test_command_line_end_to_end(two_repos, tmp_path):
                           text=True, cwd=ROOT, env=env, timeout=60)
     assert "BLOCKED" not in proc.stderr
     assert proc.returncode == 3
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: org/nothere: repository not found")
+    assert proc.stderr.strip().splitlines()[-1].startswith("awm_jax: error: org/nothere: repository not found")
     assert "Traceback" not in proc.stderr
     snapshot = hub_cache_dir(tmp_path / "cli_home" / "hub") / "models--org--a" / "snapshots" / two_repos.repos["org/a"].commit
     assert (snapshot / "model.safetensors.index.json").is_file()

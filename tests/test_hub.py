@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from awm_jax.io.checkpoint import Checkpoint
-from awm_jax.errors import CheckpointError
+from awm_jax.errors import CheckpointError, UsageError
+from awm_jax.io._network import NetworkLimits
 from awm_jax.io.hub import HubId, cached_snapshot, hub_cache_dir, parse_hub_id, resolve_model, select_files
-from hub_server import hub, write_tiny_model  # noqa: F401  (hub is a fixture)
+from hub_server import HostileHub, hub, isolate_hub_client, write_tiny_model  # noqa: F401  (hub is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NEEDED = {
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -212,7 +221,8 @@ def test_dropped_connection_is_resumed_with_a_range_request(hub, tiny, small_chu
     assert 0 < start <= 20_000
 
 
-def test_interrupted_run_resumes_in_the_next_run(hub, tiny, small_chunks):
+def test_interrupted_run_resumes_in_the_next_run(hub, tiny, small_chunks, monkeypatch):
+    monkeypatch.setenv("AWM_HUB_RETRIES", "0")  # the run gives up on the 503 instead of retrying
     hub.add_folder("org/tiny", tiny)
     shard = "model-00001-of-00003.safetensors"
     data = (tiny / shard).read_bytes()
@@ -349,3 +359,114 @@ def test_incomplete_snapshot_is_completed(hub, tiny):
     fetched = {r.path.rsplit("/", 1)[-1] for r in hub.log[before:] if r.server == "hub" and r.method == "GET" and "/resolve/" in r.path}
     assert fetched == set()  # the blob was still there: only re-linked, nothing downloaded again
     assert Checkpoint(snapshot).files[-1].name == "model-00003-of-00003.safetensors"
+
+
+# ---- deadlines: no request may hang ------------------------------------------------------------
+FAST_LIMITS = {"AWM_HUB_TIMEOUT": "0.5", "AWM_HUB_DEADLINE": "2", "AWM_HUB_STALL": "1", "AWM_HUB_RETRIES": "1"}
+
+
+@pytest.fixture
+def fast_limits(monkeypatch):
+    for name, value in FAST_LIMITS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch, fast_limits, request):
+    """A :class:`HostileHub` of mode ``request.param`` with huggingface_hub pointed at it."""
+    from huggingface_hub import close_session
+
+    with HostileHub(request.param) as server:
+        blocked = isolate_hub_client(monkeypatch, tmp_path, server.endpoint)
+        close_session()
+        yield server
+        close_session()
+    assert not blocked
+
+
+def _timed_failure(spec: str, match: str) -> float:
+    t = time.perf_counter()
+    with pytest.raises(CheckpointError, match=match) as info:
+        resolve_model(spec)
+    assert "\n" not in str(info.value) and info.value.exit_code == 3
+    return time.perf_counter() - t
+
+
+@pytest.mark.parametrize("hostile, match, limit_s", [
+    ("silent", r"did not answer within 0.5 s \(AWM_HUB_TIMEOUT\)|took longer than the 2 s allowed", 6),
+    ("drip", r"took longer than the 2 s allowed", 6),
+    ("drip_headers", r"took longer than the 2 s allowed", 6),
+    ("html", r"did not answer like a Hugging Face Hub .*captive portal", 2),
+    ("html_files", r"did not answer like a Hugging Face Hub \(no hub headers on its files", 2),
+], indirect=["hostile"])
+def test_a_hostile_endpoint_fails_in_one_line_within_the_deadline(hostile, match, limit_s):
+    assert _timed_failure("org/tiny", match) < limit_s
+    assert hostile.connections >= 1
+
+
+@pytest.mark.parametrize("how, match", [
+    ("drip", r"stalled: \d+ bytes in the last 1 s, below the AWM_HUB_MIN_RATE"),
+    ("silent", r"did not answer within 0.5 s|took longer than|stalled"),
+])
+def test_a_stalled_weight_transfer_is_aborted_and_resumable(hub, tiny, fast_limits, how, match):
+    hub.add_folder("org/tiny", tiny)
+    shard = "model-00002-of-00003.safetensors"
+    hub.stall(shard, how)
+    assert _timed_failure("org/tiny", match) < 15
+    sha = hashlib.sha256((tiny / shard).read_bytes()).hexdigest()
+    assert not (hub_cache_dir() / "models--org--tiny" / "blobs" / sha).exists()  # never published half-written
+
+
+def test_a_transient_failure_is_retried_within_the_run(hub, tiny, small_chunks):
+    hub.add_folder("org/tiny", tiny)
+    shard = "model-00001-of-00003.safetensors"
+    hub.interrupt(shard, after_bytes=30_000, then_status=503)  # cut off, then 503 once
+    snapshot = resolve_model("org/tiny")
+    assert _blob(snapshot, shard) == (tiny / shard).read_bytes()
+
+
+@pytest.mark.parametrize("endpoint, problem", [
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://127.0.0.1:99999", "Port out of range"),
+    ("ftp://mirror.example", "scheme must be http or https"),
+    ("http://:8080", "no host name"),
+])
+def test_a_malformed_endpoint_is_a_usage_error(hub, monkeypatch, endpoint, problem):
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    with pytest.raises(UsageError, match=re.escape(problem)) as info:
+        resolve_model("org/tiny")
+    assert info.value.exit_code == 2
+    assert hub.log == []
+
+
+@pytest.mark.parametrize("name, value", [("AWM_HUB_TIMEOUT", "soon"), ("AWM_HUB_DEADLINE", "-1"),
+                                         ("AWM_HUB_MIN_RATE", "inf"), ("AWM_HUB_RETRIES", "1.5")])
+def test_malformed_limits_are_usage_errors(hub, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=name):
+        resolve_model("org/tiny")
+
+
+def test_limits_default_to_huggingface_hub_timeout(monkeypatch):
+    from huggingface_hub import constants
+
+    for name in FAST_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 17)
+    limits = NetworkLimits.from_environment()
+    assert limits.timeout_s == 17 and limits.retries == 2 and limits.deadline_s == 300
+
+
+def test_hostile_endpoint_through_the_command_line(tmp_path):
+    """The real CLI in a subprocess: one line, exit 3, no traceback, far under 30 s."""
+    with HostileHub("silent") as server:
+        env = {**os.environ, **FAST_LIMITS, "HF_ENDPOINT": server.endpoint, "HF_HOME": str(tmp_path / "home"),
+               "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
+            env.pop(name, None)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "awm_jax", "download", "org/tiny"], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=30, stdin=subprocess.DEVNULL)
+    assert time.perf_counter() - t < 30
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("awm_jax: error: org/tiny: the hub at ")

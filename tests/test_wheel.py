@@ -218,9 +218,11 @@ def _imported_top_modules(files) -> set[str]:
 
 def test_base_install_covers_what_the_commands_import():
     """Outside the zoo, awm_jax imports only the standard library, itself, the base dependencies
-    and PyTorch (only for ``--allow-pickle``, which says to install it when it is missing)."""
+    and the optional ones that say in one line how to install them when missing: PyTorch (only
+    for ``--allow-pickle``) and gguf (the ``gguf`` extra, only for GGUF files)."""
     base = {re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0].replace("-", "_").lower()
             for req in pyproject()["project"]["dependencies"]}
     files = [p for p in (REPO / "awm_jax").rglob("*.py") if "zoo" not in p.relative_to(REPO).parts]
     third_party = _imported_top_modules(files) - set(sys.stdlib_module_names) - {"awm_jax", "__future__"}
-    assert third_party - {"torch"} <= base, f"imported but not a base dependency: {sorted(third_party - base)}"
+    optional = {"torch", "gguf"}
+    assert third_party - optional <= base, f"imported but not a base dependency: {sorted(third_party - base - optional)}"

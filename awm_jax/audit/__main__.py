@@ -1,7 +1,5 @@
 """``python -m awm_jax.audit``: the audit command line (:mod:`awm_jax.cli.audit`)."""
 
-import sys
+from awm_jax.cli import run_as_main
 
-from awm_jax.cli import launch
-
-sys.exit(launch("audit"))
+run_as_main("audit")

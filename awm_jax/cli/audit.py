@@ -63,14 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Largest model list read (a list of a million models is far smaller).
+MAX_LIST_BYTES = 16 * 2**20
+
+
 def read_model_list(path: str) -> dict[str, str] | list[str]:
-    """Models of a list file: one per line, ``MODEL`` or ``NAME<TAB>MODEL``; ``#`` comments."""
+    """Models of a list file: one per line, ``MODEL`` or ``NAME<TAB>MODEL``; ``#`` comments.
+
+    The file must be a regular file of at most :data:`MAX_LIST_BYTES` (a FIFO or ``/dev/zero``
+    would block or never end), UTF-8 with or without a byte-order mark."""
     from awm_jax.errors import UsageError
+    from awm_jax.io.checkpoint import open_regular
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"--list {path}: cannot read ({e.strerror})") from None
+        f = open_regular(path, UsageError)
+    except UsageError as e:
+        raise UsageError(f"--list {e}") from None
+    with f:
+        try:
+            raw = f.read(MAX_LIST_BYTES + 1)
+        except OSError as e:
+            raise UsageError(f"--list {path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_LIST_BYTES:
+        raise UsageError(f"--list {path}: more than {MAX_LIST_BYTES // 2**20} MiB, too large for a list of models; "
+                         "give a file with one model per line")
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError(f"--list {path}: not a UTF-8 text file") from None
     named, plain = {}, []
@@ -111,12 +129,58 @@ def _models(args: argparse.Namespace):
     return {key: m.spec for key, m in suite.models.items()}, [(p.a, p.b, p.label) for p in suite.pairs]
 
 
-def _run(args: argparse.Namespace) -> int:
-    from awm_jax.io.checkpoint import pickle_loading
+def _check_out(out: str) -> None:
+    """``--out DIR`` before any work: a folder (or creatable in a folder) that may be written."""
+    import os
+
+    from awm_jax.errors import UsageError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder; give a folder for the results")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing or existing.is_symlink():
+            raise UsageError(f"--out {out}: cannot be created ({existing} is a broken link or not reachable); "
+                             "give a folder for the results")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: cannot be created ({existing} is not a folder); give a folder for the results")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: folder {existing} is not writable; give a folder you may write to")
+    if path.is_dir():  # outputs of an earlier run are replaced: each must be a regular file (or a link to one)
+        from awm_jax.audit.journal import JOURNAL_NAME
+        from awm_jax.audit.outputs import OUTPUT_FILES
+        from awm_jax.io.atomic import write_target
+
+        for name in (*OUTPUT_FILES, "labels.csv", JOURNAL_NAME):
+            if os.path.lexists(path / name):
+                try:
+                    write_target(path / name)
+                except OSError as e:
+                    raise UsageError(f"--out {out}: {name} {e.strerror}; remove it or choose another folder") from None
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options checked before any work, so a mistake is not found hours later."""
+    import math
+
     from awm_jax.errors import UsageError
 
     if not args.out:
         raise UsageError("--out DIR is required: the audit writes its results and its progress file there")
+    _check_out(args.out)
+    if not (math.isfinite(args.memory_gb) and args.memory_gb > 0):
+        raise UsageError(f"--memory-gb {args.memory_gb}: expected a positive number of GiB (e.g. 2); see --help")
+    if args.family_threshold is not None and not math.isfinite(args.family_threshold):
+        raise UsageError(f"--family-threshold {args.family_threshold}: expected a finite score; see --help")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from awm_jax.io.checkpoint import pickle_loading
+    from awm_jax.errors import UsageError
+
+    _check_options(args)
     if args.against and args.against_list:
         raise UsageError("give the references one way: --against or --against-list")
     if args.distributed:

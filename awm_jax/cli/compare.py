@@ -55,18 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json_target(path: str) -> Path:
+    """The file ``--json PATH`` will replace, checked before any work: the path the user named, so a
+    symlink is written through to its regular file (see :func:`awm_jax.io.atomic.write_target`)."""
+    from awm_jax.errors import UsageError
+    from awm_jax.io.atomic import write_target
+
+    try:
+        return write_target(path, follow_symlinks=True)
+    except OSError as e:
+        raise UsageError(f"--json {path}: {e.strerror}; choose a file path in a writable folder") from None
+
+
 def _write_json(path: str, payload: object) -> None:
     from awm_jax.errors import UsageError
-
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UsageError(f"--json {path}: folder {target.parent} does not exist; create it or choose another path")
     from awm_jax.io.atomic import atomic_write
 
     try:
-        atomic_write(target, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+        atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), follow_symlinks=True)
     except OSError as e:
-        raise UsageError(f"--json {path}: cannot write ({e.strerror})") from None
+        raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         pairs = [(Path(args.model_a), Path(args.model_b))]
     else:
         raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
+    if args.json:
+        _json_target(args.json)
     results = []
     for a, b in pairs:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):

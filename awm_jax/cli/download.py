@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from awm_jax.errors import OneLineArgumentParser
 import sys
 from pathlib import Path
 
-from awm_jax.errors import AWMError, UsageError
+from awm_jax.errors import AWMError, OneLineArgumentParser, UsageError
 
 __all__ = ["build_parser", "expand_targets", "main"]
 
@@ -91,14 +90,8 @@ def _size(folder: Path) -> str:
     return f"{total} B"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    try:
-        entries = expand_targets(args.targets)
-    except AWMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+def _run(args: argparse.Namespace) -> int:
+    entries = expand_targets(args.targets)
 
     from awm_jax.errors import CheckpointError
     from awm_jax.io.hub import cached_snapshot, resolve_model
@@ -122,13 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             snapshot = resolve_model(spec, cache_dir=args.cache_dir)
         except CheckpointError as e:
+            if total == 1:
+                raise
             counts["failed"] += 1
             first_failure = first_failure or e
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"awm_jax: error: {e}", file=sys.stderr, flush=True)
             continue
-        except KeyboardInterrupt:
-            print(f"\n{tag}: interrupted; run the same command again to resume", file=sys.stderr)
-            return 130
         counts["downloaded"] += 1
         print(f"{tag}: done, {_size(snapshot)} at {snapshot}", flush=True)
     if args.dry_run:
@@ -137,3 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{total} model(s): {counts['downloaded']} downloaded, {counts['cached']} already cached, "
               f"{counts['failed']} failed")
     return first_failure.exit_code if first_failure is not None else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from awm_jax.errors import run_cli
+
+    return run_cli(lambda: _run(args), "interrupted; run the same command again to resume the download")

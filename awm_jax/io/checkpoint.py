@@ -39,7 +39,7 @@ import math
 import os
 import stat
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -222,14 +222,17 @@ def open_regular(path: str | os.PathLike, error: type[AWMError] = CheckpointErro
     return f
 
 
-def parse_json(raw: bytes, path: str | os.PathLike, error: type[AWMError], fix: str) -> Any:
-    """Decodes strict UTF-8 JSON read from ``path``; every failure is one ``error`` line ending in ``fix``."""
+def parse_json(raw: bytes, path: str | os.PathLike, error: type[AWMError], fix: str,
+               object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """Decodes strict UTF-8 JSON read from ``path``; every failure is one ``error`` line ending in ``fix``.
+
+    ``object_pairs_hook`` is passed to :func:`json.loads` (a hook may raise ``error`` itself)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: is not valid UTF-8 (byte {e.start} is 0x{raw[e.start]:02x}); {fix}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as e:
         raise error(f"{path}: is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {fix}") from None
     except ValueError:  # integers beyond Python's digit limit
@@ -287,6 +290,20 @@ def memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object of a safetensors header as a dict, refusing a key given twice: ``json``
+    would keep the last silently, and the official loader refuses such a file."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise CheckpointError(
+            f"{path}: header lists {_short(twice)} twice, so which entry holds the data is ambiguous; "
+            "the file is corrupt: fetch it again"
+        )
+    return out
+
+
 def _read_header(path: Path) -> dict[str, TensorInfo]:
     """Parses and validates one safetensors header without reading tensor data."""
     with open_regular(path) as f:
@@ -314,7 +331,8 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
             raise CheckpointError(_os_error_message(path, e)) from None
     if len(raw) != n:
         raise CheckpointError(f"{path}: header is cut short ({len(raw)} of {n} bytes); the file is truncated: fetch it again")
-    header = parse_json(raw, path, CheckpointError, "the file is corrupt or not safetensors: fetch it again")
+    header = parse_json(raw, path, CheckpointError, "the file is corrupt or not safetensors: fetch it again",
+                        object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt: fetch it again")
     data_size = size - 8 - n

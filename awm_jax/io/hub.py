@@ -25,13 +25,19 @@ A snapshot whose weights are complete is used without asking the hub (no network
 second ``resolve_model`` of the same id is free; to move a branch such as ``main`` to a newer
 commit, name the commit (``owner/name@<sha>``) or delete ``refs/main`` in the cache.
 ``HF_HUB_OFFLINE=1`` or ``download=False`` restrict resolution to the cache; ``HF_ENDPOINT``
-selects a mirror. Every failure (unknown repo, gated repo without a token, no network, no
-safetensors weights) raises :class:`~awm_jax.errors.CheckpointError` with one line saying what to do.
+selects a mirror (a malformed one is a usage error). Every failure (unknown repo, gated repo
+without a token, no network, no safetensors weights, a captive portal answering HTML) raises
+:class:`~awm_jax.errors.CheckpointError` with one line saying what to do.
+
+No request can hang: every connect and read has a timeout, a weight transfer slower than a
+floor rate is aborted, and each model's download has a total deadline scaled to its size,
+enforced by a watchdog that cuts the connection; transient failures are retried with backoff
+within that deadline. The limits come from ``AWM_HUB_TIMEOUT``, ``AWM_HUB_MIN_RATE``,
+``AWM_HUB_STALL``, ``AWM_HUB_DEADLINE`` and ``AWM_HUB_RETRIES`` (:mod:`awm_jax.io._network`).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -42,7 +48,9 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from awm_jax._version import __version__
-from awm_jax.errors import CheckpointError
+from awm_jax.errors import CheckpointError, UsageError
+from awm_jax.io._hub_errors import hub_errors, transient
+from awm_jax.io._network import NetworkLimits, Watch, track_hub_client
 
 __all__ = [
     "CONFIG_FILES",
@@ -73,8 +81,6 @@ INDEX_FILE = "model.safetensors.index.json"
 #: Weights of an unsharded safetensors checkpoint.
 SINGLE_FILE = "model.safetensors"
 
-_DEFAULT_ENDPOINT = "https://huggingface.co"
-_LOGIN_HINT = "log in with `hf auth login` (older huggingface_hub: `huggingface-cli login`) or set HF_TOKEN"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
@@ -135,8 +141,30 @@ def _offline() -> bool:
 
 
 def _endpoint() -> str | None:
+    """``HF_ENDPOINT``, checked to be an http(s) URL with a host and a valid port.
+
+    Raises:
+      UsageError: it is set but malformed (``http://[::1``, a port of 99999, no scheme).
+    """
     value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    return value or None
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+        problem = None
+        if parts.scheme not in ("http", "https"):
+            problem = "the scheme must be http or https"
+        elif not parts.hostname:
+            problem = "no host name"
+    except ValueError as e:
+        problem = str(e)
+    if problem is not None:
+        raise UsageError(
+            f"HF_ENDPOINT={value[:100]!r} is not a valid http(s) URL ({problem}); set it to the hub's address, "
+            "e.g. https://huggingface.co, or unset it"
+        )
+    return value
 
 
 def _storage(cache: Path, repo_id: str) -> Path:
@@ -294,16 +322,49 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
             f"{hub_id}: not (completely) in the hub cache {cache}; fetch it with `python -m awm_jax.download {hub_id}`"
         )
     endpoint = _endpoint()
-    with _hub_errors(hub_id, endpoint, cache):
-        return _download(hub_id, cache, endpoint)
+    watch = Watch(NetworkLimits.from_environment(), str(hub_id))
+    with hub_errors(hub_id, endpoint, cache, watch), watch, _hub_warnings_muted():
+        track_hub_client()
+        return _download_with_retries(hub_id, cache, endpoint, watch)
 
 
-def _download(hub_id: HubId, cache: Path, endpoint: str | None) -> Path:
+@contextmanager
+def _hub_warnings_muted():
+    """huggingface_hub logs retries ("Trying to resume download...") to stderr; the failure, if
+    any, is reported as one line instead, so its warnings are muted for the download."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(max(logging.ERROR, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _download_with_retries(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch) -> Path:
+    """:func:`_download`, retried after a transient failure with exponential backoff (1, 2, 4... s)
+    while the model's deadline leaves time for it."""
+    for attempt in range(watch.limits.retries + 1):
+        try:
+            return _download(hub_id, cache, endpoint, watch)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            wait = min(2.0**attempt, 8.0)
+            if attempt == watch.limits.retries or not transient(e) or watch.left_s() <= wait:
+                raise
+            watch.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch) -> Path:
     """Fetches the needed files of one commit into the cache and returns its snapshot folder."""
     from huggingface_hub import HfApi
 
     info = HfApi(endpoint=endpoint, library_name="awm_jax", library_version=__version__).model_info(
-        hub_id.repo_id, revision=hub_id.revision, files_metadata=False
+        hub_id.repo_id, revision=hub_id.revision, files_metadata=False, timeout=watch.limits.timeout_s
     )
     commit = info.sha or ""
     if not _COMMIT.fullmatch(commit):
@@ -313,14 +374,14 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None) -> Path:
     files = [s.rfilename for s in info.siblings or []]
     small, weights = select_files(hub_id.repo_id, files)
     for name in small:
-        _fetch_small(hub_id.repo_id, name, commit, cache, endpoint)
+        _fetch_small(hub_id.repo_id, name, commit, cache, endpoint, watch)
     if weights == INDEX_FILE:
-        index = _fetch_small(hub_id.repo_id, INDEX_FILE, commit, cache, endpoint)
+        index = _fetch_small(hub_id.repo_id, INDEX_FILE, commit, cache, endpoint, watch)
         shards = _index_shards(hub_id.repo_id, index, files)
     else:
         shards = [SINGLE_FILE]
     for shard in shards:
-        _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint)
+        _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint, watch)
     storage = _storage(cache, hub_id.repo_id)
     if hub_id.revision != commit:
         ref = storage / "refs" / hub_id.revision
@@ -334,18 +395,19 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None) -> Path:
     return snapshot
 
 
-def _fetch_small(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None) -> Path:
+def _fetch_small(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None, watch: Watch) -> Path:
     from huggingface_hub import hf_hub_download
 
+    watch.check()
     return Path(
         hf_hub_download(
             repo_id, name, revision=commit, cache_dir=cache, endpoint=endpoint,
-            library_name="awm_jax", library_version=__version__,
+            library_name="awm_jax", library_version=__version__, etag_timeout=watch.limits.timeout_s,
         )
     )
 
 
-def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None) -> None:
+def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None, watch: Watch) -> None:
     """Fetches one weight file into ``blobs/`` with Range resume, then links it into the snapshot."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
@@ -355,7 +417,8 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
     if (storage / "snapshots" / commit / name).is_file():
         return
     url = hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint)
-    meta = get_hf_file_metadata(url, library_name="awm_jax", library_version=__version__, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, library_name="awm_jax", library_version=__version__, endpoint=endpoint,
+                                timeout=watch.limits.timeout_s)
     if not meta.etag or not _ETAG.fullmatch(meta.etag) or not meta.commit_hash:
         raise CheckpointError(
             f"{repo_id}: the answer for {name} has no usable ETag or X-Repo-Commit header; check that HF_ENDPOINT "
@@ -377,97 +440,9 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
                     if meta.size is not None and have > meta.size:
                         f.truncate(0)
                         have = 0
-                    http_get(meta.location, f, resume_size=have, headers=headers, expected_size=meta.size,
-                             displayed_filename=name)
+                    with watch.transfer(None if meta.size is None else meta.size - have):
+                        http_get(meta.location, f, resume_size=have, headers=headers, expected_size=meta.size,
+                                 displayed_filename=name)
                 os.replace(partial, blob)
     # The blob is in place: huggingface_hub only links snapshots/<commit>/<name> to it.
-    _fetch_small(repo_id, name, commit, cache, endpoint)
-
-
-def _network_failure(error: BaseException) -> str | None:
-    """``"connect"`` or ``"broken"`` for a network error of the HTTP client huggingface_hub uses, else ``None``."""
-    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
-        cls = getattr(sys.modules.get(module), attr, None)
-        if isinstance(cls, type) and isinstance(error, cls):
-            connecting = type(error).__name__ in {"ConnectError", "ConnectTimeout", "ProxyError", "ConnectionError"}
-            return "connect" if connecting else "broken"
-    return None
-
-
-@contextmanager
-def _hub_errors(hub_id: HubId, endpoint: str | None, cache: Path):
-    """Turns huggingface_hub and network errors into one-line :class:`CheckpointError`s."""
-    from huggingface_hub.utils import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    hub = endpoint or _DEFAULT_ENDPOINT
-    unreachable = (
-        f"{hub_id}: cannot reach the hub at {hub}; check the network or proxy, set HF_ENDPOINT to a reachable "
-        "mirror, or set HF_HUB_OFFLINE=1 to use the local cache only"
-    )
-
-    def broken(e: BaseException) -> str:
-        return f"{hub_id}: the connection to {hub} broke off ({_first_line(e)}); run the same command again to resume"
-
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except OfflineModeIsEnabled:
-        raise CheckpointError(f"{hub_id}: huggingface_hub is in offline mode (HF_HUB_OFFLINE) and the files are not cached; unset it to download") from None
-    except GatedRepoError:
-        raise CheckpointError(
-            f"{hub_id}: gated repository; accept its terms at {hub}/{hub_id.repo_id}, then {_LOGIN_HINT}"
-        ) from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(
-            f"{hub_id}: repository not found on {hub} (or it is private or gated and no valid token was sent); "
-            f"check the id, or {_LOGIN_HINT}"
-        ) from None
-    except RevisionNotFoundError:
-        raise CheckpointError(
-            f"{hub_id}: revision {hub_id.revision!r} not found; check the branch, tag or commit"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(unreachable) from None
-    except EntryNotFoundError as e:
-        raise CheckpointError(
-            f"{hub_id}: a file the repository lists is missing on the hub ({_first_line(e)}); try again later or pick another revision"
-        ) from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status == 401:
-            raise CheckpointError(f"{hub_id}: the hub rejected the token (401 Unauthorized); {_LOGIN_HINT} with a valid token") from None
-        if status == 403:
-            raise CheckpointError(f"{hub_id}: access denied (403); request access on {hub}/{hub_id.repo_id} and {_LOGIN_HINT}") from None
-        if status == 429:
-            raise CheckpointError(f"{hub_id}: the hub is rate-limiting requests (429); wait a few minutes and run again, logged in") from None
-        if status is not None and status >= 500:
-            raise CheckpointError(f"{hub_id}: the hub answered {status} (server error); run again later to resume") from None
-        raise CheckpointError(f"{hub_id}: the hub answered {status}: {_first_line(e)}") from None
-    except OSError as e:
-        if _network_failure(e) is not None:
-            raise CheckpointError(unreachable if _network_failure(e) == "connect" else broken(e)) from None
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"{hub_id}: no space left in the hub cache {cache}; free space or set HF_HUB_CACHE, then run again to resume") from None
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise CheckpointError(f"{hub_id}: cannot write to the hub cache {cache} ({e.strerror}); fix its permissions or set HF_HUB_CACHE") from None
-        raise CheckpointError(f"{hub_id}: download failed ({_first_line(e)}); run the same command again to resume") from None
-    except Exception as e:
-        failure = _network_failure(e)
-        if failure is None:
-            raise
-        raise CheckpointError(unreachable if failure == "connect" else broken(e)) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
+    _fetch_small(repo_id, name, commit, cache, endpoint, watch)

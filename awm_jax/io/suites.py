@@ -171,6 +171,8 @@ def load_suite(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Suite:
         raise UsageError(f"{path}: cannot read ({e.strerror})") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise UsageError(f"{path}: not usable TOML (nested too deeply); fix the suite file") from None
     _table(str(path), data, {"suite", "models", "pairs"}, {"suite", "models", "pairs"})
     head = _table(f"{path} [suite]", data["suite"], _SUITE_KEYS, {"name"})
     for field, kind in (("models", "[[models]]"), ("pairs", "[[pairs]]")):

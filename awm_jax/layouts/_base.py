@@ -24,7 +24,7 @@ import numpy as np
 
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.errors import LayoutError
-from awm_jax.layouts._dims import Dims, config_value
+from awm_jax.layouts._dims import Dims, MalformedConfig, config_value
 from awm_jax.layouts._mlp import MLPInput, MLPSpec
 from awm_jax.layouts._norms import NormGains, fold_gain
 from awm_jax.layouts._projections import Projection
@@ -179,6 +179,8 @@ class Layout:
         num_layers = self._count_layers(ckpt, reader, prefix)
         try:
             dims = (self.dims or Dims.from_config)(ckpt.config, hidden)
+        except MalformedConfig as e:
+            raise LayoutError(f"{ckpt.root}/{e}") from None
         except LayoutError:
             dims = None  # separate projections need no head counts; fused and MLA ones say so when read
         rows = []

@@ -15,7 +15,15 @@ from typing import Any
 
 from awm_jax.errors import LayoutError
 
-__all__ = ["Dims", "MLADims", "config_value", "config_scopes"]
+__all__ = ["Dims", "MLADims", "MalformedConfig", "config_value", "config_scopes"]
+
+
+class MalformedConfig(LayoutError):
+    """A config value the layout needs is present but malformed (``kv_n_heads = "x"``).
+
+    Unlike a missing head count, which only fused projections need, it is never ignored: the
+    layout reports it, prefixed with the model folder.
+    """
 
 
 def config_scopes(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -49,6 +49,8 @@ _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 #: Default FP8 block (DeepSeek-V3, Qwen3-FP8) when the config gives no ``weight_block_size``.
 DEFAULT_FP8_BLOCK = (128, 128)
+#: Largest block side accepted from a config (a block larger than any weight is harmless).
+_MAX_BLOCK = 2**31 - 1
 
 
 def _quantization_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -58,6 +60,27 @@ def _quantization_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
         if isinstance(q, Mapping):
             return q
     return {}
+
+
+def _block_size(block: Any, ckpt: Checkpoint) -> tuple[int, int] | None:
+    """``quantization_config.weight_block_size`` as ``(rows, columns)``, ``None`` when absent.
+
+    Raises:
+      LayoutError: present but not two integers in ``[1, 2**31 - 1]`` (``["x", 1]``, ``[1e309, 1]``
+        and ``[0, 32]`` would otherwise crash or divide by zero when an FP8 weight is dequantised).
+    """
+    if block is None:
+        return None
+    if isinstance(block, (list, tuple)) and len(block) == 2 and all(
+        isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= _MAX_BLOCK for b in block
+    ):
+        return int(block[0]), int(block[1])
+    shown = repr(block)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise LayoutError(
+        f"{ckpt.root}/config.json: quantization_config.weight_block_size is {shown}, expected two positive integers "
+        "(block rows, block columns, e.g. [128, 128]); fix config.json"
+    )
 
 
 def quantisation_method(config: Mapping[str, Any]) -> str | None:
@@ -106,8 +129,7 @@ class WeightReader:
         self._memo: dict[str, np.ndarray] | None = None
         self._plans: dict[str, _quantformats.QuantisedWeight | None] = {}
         self.method = quantisation_method(ckpt.config)
-        block = _quantization_config(ckpt.config).get("weight_block_size")
-        self.fp8_block = tuple(int(b) for b in block) if isinstance(block, (list, tuple)) and len(block) == 2 else None
+        self.fp8_block = _block_size(_quantization_config(ckpt.config).get("weight_block_size"), ckpt)
 
     def scoped(self) -> WeightReader:
         """A reader sharing this one's checkpoint that reads each weight once (one layer's Q and K

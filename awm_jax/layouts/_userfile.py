@@ -137,6 +137,8 @@ def load_layout_file(path: str | os.PathLike) -> Layout:
         raise UsageError(f"{path}: cannot read the layout file ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise _fail(path, f"not valid TOML ({' '.join(str(e).split())})") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise _fail(path, "not usable TOML (nested too deeply)") from None
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP))})")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from awm_jax.layouts._base import Layout
-from awm_jax.layouts._dims import Dims, config_value
+from awm_jax.layouts._dims import Dims, MalformedConfig, config_value
 from awm_jax.layouts._mlp import PlainMLP
 from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
@@ -30,7 +30,15 @@ def mpt_dims(config: Mapping[str, Any], hidden: int) -> Dims:
     if kind == "multiquery_attention":
         kv = 1
     elif kind == "grouped_query_attention":
-        kv = int(attn.get("kv_n_heads") or base.heads)
+        kv = attn.get("kv_n_heads")
+        if kv is None:
+            kv = base.heads
+        elif isinstance(kv, bool) or not isinstance(kv, int) or not 1 <= kv <= base.heads:
+            shown = repr(kv) if len(repr(kv)) <= 40 else repr(kv)[:37] + "..."
+            raise MalformedConfig(
+                f"config.json: attn_config.kv_n_heads is {shown}, expected an integer in [1, n_heads = {base.heads}]; "
+                "fix config.json"
+            )
     return Dims(hidden, base.heads, kv, hidden // base.heads, fused_rule="blocks")
 
 

@@ -2,11 +2,15 @@
 
 A case writes, under a fresh ``root`` folder, a broken model ``root/bad`` (and, where a pair is
 needed, a valid partner ``root/good``) and returns the command-line arguments. Running those
-arguments through ``python -m awm_jax.compare`` must give exactly one line on stderr that
-names the file and the problem and says what to do, the declared exit code, no traceback,
-within ``TIME_LIMIT_S``, and must leave every file under ``root`` as it was.
+arguments through its command (``python -m awm_jax compare`` unless the case names ``audit`` or
+``download``) must give exactly one line on stderr that names the file and the problem and says
+what to do, the declared exit code, no traceback, within ``TIME_LIMIT_S``, and must leave every
+file under ``root`` as it was.
 
-Everything is generated here: no binary fixture is checked in.
+The cases of this module are model folders; :mod:`.cases_options` adds options and output paths
+(``--list``, ``--json``, ``--out``, ``--memory-gb``, TOML files) and :mod:`.cases_network` hub
+endpoints that hang, trickle or answer HTML. Everything is generated: no binary fixture is
+checked in (the FP8 and MPT cases copy the architecture fixtures of ``tests/fixtures``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "TIME_LIMIT_S",
     "SENTINEL",
     "by_name",
+    "environment",
     "good_model",
     "normalise",
     "prepare",
@@ -69,7 +74,11 @@ class Case:
       build: writes the case under ``root``; returns the CLI arguments.
       inject: optional fault injected around an in-process run (``root`` -> context manager);
         cases with one are not run in a subprocess.
-      subprocess: also run through ``python -m awm_jax.compare`` in a subprocess.
+      subprocess: also run through ``python -m awm_jax COMMAND`` in a subprocess.
+      command: the command line run (``compare``, ``audit`` or ``download``).
+      environment: optional ``root`` -> context manager yielding environment variables set for
+        the run (in process and in the subprocess), e.g. a hostile hub's ``HF_ENDPOINT``.
+      stdout: whether the command may print progress to stdout before failing (``download``).
     """
 
     name: str
@@ -80,6 +89,9 @@ class Case:
     build: Callable[[Path], list[str]]
     inject: Callable[[Path], contextlib.AbstractContextManager] | None = None
     subprocess: bool = False
+    command: str = "compare"
+    environment: Callable[[Path], contextlib.AbstractContextManager[dict[str, str]]] | None = None
+    stdout: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +108,10 @@ CASES: list[Case] = []
 
 
 def _case(name: str, input: str, code: int, fragment: str, names: str = "bad", *,
-          inject: Callable[[Path], contextlib.AbstractContextManager] | None = None, subprocess: bool = False):
+          inject: Callable[[Path], contextlib.AbstractContextManager] | None = None, subprocess: bool = False,
+          command: str = "compare", environment: Callable | None = None, stdout: bool = False):
     def register(build: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
-        CASES.append(Case(name, input, code, fragment, names, build, inject, subprocess))
+        CASES.append(Case(name, input, code, fragment, names, build, inject, subprocess, command, environment, stdout))
         return build
 
     return register
@@ -691,22 +704,51 @@ def _sentencepiece_garbage(root):
 
 
 def prepare(case: Case, root: Path) -> list[str]:
-    """Builds ``case`` under ``root``; returns the full CLI arguments (cache inside ``root``)."""
+    """Builds ``case`` under ``root``; returns the full CLI arguments (caches inside ``root/cache``)."""
     args = [str(a) for a in case.build(root)]
     (root / "cache").mkdir(exist_ok=True)
-    return args + ["--cache-dir", str(root / "cache")]
+    cache = root / "cache" / "hub" if case.command == "download" else root / "cache"
+    return args + ["--cache-dir", str(cache)]
+
+
+@contextlib.contextmanager
+def environment(case: Case, root: Path) -> Iterator[dict[str, str]]:
+    """The case's environment variables (``{}`` for most), valid while the context is open."""
+    if case.environment is None:
+        yield {}
+        return
+    with case.environment(root) as variables:
+        yield variables
+
+
+@contextlib.contextmanager
+def _environ(variables: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_in_process(case: Case, root: Path, args: list[str]) -> Outcome:
-    """Runs ``awm_jax.compare.main(args)`` here, with the case's injected fault."""
-    from awm_jax.cli.compare import main
+    """Runs the case's command (``awm_jax.cli.<command>.main(args)``) here, with its injected
+    fault and environment."""
+    import importlib
 
+    main = importlib.import_module(f"awm_jax.cli.{case.command}").main
     inject = case.inject(root) if case.inject is not None else contextlib.nullcontext()
     out, err = io.StringIO(), io.StringIO()
-    t = time.perf_counter()
-    with inject, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    return Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - t)
+    with environment(case, root) as variables, _environ(variables):
+        t = time.perf_counter()
+        with inject, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+        seconds = time.perf_counter() - t
+    return Outcome(code, out.getvalue(), err.getvalue(), seconds)
 
 
 def normalise(message: str, root: Path) -> str:
@@ -715,6 +757,7 @@ def normalise(message: str, root: Path) -> str:
     text = text.removeprefix("awm_jax: error: ")
     for prefix in {str(root.resolve()) + os.sep, str(root) + os.sep}:
         text = text.replace(prefix, "")
+    text = re.sub(r"http://127\.0\.0\.1:[0-9]+", "http://127.0.0.1:PORT", text)
     return re.sub(r"the [0-9.]+ GiB of memory here", "the N GiB of memory here", text)
 
 
@@ -743,6 +786,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
     out["."] = (0, 0, os.lstat(root).st_mtime_ns, None)
     return out
 
+
+from . import cases_options, cases_network  # noqa: E402,F401  (they register their cases here)
 
 if len({c.name for c in CASES}) != len(CASES):  # pragma: no cover - a guard on the corpus itself
     raise RuntimeError("duplicate case names in the bad-input corpus")

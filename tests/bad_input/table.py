@@ -19,7 +19,7 @@ from awm_jax import errors
 
 from .cases import CASES, normalise, prepare, run_in_process
 
-__all__ = ["DOC", "collect", "parse", "render", "main"]
+__all__ = ["DOC", "FIXES", "collect", "parse", "render", "main"]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -35,11 +35,12 @@ that names the file and the problem and says what to do, and a documented exit c
 traceback, never a hang. The messages below are what the CLI prints (with the folder of the
 case, here `bad/` and `good/`, stripped from the paths).
 
-This page is generated from the test corpus (`tests/bad_input/cases.py`):
-`python -m tests.bad_input.table > docs/errors.md`. Every row is a test
-(`tests/bad_input/test_corpus.py`) that builds the input, runs the CLI, and checks the exit code,
-the single line, that it matches this row, that it took under 10 s, and that nothing under the
-case folder changed (names, sizes, modification times, contents).
+This page is generated from the test corpus (`tests/bad_input/cases.py`, `cases_options.py`,
+`cases_network.py`): `python -m tests.bad_input.table > docs/errors.md`. Every row is a test
+(`tests/bad_input/test_corpus.py`) that builds the input, runs the command (`compare` unless the
+input names `audit` or `download`), and checks the exit code, the single line, that it matches
+this row, that it took under 10 s, and that nothing under the case folder changed (names, sizes,
+modification times, contents). Hub endpoints appear as `http://127.0.0.1:PORT` (a test server).
 
 ## Exit codes
 
@@ -78,10 +79,98 @@ case folder changed (names, sizes, modification times, contents).
   the shared tokens are, the tokenizer does not belong to the weights and the pair is refused.
 - **Weights.** NaN/Inf in the embedding or a query/key projection, an all-zero embedding or
   projection, and integer (quantised) projections are refused: the score would be meaningless.
+- **Headers and configs.** A safetensors header naming a tensor twice is refused (which entry
+  holds the data would be a guess). Config values a layout needs (`weight_block_size`,
+  `attn_config.kv_n_heads`) must be positive integers in range. TOML files (`--layout`,
+  `--suite`, suites given to `download`) nested too deeply to parse are refused.
+- **Options and lists.** Options are checked before any work: `--out` must be a folder (or
+  creatable) that may be written, whose earlier outputs and progress file are regular files;
+  `--json` a regular file (or a new file) in an existing writable folder; `--memory-gb` a
+  positive finite number. `--list` files must be regular files of at most
+  16 MiB (a FIFO or `/dev/zero` is refused, not read), UTF-8 with or without a byte-order mark.
+- **Output files.** Outputs are written atomically (a temporary file in the same folder, then a
+  rename): a reader sees the old file or the complete new one. A symlink given as `--json` is
+  resolved deliberately: the regular file it leads to is replaced and the link kept. Files
+  awm_jax names itself (the audit's outputs in `--out`, the fingerprint cache) replace a symlink
+  found there instead of writing through it. Anything else that exists at the path (a folder, a
+  device such as `/dev/null`, a FIFO, a socket) is refused, never replaced. New files get `0666`
+  less the umask; a replaced file keeps its permissions.
+- **Network.** No request to the hub can hang. Every connect and read times out after
+  `AWM_HUB_TIMEOUT` seconds (default: huggingface_hub's `HF_HUB_DOWNLOAD_TIMEOUT`, 10); a weight
+  download receiving less than `AWM_HUB_MIN_RATE` bytes/s (default 50000) over any
+  `AWM_HUB_STALL` seconds (default 60) has stalled; each model's download must finish within
+  `AWM_HUB_DEADLINE` seconds (default 300) plus, per weight file, `AWM_HUB_TIMEOUT + size /
+  AWM_HUB_MIN_RATE`. A watchdog enforces these by shutting the connection down, wherever the
+  transfer is (trickled headers included). Timeouts, broken connections and 429/5xx answers are
+  retried `AWM_HUB_RETRIES` times (default 2) with backoff from 1 s, within the same deadline;
+  an interrupted weight file resumes on the next run. A malformed `HF_ENDPOINT` or `AWM_HUB_*`
+  value is a usage error (exit 2). The network cases below run with deadlines of a few seconds.
+- **Interrupts.** Ctrl-C at any moment of `python -m awm_jax ...` prints one line,
+  `awm_jax: interrupted`, and exits 130 at once (even while the main thread is inside native
+  code), after removing the temporary files of writes in progress; outputs are never
+  half-written (`tests/bad_input/test_signals.py` interrupts real runs at many moments).
 
 ## The corpus
 
 | Case | Input | Exit | Message |
+| --- | --- | --- | --- |
+"""
+
+
+#: What was fixed in the handling of bad input: (defect class, fix, exit code, corpus cases or tests).
+FIXES: list[tuple[str, str, str, str]] = [
+    ("`HF_ENDPOINT` at a server that accepts and never answers: the download hung",
+     "connect and read timeouts on every request (`AWM_HUB_TIMEOUT`), enforced on each socket", "3", "`hub_silent`"),
+    ("a server sending headers then one byte per second (or its headers a byte at a time): the download hung",
+     "a per-model deadline scaled to the bytes expected and a floor rate for weight transfers, enforced by a "
+     "watchdog that shuts the connection down; transient failures retried with backoff within it", "3",
+     "`hub_trickle_body`, `hub_trickle_headers`"),
+    ("a `200 text/html` answer (captive portal, proxy page) where JSON or a file is expected: traceback",
+     "reported as not a Hugging Face Hub answer", "3", "`hub_captive_portal`, `hub_download_portal`, `hub_portal_files`"),
+    ("`HF_ENDPOINT=http://[::1`, a port of 99999: traceback",
+     "`HF_ENDPOINT` (and every `AWM_HUB_*` limit) validated before any request", "2",
+     "`endpoint_bad_ipv6`, `endpoint_bad_port`"),
+    ("a safetensors header naming a tensor twice: the last entry silently won",
+     "duplicate keys refused while the header is parsed (`object_pairs_hook`)", "3", "`header_duplicate_name`"),
+    ("`quantization_config.weight_block_size` of `[\"x\", 1]`, `[1e309, 1]`, `[0, 32]`: traceback",
+     "must be two integers in [1, 2^31 - 1]", "4", "`fp8_block_size_text`, `fp8_block_size_infinite`, "
+     "`fp8_block_size_zero`"),
+    ("MPT `attn_config.kv_n_heads` of `\"x\"` or `[2]`: traceback",
+     "must be an integer in [1, n_heads]; reported, not mistaken for missing head counts", "4",
+     "`mpt_kv_heads_text`, `mpt_kv_heads_list`"),
+    ("TOML nested 100,000 deep for `--layout`, `audit --suite`, `download`: RecursionError",
+     "refused as not usable TOML", "2", "`layout_file_deep`, `suite_file_deep`, `download_suite_deep`"),
+    ("`audit --memory-gb inf` (or nan, negative): traceback", "a positive finite number, checked before any work",
+     "2", "`memory_gb_infinite`, `memory_gb_nan`, `memory_gb_negative`"),
+    ("`audit --list /dev/zero` read without bound, a FIFO hung, a byte-order mark became part of the first path",
+     "regular files only, at most 16 MiB, decoded as UTF-8 with an optional BOM", "2",
+     "`list_device`, `list_fifo`, `list_too_large`; `test_output_files.py`"),
+    ("`--json` and `--out` checked only after the whole computation",
+     "checked first: an existing writable folder, a regular file or a new one (and the outputs an earlier "
+     "audit left in `--out` regular files)", "2",
+     "`out_is_a_file`, `out_under_a_file`, `out_holds_a_folder`, `out_progress_fifo`, `json_missing_folder`"),
+    ("`--json` on a symlink replaced the link; on a device node replaced the node (`/dev/null` as root)",
+     "a path the user names is resolved to the regular file it leads to (replaced atomically, link kept); "
+     "files awm_jax names in its own folders replace a link itself, never writing through it; folders, devices, "
+     "FIFOs and sockets refused; new files get the umask's permissions instead of 0600", "2",
+     "`json_device`, `json_fifo`, `json_folder`, `json_link_to_device`; `test_output_files.py`"),
+    ("Ctrl-C in the first second: sometimes ignored (exit 0), SIGSEGV, SIGABRT or -2; in the audit's last "
+     "phase -2 without a message or an ImportError traceback",
+     "a handler from the first statement of `python -m`, and a watcher thread for when the main thread is in "
+     "native code: temporaries removed, one line, `os._exit(130)`; completed runs exit through `os._exit` after "
+     "the atexit handlers, before the interpreter drops its handler", "130", "`test_signals.py`"),
+    ("`download` errors began with `error:`", "every command prints `awm_jax: error: ...` through the same runner",
+     "any", "`hub_download_portal`, `download_suite_deep`"),
+]
+
+
+_FIXED_INTRO = """
+## What was fixed
+
+Defects found by trying hostile and careless inputs, each now a case above (or a test named
+here) with its exit code and one line.
+
+| Defect | Fix | Exit | Cases |
 | --- | --- | --- | --- |
 """
 
@@ -112,7 +201,8 @@ def render(messages: dict[str, tuple[int, str]]) -> str:
         if "`" in message:
             raise ValueError(f"case {case.name}: a backtick in the message would break the table")
         rows.append(f"| `{case.name}` | {_cell(case.input)} | {code} | `{_cell(message)}` |\n")
-    return _INTRO.format(codes=codes) + "".join(rows)
+    fixes = "".join(f"| {defect} | {fix} | {code} | {cases} |\n" for defect, fix, code, cases in FIXES)
+    return _INTRO.format(codes=codes) + "".join(rows) + _FIXED_INTRO + fixes
 
 
 _ROW = re.compile(r"^\| `([A-Za-z0-9_]+)` \| .* \| (-?\d+) \| `(.*)` \|$")
@@ -121,7 +211,7 @@ _ROW = re.compile(r"^\| `([A-Za-z0-9_]+)` \| .* \| (-?\d+) \| `(.*)` \|$")
 def parse(text: str) -> dict[str, tuple[int, str]]:
     """The ``name -> (exit code, message)`` rows of a page made by :func:`render`."""
     out = {}
-    for line in text.splitlines():
+    for line in text.split("\n## What was fixed", 1)[0].splitlines():
         m = _ROW.match(line)
         if m:
             out[m.group(1)] = (int(m.group(2)), m.group(3).replace("\\|", "|"))

@@ -1,5 +1,6 @@
 """Every bad-input case through the CLI: one line, its exit code, its row of docs/errors.md,
-under 10 s, no traceback, nothing written to the model folders."""
+under 10 s, no traceback, nothing written to the model folders (in process, and for the cases
+marked so in a real ``python -m awm_jax COMMAND`` subprocess)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .cases import CASES, SENTINEL, TIME_LIMIT_S, Case, Outcome, by_name, normalise, prepare, run_in_process, snapshot
+from .cases import (CASES, SENTINEL, TIME_LIMIT_S, Case, Outcome, by_name, environment, normalise, prepare, run_in_process,
+                    snapshot)
 from .table import DOC, parse, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +24,7 @@ REGENERATE = "docs/errors.md is out of date: python -m tests.bad_input.table > d
 def _check(case: Case, root: Path, outcome: Outcome, before: dict) -> str:
     """Asserts the contract of a bad input; returns the normalised message."""
     assert outcome.code == case.code, outcome.stderr
-    assert outcome.stdout == ""
+    assert case.stdout or outcome.stdout == ""
     assert "Traceback" not in outcome.stderr
     assert outcome.stderr.endswith("\n") and outcome.stderr.count("\n") == 1, outcome.stderr
     assert outcome.stderr.startswith("awm_jax: error: ")
@@ -49,11 +51,12 @@ def test_case_in_process(case: Case, tmp_path: Path):
 def test_case_through_cli_subprocess(case: Case, tmp_path: Path):
     args = prepare(case, tmp_path)
     before = snapshot(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "awm_jax.compare", *args], capture_output=True, text=True, check=False, env=env,
-                          stdin=subprocess.DEVNULL, timeout=TIME_LIMIT_S)
-    outcome = Outcome(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t)
+    with environment(case, tmp_path) as variables:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **variables)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "awm_jax", case.command, *args], capture_output=True, text=True,
+                              check=False, env=env, stdin=subprocess.DEVNULL, timeout=TIME_LIMIT_S)
+        outcome = Outcome(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - t)
     assert _check(case, tmp_path, outcome, before) == DOC_ROWS.get(case.name, (None, None))[1], REGENERATE
 
 
@@ -69,5 +72,5 @@ def test_unreadable_file_by_mode(tmp_path: Path):
     args = prepare(case, tmp_path)
     (tmp_path / "bad" / "model.safetensors").chmod(0)
     before = snapshot(tmp_path)
-    plain = Case(case.name, case.input, case.code, case.fragment, case.names, case.build)
+    plain = Case(case.name, case.input, case.code, case.fragment, case.names, case.build, command=case.command)
     assert _check(plain, tmp_path, run_in_process(plain, tmp_path, args), before) == DOC_ROWS[case.name][1]
