@@ -347,3 +347,29 @@ def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_pat
 def test_the_checkpoint_says_what_types_it_read(parity, tmp_path):
     path = write_gguf(parity / "llama_a", tmp_path / "m.gguf", T.Q8_0, embed_type=T.F16)
     assert GGUFCheckpoint(find_gguf(path)).form == "GGUF llama, Q8_0 x 16, F16 x 1"  # Q, K, gate, up of 4 layers
+
+
+def test_corrupted_bytes_give_one_line_errors_or_a_reading(parity, tmp_path):
+    """Random byte mutations of a valid file: every outcome is a reading or one AWMError line, quickly."""
+    import time
+
+    from awm_jax.errors import AWMError
+
+    good = write_gguf(parity / "llama_a", tmp_path / "good.gguf", T.Q8_0).read_bytes()
+    rng = np.random.default_rng(0)
+    header_end = 4096  # metadata and tensor infos: where a mutation changes structure
+    for k in range(60):
+        raw = bytearray(good)
+        for pos in rng.integers(0, header_end, size=int(rng.integers(1, 4))):
+            raw[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"m{k}.gguf"
+        path.write_bytes(bytes(raw))
+        t = time.perf_counter()
+        try:
+            ckpt = GGUFCheckpoint(find_gguf(path))
+            for name in list(ckpt.tensors)[:3]:
+                ckpt.read(name)
+            load_vocabulary(path)
+        except AWMError as e:
+            assert "\n" not in str(e)
+        assert time.perf_counter() - t < 10
