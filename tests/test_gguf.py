@@ -166,6 +166,8 @@ def test_split_set_and_folder_selection(parity, tmp_path):
     assert [p.name for p in find_gguf(first).files] == [f"m-Q8_0-0000{k}-of-00003.gguf" for k in (1, 2, 3)]
     assert find_gguf(folder / "m-Q8_0-00002-of-00003.gguf").files[0] == first  # any file names the set
     assert find_gguf(f"{folder}:q8_0").files[0] == first
+    with pytest.raises(CheckpointError, match="no GGUF model"):
+        find_gguf(f"{folder}:Q8")  # a type is matched whole: Q8 is not Q8_0
     assert find_gguf(f"{folder}:m-F16.gguf").files == (folder / "m-F16.gguf",)
     with pytest.raises(CheckpointError, match="holds 2 GGUF models.*:Q4_K_M"):
         find_gguf(folder)
