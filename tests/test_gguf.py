@@ -4,8 +4,9 @@ Fixtures are written here with ``gguf.GGUFWriter`` from the float weights of the
 as llama.cpp's converter writes them: shapes in GGUF's ``ne`` order, Llama Q/K rows permuted
 for llama.cpp's RoPE convention, the vocabulary in ``tokenizer.ggml.tokens``, and the types the
 ``gguf`` package can quantise (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). The package cannot
-quantise K- or I-quants, so those are dequantised by the same ``gguf.quants.dequantize`` path
-but not fixture-tested here.
+quantise K- or I-quants; Q4_K and Q6_K fixtures come from packers written below from llama.cpp's
+block layouts (each checked against ``gguf.quants.dequantize``); other K- and I-quants go through
+the same dequantisation call but have no fixture.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def test_split_set_and_folder_selection(parity, tmp_path):
     assert [p.name for p in find_gguf(first).files] == [f"m-Q8_0-0000{k}-of-00003.gguf" for k in (1, 2, 3)]
     assert find_gguf(folder / "m-Q8_0-00002-of-00003.gguf").files[0] == first  # any file names the set
     assert find_gguf(f"{folder}:q8_0").files[0] == first
+    with pytest.raises(CheckpointError, match="no GGUF model"):
+        find_gguf(f"{folder}:Q8")  # a type is matched whole: Q8 is not Q8_0
     assert find_gguf(f"{folder}:m-F16.gguf").files == (folder / "m-F16.gguf",)
     with pytest.raises(CheckpointError, match="holds 2 GGUF models.*:Q4_K_M"):
         find_gguf(folder)
@@ -246,6 +249,39 @@ def pack_q4_k(w: np.ndarray) -> np.ndarray:
     return block.reshape(rows, n // 256 * 144)
 
 
+def pack_q6_k(w: np.ndarray) -> np.ndarray:
+    """Quantises ``[rows, n]`` into llama.cpp ``block_q6_K`` bytes ``[rows, n / 256 * 210]``: ``ql`` (128 bytes,
+    low 4 bits), ``qh`` (64 bytes, high 2 bits), 16 int8 sub-block scales, ``d`` (float16); value
+    ``d * scale[s] * (q - 32)`` per sub-block of 16 (``dequantize_row_q6_K``)."""
+    rows, n = w.shape
+    x = w.reshape(rows, n // 256, 16, 16).astype(np.float64)
+    amax = np.abs(x).max(-1)  # [rows, B, 16]
+    sub = np.maximum(amax / 31.0, 1e-12)
+    d = (sub.max(-1) / 127.0).astype(np.float16)
+    df = np.maximum(d.astype(np.float64), 1e-12)
+    sc = np.clip(np.round(sub / df[..., None]), 1, 127).astype(np.int8)
+    step = d.astype(np.float64)[..., None] * sc
+    q = (np.clip(np.round(x / step[..., None]), -32, 31) + 32).astype(np.uint8).reshape(rows, n // 256, 256)
+    ql = np.zeros((rows, n // 256, 128), np.uint8)
+    qh = np.zeros((rows, n // 256, 64), np.uint8)
+    for half in range(2):  # 128 values per half: ql 64 bytes, qh 32 bytes
+        v = q[..., 128 * half:128 * (half + 1)]
+        q1, q2, q3, q4 = v[..., 0:32], v[..., 32:64], v[..., 64:96], v[..., 96:128]
+        ql[..., 64 * half:64 * half + 32] = (q1 & 0xF) | ((q3 & 0xF) << 4)
+        ql[..., 64 * half + 32:64 * half + 64] = (q2 & 0xF) | ((q4 & 0xF) << 4)
+        qh[..., 32 * half:32 * half + 32] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+    block = np.concatenate([ql, qh, sc.view(np.uint8), d[..., None].view(np.uint8)], axis=-1)
+    return block.reshape(rows, n // 256 * 210)
+
+
+def test_q6_k_packer_round_trips_through_gguf_dequantize():
+    w = np.random.default_rng(1).standard_normal((8, 512)).astype(np.float32)
+    back = gguf.quants.dequantize(pack_q6_k(w), T.Q6_K)
+    assert back.shape == w.shape
+    assert np.abs(back - w).max() < 0.06 * np.abs(w).max()
+    assert np.corrcoef(back.ravel(), w.ravel())[0, 1] > 0.999
+
+
 def test_q4_k_packer_round_trips_through_gguf_dequantize():
     w = np.random.default_rng(0).standard_normal((8, 512)).astype(np.float32)
     back = gguf.quants.dequantize(pack_q4_k(w), T.Q4_K)
@@ -268,7 +304,7 @@ def _random_llama(folder: Path, seed: int, hidden: int = 256, layers: int = 3, v
                        [f"tok{i}" for i in range(vocab)])
 
 
-def _write_q4_k(parent: Path, path: Path) -> Path:
+def _write_q4_k(parent: Path, path: Path, embedding_q6_k: bool = False) -> Path:
     ckpt = Checkpoint(parent)
     cfg = ckpt.config
     writer = gguf.GGUFWriter(path, "llama")
@@ -287,8 +323,9 @@ def _write_q4_k(parent: Path, path: Path) -> Path:
             gname = f"blk.{i}.{'attn_q' if module == 'q_proj' else 'attn_k'}.weight"
             heads = cfg["num_attention_heads"] if module == "q_proj" else cfg["num_key_value_heads"]
             w = llama_cpp_permute(w, heads)
-        block = pack_q4_k(w)
-        writer.add_tensor(gname, block, raw_shape=block.shape, raw_dtype=T.Q4_K)
+        q6 = embedding_q6_k and gname == "token_embd.weight"
+        block = pack_q6_k(w) if q6 else pack_q4_k(w)
+        writer.add_tensor(gname, block, raw_shape=block.shape, raw_dtype=T.Q6_K if q6 else T.Q4_K)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -296,10 +333,13 @@ def _write_q4_k(parent: Path, path: Path) -> Path:
     return path
 
 
-def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_path):
+@pytest.mark.parametrize("embedding_q6_k", [False, True])
+def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_path, embedding_q6_k):
     parent = _random_llama(tmp_path / "parent", 0)
-    path = _write_q4_k(parent, tmp_path / "m-Q4_K.gguf")
-    assert GGUFCheckpoint(find_gguf(path)).types["model.layers.0.self_attn.q_proj.weight"] == "Q4_K"
+    path = _write_q4_k(parent, tmp_path / "m-Q4_K.gguf", embedding_q6_k)
+    types = GGUFCheckpoint(find_gguf(path)).types
+    assert types["model.layers.0.self_attn.q_proj.weight"] == "Q4_K"
+    assert types["model.embed_tokens.weight"] == ("Q6_K" if embedding_q6_k else "Q4_K")
     result = _compare(parent, path)
     assert result.mean >= 0.95 and result.verdict == "derived", result.mean
     independent = _compare(_random_llama(tmp_path / "other", 1), path)
@@ -309,3 +349,29 @@ def test_q4_k_scores_as_its_float_parent_and_not_as_an_independent_model(tmp_pat
 def test_the_checkpoint_says_what_types_it_read(parity, tmp_path):
     path = write_gguf(parity / "llama_a", tmp_path / "m.gguf", T.Q8_0, embed_type=T.F16)
     assert GGUFCheckpoint(find_gguf(path)).form == "GGUF llama, Q8_0 x 16, F16 x 1"  # Q, K, gate, up of 4 layers
+
+
+def test_corrupted_bytes_give_one_line_errors_or_a_reading(parity, tmp_path):
+    """Random byte mutations of a valid file: every outcome is a reading or one AWMError line, quickly."""
+    import time
+
+    from awm_jax.errors import AWMError
+
+    good = write_gguf(parity / "llama_a", tmp_path / "good.gguf", T.Q8_0).read_bytes()
+    rng = np.random.default_rng(0)
+    header_end = 4096  # metadata and tensor infos: where a mutation changes structure
+    for k in range(60):
+        raw = bytearray(good)
+        for pos in rng.integers(0, header_end, size=int(rng.integers(1, 4))):
+            raw[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"m{k}.gguf"
+        path.write_bytes(bytes(raw))
+        t = time.perf_counter()
+        try:
+            ckpt = GGUFCheckpoint(find_gguf(path))
+            for name in list(ckpt.tensors)[:3]:
+                ckpt.read(name)
+            load_vocabulary(path)
+        except AWMError as e:
+            assert "\n" not in str(e)
+        assert time.perf_counter() - t < 10

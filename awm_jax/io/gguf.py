@@ -201,7 +201,7 @@ def find_gguf(spec: str | os.PathLike) -> GGUFSource | None:
         return GGUFSource(_split_files(path / next(iter(models))))
     if selector in models or any(selector in files for files in models.values()):
         return GGUFSource(_split_files(path / selector))
-    token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(selector)}(?![A-Za-z0-9])", re.IGNORECASE)
+    token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(selector)}(?![A-Za-z0-9_])", re.IGNORECASE)
     chosen = [name for name in models if token.search(name.removesuffix(GGUF_SUFFIX))]
     if len(chosen) != 1:
         what = "no" if not chosen else f"{len(chosen)}"
