@@ -25,6 +25,8 @@ class ModelInfo:
       vocab_source: the tokenizer file read.
       embedding_rows: rows of the input embedding.
       dtype: stored dtype of the embedding.
+      form: what was read: ``"safetensors"``, a GGUF file and its quantisation types, or a LoRA
+        adapter merged into its base.
     """
 
     path: str
@@ -37,6 +39,7 @@ class ModelInfo:
     vocab_source: str
     embedding_rows: int
     dtype: str
+    form: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +214,7 @@ class CompareResult(PairResult):
         def model_line(tag: str, m: ModelSummary) -> str:
             return (f"  {tag}: {m.path}\n      layout {m.layout}, hidden {m.hidden_size}, {m.num_layers} layers, "
                     f"Q/K rows {m.q_dim}/{m.k_dim}, vocab {m.vocab_size} ({m.dtype})"
+                    f"{'' if m.form == 'safetensors' else f', read as {m.form}'}"
                     f"{', fingerprint cached' if m.fingerprint_cached else ''}")
 
         al, vo = self.alignment, self.vocabulary

@@ -88,6 +88,11 @@ def test_adapter_scores_as_the_explicitly_merged_model(parity, tmp_path, rslora,
         explicit = _compare(parity / other, full, mlp=True)
         for what in ("mean", "wq", "wk", "mlp"):
             assert abs(getattr(via_adapter, what) - getattr(explicit, what)) <= 1e-6, (other, what)
+        # The report says a merged adapter was scored (text and JSON), and the float model is plain.
+        assert via_adapter.model_b.form.startswith("LoRA adapter") and "merged into" in via_adapter.model_b.form
+        assert "read as LoRA adapter" in via_adapter.render_text()
+        assert via_adapter.to_dict()["model_b"]["form"] == via_adapter.model_b.form
+        assert explicit.model_b.form == "safetensors" and "read as" not in explicit.render_text()
     assert _compare(parity / "llama_a", tmp_path / "adapter").mean < 1 - 1e-4  # the delta is really applied
 
 

@@ -131,6 +131,7 @@ def test_float_gguf_scores_one_against_its_parent(parity, tmp_path):
     result = _compare(parity / "llama_a", path)
     for value in (result.mean, result.wq, result.wk):
         assert abs(value - 1.0) <= 1e-5
+    assert result.model_b.form.startswith("GGUF llama") and "read as GGUF llama" in result.render_text()
 
 
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q5_1, T.Q4_0])

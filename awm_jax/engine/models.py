@@ -60,7 +60,7 @@ class PreparedModel:
         return ModelInfo(
             path=self.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers, q_dim=r.q_dim,
             k_dim=r.k_dim, vocab_size=len(self.vocab), vocab_source=self.vocab.source, embedding_rows=r.vocab_rows,
-            dtype=r.ckpt.info(r.embedding_name).dtype.lower(),
+            dtype=r.ckpt.info(r.embedding_name).dtype.lower(), form=getattr(r.ckpt, "form", "safetensors"),
         )
 
     def summary(self) -> ModelSummary:
