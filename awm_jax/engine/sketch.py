@@ -1,0 +1,210 @@
+"""A full model scored against a compact sketch of another (docs/catalogue.md).
+
+A :class:`Sketch` holds what AWM needs of a model without its weights: the embedding rows of a
+fixed token subset (for the alignment) and every layer's Q and K Grams restricted to a retained
+subset ``D`` of its residual dimensions (for the layer scores). :func:`score_against_sketch`
+runs the engine's own steps on it, so a sketch's verdict follows the same calibrated rule as a
+pair's:
+
+1. shared tokens: the sketch's tokens present in the model's vocabulary (within its embedding);
+2. alignment: the sketch's ``m = |D|`` retained embedding columns against the model's ``n``
+   columns, over the shared rows; the wider side is the base, as in the engine (with
+   ``m = n_sketch`` this is exactly the engine's alignment);
+3. the Grams in one space: sketch as base (``m >= n``): ``K_sketch`` aligned onto the model's
+   dimensions, as the engine aligns a base; model as base (``m < n``): the model's Grams
+   gathered at the matched dimensions ``p(D)`` with their signs (``K_model[p(D), p(D)]``), or
+   rotated (``R^T K_model R``, the whole cached Gram is known), compared with ``K_sketch``;
+4. layer scores, pairing, calibrated test and verdict: ``engine.layers`` and ``engine.pair.assemble``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from awm_jax.engine.align import PairAlignment
+from awm_jax.engine.layers import layer_pairing, score_equal_depth, score_grid
+from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
+from awm_jax.engine.pair import assemble
+from awm_jax.errors import VocabularyError
+from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
+from awm_jax.numerics.alignment import (
+    assign_dimensions,
+    choose_alignment,
+    embedding_cross,
+    orthogonal_procrustes,
+    permutation_fit,
+)
+from awm_jax.options import PairOptions
+from awm_jax.report import PairResult
+
+__all__ = ["Sketch", "SketchRows", "score_against_sketch", "sketch_rows"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sketch:
+    """What AWM needs of a model to score another against it, without its weights.
+
+    Attributes:
+      tokens: ``K`` token strings whose embedding rows are kept.
+      embedding: ``[K, m]`` float32 embedding rows of ``tokens``, columns ``dims``.
+      dims: ``[m]`` int retained residual dimensions ``D`` (ascending indices into ``0..n-1``).
+      q: ``[L, m, m]`` float32 query Grams restricted to ``D`` (up to a positive scale per layer).
+      k: ``[L, m, m]`` float32 key Grams restricted to ``D``.
+      hidden_size: the sketched model's ``n``.
+      name: the model's identifier (for reports).
+    """
+
+    tokens: tuple[str, ...]
+    embedding: np.ndarray
+    dims: np.ndarray
+    q: np.ndarray
+    k: np.ndarray
+    hidden_size: int
+    name: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.dims.size)
+
+    def grams(self) -> GramSet:
+        """The retained Grams as an in-memory :class:`GramSet` (``n`` = ``m``)."""
+        return GramSet(self.num_layers, self.m, "qk", arrays=(self.q, self.k))
+
+
+class SketchRows(NamedTuple):
+    """Embedding rows of the tokens a model shares with a sketch, in the same order.
+
+    Attributes:
+      model: ``[T]`` rows of the model's embedding.
+      sketch: ``[T]`` rows of the sketch's embedding.
+    """
+
+    model: np.ndarray
+    sketch: np.ndarray
+
+
+def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
+    """The sketch's tokens present in the model's vocabulary, within its embedding rows."""
+    tokens, rows = model.vocab.tokens, model.resolved.vocab_rows
+    pairs = [(tokens[t], i) for i, t in enumerate(sketch.tokens) if t in tokens and tokens[t] < rows]
+    ids = np.asarray(sorted(pairs), np.int64).reshape(-1, 2)
+    return SketchRows(ids[:, 0], ids[:, 1])
+
+
+class _Side(NamedTuple):
+    grams: GramSet
+
+
+def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_model: bool,
+               model: PreparedModel) -> tuple[PairAlignment, float]:
+    """The signed permutation (or rotation) of the target's dimensions onto the base's; as
+    ``engine.align.align_pair`` from the embedding sums on."""
+    cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
+    check_embedding_sums(model.resolved, cross.sq_base if base_is_model else cross.sq_target)
+    assignment = assign_dimensions(cross.cosine())
+    diagnostics = assignment.diagnostics()
+    rotation = None
+    if mode != "assignment":
+        fitted = orthogonal_procrustes(cross)
+        perm_fit = permutation_fit(cross, assignment)
+        used, reason = choose_alignment(mode, perm_fit, fitted.fit)
+        diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
+        if used == "orthogonal":
+            rotation = fitted.matrix
+    else:
+        used, reason = "assignment", "requested assignment"
+    diagnostics.update(mode=mode, used=used, reason=reason)
+    align = PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
+                          diagnostics, {})
+    return align, float(np.abs(assignment.matched_cos).mean())
+
+
+def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
+    """The model's Grams aligned onto the sketch's ``m`` dimensions, in memory: gathered at
+    ``p(D)`` with signs straight from the cached files (only the rows used are read), or rotated
+    a chunk of layers at a time."""
+    layers = grams.num_layers
+    if align.rotation is not None:
+        chunk = chunk_layers_for(grams.n, grams.n, layers)
+        out = [np.empty((layers, align.matched_dims, align.matched_dims), np.float32) for _ in range(2)]
+        for start in range(0, layers, chunk):
+            stop = min(start + chunk, layers)
+            for j, x in enumerate(grams.padded(list(range(start, stop)), chunk)):
+                out[j][start:stop] = np.asarray(align.apply(jax.device_put(x)))[: stop - start]
+        return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
+    perm, signs = align.perm.astype(np.int64), align.signs.astype(np.float32)
+    outer = signs[:, None] * signs[None, :]
+    out = []
+    for index, name in enumerate(KINDS["qk"]):
+        if grams.folder is None:
+            source = grams.arrays[index]
+        else:
+            source = np.memmap(grams.folder / name, np.float32, "r", shape=(layers, grams.n, grams.n))
+        out.append(np.stack([np.asarray(source[l][np.ix_(perm, perm)]) * outer for l in range(layers)]))
+    return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
+
+
+def _identity(m: int, like: PairAlignment) -> PairAlignment:
+    return dataclasses.replace(like, perm=np.arange(m, dtype=np.int32), signs=np.ones(m, np.float32), rotation=None,
+                               base_dims=m)
+
+
+def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOptions = PairOptions(),
+                         timings: dict | None = None) -> PairResult:
+    """Scores a prepared model (A) against a sketch (B); run under ``jax.default_device``.
+
+    Args:
+      model: the full model (its Gram fingerprint, cached or in memory).
+      sketch: the other model's sketch.
+      options: layer matching and alignment (``mlp`` is not part of a sketch and is ignored).
+      timings: when given, receives ``alignment_s`` and ``scores_s``.
+
+    Returns:
+      The pair's :class:`PairResult`, model A = ``model``, model B = the sketched model.
+
+    Raises:
+      VocabularyError: the model shares no token with the sketch's token subset.
+      AWMError: a damaged embedding or fingerprint.
+    """
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    rows = sketch_rows(model, sketch)
+    if rows.model.size == 0:
+        raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
+                              f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
+    emb = read_embedding(model.resolved)
+    sketch_is_base = sketch.m >= model.hidden_size
+    if sketch_is_base:
+        align, fit = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model)
+    else:
+        align, fit = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model)
+    del emb
+    timings["alignment_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if sketch_is_base:
+        base, target, scored = _Side(sketch.grams()), _Side(model.grams), align
+    else:
+        base, target = _Side(_gathered(model.grams, align)), _Side(sketch.grams())
+        scored = _identity(align.matched_dims, align)
+    gb, gt = base.grams, target.grams
+    if gb.num_layers == gt.num_layers:
+        pairing = layer_pairing(options.layer_match, matched=score_equal_depth(gb, gt, scored))
+    else:
+        pairing = layer_pairing(options.layer_match, grids=score_grid(gb, gt, scored))
+    timings["scores_s"] = time.perf_counter() - t
+    n_model, n_sketch = model.hidden_size, sketch.hidden_size
+    diagnostics = dict(align.diagnostics, sketch_dims=sketch.m, scored_dims=align.matched_dims)
+    vocabulary = {"shared_tokens": int(rows.model.size), "sketch_tokens": len(sketch.tokens),
+                  "vocab_a": len(model.vocab), "mean_abs_cos": fit}
+    result = assemble(pairing, not sketch_is_base, min(n_model, n_sketch), max(n_model, n_sketch),
+                      min(n_model, n_sketch), diagnostics, vocabulary)
+    return dataclasses.replace(result, base="a" if n_model >= n_sketch else "b")
