@@ -8,13 +8,14 @@ A sketch of a model with hidden size ``n``, ``L`` layers and ``V`` embedding row
 * **embedding**: those tokens' rows, restricted to the retained dimensions ``D``;
 * **Grams**: every layer's Q and K Gram restricted to ``D`` (``K_l[D, D]``), upper triangle only;
 * ``D``: ``m`` evenly spaced dimensions ``floor(i n / m)``; ``m = n`` for ``n <= FULL_DIMS``
-  (small models: the sketch is exact up to the token subset and float16), else the largest
+  (small models: the sketch is exact up to the token subset), else the largest
   multiple of 64 whose sketch fits ``BUDGET_FRACTION`` of the model's ``E`` + ``Q/K`` bytes
   (at least ``MIN_DIMS``).
 
-Stored in one safetensors file (no pickle): float16 tensors, each Gram and the embedding block
-scaled by a power of two to a max-abs <= 1 (exact to undo; the exponents are stored), the token
-strings and versions in the JSON metadata. :func:`decode_sketch` verifies what it reads.
+Stored in one safetensors file (no pickle): float16 tensors (float32 when every dimension is
+kept: small models, where size is no concern), each Gram and the embedding block scaled by a
+power of two to a max-abs <= 1 (exact to undo; the exponents are stored), the token strings and
+versions in the JSON metadata. :func:`decode_sketch` verifies what it reads.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class SketchPlan:
       tokens: ``K``.
       dims: ``m``.
       model_bytes: the model's embedding + Q/K bytes as stored.
-      sketch_bytes: the sketch's tensor bytes (float16; the file adds its header).
+      sketch_bytes: the sketch's tensor bytes (the file adds its header).
     """
 
     tokens: int
@@ -86,9 +87,10 @@ def model_bytes(n: int, layers: int, rows: int, q_dim: int, k_dim: int, itemsize
     return itemsize * (rows * n + layers * (q_dim + k_dim) * n)
 
 
-def sketch_bytes(tokens: int, dims: int, layers: int) -> int:
-    """Tensor bytes of a sketch: float16 embedding rows and two Gram triangles per layer, plus ``D``."""
-    return 2 * tokens * dims + 2 * 2 * layers * dims * (dims + 1) // 2 + 4 * dims
+def sketch_bytes(tokens: int, dims: int, layers: int, itemsize: int = 2) -> int:
+    """Tensor bytes of a sketch: embedding rows and two Gram triangles per layer (``itemsize``
+    bytes a value: 2 for float16, 4 when every dimension is kept), plus ``D``."""
+    return itemsize * (tokens * dims + 2 * layers * dims * (dims + 1) // 2) + 4 * dims
 
 
 def plan_sketch(n: int, layers: int, rows: int, q_dim: int, k_dim: int, itemsize: int) -> SketchPlan:
@@ -103,7 +105,7 @@ def plan_sketch(n: int, layers: int, rows: int, q_dim: int, k_dim: int, itemsize
         while dims + 64 <= n and sketch_bytes(tokens, dims + 64, layers) <= budget:
             dims += 64
         dims = min(dims, n)
-    return SketchPlan(tokens, dims, size, sketch_bytes(tokens, dims, layers))
+    return SketchPlan(tokens, dims, size, sketch_bytes(tokens, dims, layers, 4 if dims == n else 2))
 
 
 def retained_dims(n: int, m: int) -> np.ndarray:
@@ -150,7 +152,8 @@ def make_sketch(model: PreparedModel, name: str = "", *, dims: int | None = None
     plan = plan_sketch(r.hidden_size, r.num_layers, r.vocab_rows, r.q_dim, r.k_dim, itemsize)
     if dims is not None or tokens is not None:
         count, width = min(tokens or plan.tokens, r.vocab_rows), min(dims or plan.dims, r.hidden_size)
-        plan = dataclasses.replace(plan, tokens=count, dims=width, sketch_bytes=sketch_bytes(count, width, r.num_layers))
+        plan = dataclasses.replace(plan, tokens=count, dims=width, sketch_bytes=sketch_bytes(count, width, r.num_layers,
+                                                                                   4 if width == r.hidden_size else 2))
     retained = retained_dims(r.hidden_size, plan.dims)
     kept = select_tokens(dict(model.vocab.tokens), r.vocab_rows, plan.tokens)
     ids = np.asarray([model.vocab.tokens[t] for t in kept], np.int64)
@@ -165,11 +168,11 @@ def make_sketch(model: PreparedModel, name: str = "", *, dims: int | None = None
 # --- the file ------------------------------------------------------------------------------------
 
 
-def _scaled(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``x / 2^e`` as float16 with ``e`` (over ``axes``' max-abs) making every value <= 1."""
+def _scaled(x: np.ndarray, axes: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``x / 2^e`` as ``dtype`` with ``e`` (over ``axes``' max-abs) making every value <= 1 (exact to undo)."""
     peak = np.max(np.abs(x), axis=axes, keepdims=True)
     exp = np.where(peak > 0, np.ceil(np.log2(np.where(peak > 0, peak, 1.0))), 0.0)
-    return (x / np.exp2(exp)).astype(np.float16), exp.reshape(-1).astype(np.int32)
+    return (x / np.exp2(exp)).astype(dtype), exp.reshape(-1).astype(np.int32)
 
 
 def _triangles(g: np.ndarray) -> np.ndarray:
@@ -186,13 +189,15 @@ def _full(tri: np.ndarray, m: int) -> np.ndarray:
 
 
 def encode_sketch(sketch: Sketch) -> bytes:
-    """The bytes of ``sketch``'s file (safetensors: float16 tensors, JSON metadata)."""
+    """The bytes of ``sketch``'s file (safetensors, JSON metadata): float16 tensors, or float32
+    when the sketch keeps every dimension (small models: the sketch is then exact)."""
     from safetensors.numpy import save
 
-    emb, emb_exp = _scaled(sketch.embedding, (0, 1))
+    dtype = np.float32 if sketch.m == sketch.hidden_size else np.float16
+    emb, emb_exp = _scaled(sketch.embedding, (0, 1), dtype)
     tensors = {"embedding": emb, "embedding_exp": emb_exp, "dims": sketch.dims.astype(np.int32)}
     for label, g in (("q", sketch.q), ("k", sketch.k)):
-        tensors[label], tensors[f"{label}_exp"] = _scaled(_triangles(g), (1,))
+        tensors[label], tensors[f"{label}_exp"] = _scaled(_triangles(g), (1,), dtype)
     meta = {"format": SKETCH_FORMAT, "sketch_version": SKETCH_VERSION, "algorithm": ALGORITHM_VERSION,
             "hidden_size": str(sketch.hidden_size), "num_layers": str(sketch.num_layers), "name": sketch.name,
             "tokens": json.dumps(list(sketch.tokens))}

@@ -8,11 +8,13 @@ pair's:
 
 1. shared tokens: the sketch's tokens present in the model's vocabulary (within its embedding);
 2. alignment: the sketch's ``m = |D|`` retained embedding columns against the model's ``n``
-   columns, over the shared rows; the wider side is the base, as in the engine (with
-   ``m = n_sketch`` this is exactly the engine's alignment);
-3. the Grams in one space: sketch as base (``m >= n``): ``K_sketch`` aligned onto the model's
+   columns, over the shared rows; the base is the wider model, ties the scanned model, as in
+   ``engine.compare(model, sketched model)`` (with ``m = n_sketch`` this is exactly the
+   engine's alignment); a sketch wider than the model but keeping fewer dimensions than the
+   model has is aligned the other way round (the model's dimensions onto ``D``);
+3. the Grams in one space: sketch as base: ``K_sketch`` aligned onto the model's
    dimensions, as the engine aligns a base; model as base (``m < n``): the model's Grams
-   gathered at the matched dimensions ``p(D)`` with their signs (``K_model[p(D), p(D)]``), or
+   (otherwise) gathered at the matched dimensions ``p(D)`` with their signs (``K_model[p(D), p(D)]``), or
    rotated (``R^T K_model R``, the whole cached Gram is known), compared with ``K_sketch``;
 4. layer scores, pairing, calibrated test and verdict: ``engine.layers`` and ``engine.pair.assemble``.
 """
@@ -182,7 +184,9 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
         raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
                               f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
     emb = read_embedding(model.resolved)
-    sketch_is_base = sketch.m >= model.hidden_size
+    # The engine's base is the wider model, ties the first (here: the model); the sketch can only
+    # be the base when it keeps at least as many dimensions as the model has.
+    sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
     if sketch_is_base:
         align, fit = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model)
     else:
