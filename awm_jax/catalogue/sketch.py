@@ -2,9 +2,10 @@
 
 A sketch of a model with hidden size ``n``, ``L`` layers and ``V`` embedding rows keeps:
 
-* **tokens**: the ``K = min(V, SKETCH_TOKENS)`` tokens (within the embedding rows) whose UTF-8
-  token strings have the smallest SHA-256 digests: a min-hash selection, so two vocabularies
-  that share tokens select mostly the same strings, whatever their ids;
+* **tokens**: the ``K = min(V, max(SKETCH_TOKENS, n))`` tokens (within the embedding rows) whose
+  UTF-8 token strings have the smallest SHA-256 digests: a min-hash selection, so two
+  vocabularies that share tokens select mostly the same strings, whatever their ids (at least
+  ``n`` rows, so a rotation of the residual stream stays identifiable from them);
 * **embedding**: those tokens' rows, restricted to the retained dimensions ``D``;
 * **Grams**: every layer's Q and K Gram restricted to ``D`` (``K_l[D, D]``), upper triangle only;
 * ``D``: ``m`` evenly spaced dimensions ``floor(i n / m)``; ``m = n`` for ``n <= FULL_DIMS``
@@ -95,7 +96,7 @@ def sketch_bytes(tokens: int, dims: int, layers: int, itemsize: int = 2) -> int:
 
 def plan_sketch(n: int, layers: int, rows: int, q_dim: int, k_dim: int, itemsize: int) -> SketchPlan:
     """``K`` and ``m`` for a model of these shapes (see the module docstring)."""
-    tokens = min(rows, SKETCH_TOKENS)
+    tokens = min(rows, max(SKETCH_TOKENS, n))
     size = model_bytes(n, layers, rows, q_dim, k_dim, itemsize)
     if n <= FULL_DIMS:
         dims = n

@@ -122,12 +122,29 @@ def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_mo
         diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
         if used == "orthogonal":
             rotation = fitted.matrix
+            if base_is_model and emb_target.shape[1] < emb_base.shape[1]:
+                rotation = _partial_rotation(emb_base, emb_target, ids_base, ids_target)
     else:
         used, reason = "assignment", "requested assignment"
     diagnostics.update(mode=mode, used=used, reason=reason)
     align = PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
                           diagnostics, {})
     return align, float(np.abs(assignment.matched_cos).mean())
+
+
+def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarray:
+    """``[n, m]`` orthonormal columns mapping the model's dimensions onto the sketch's ``D``.
+
+    Orthogonal Procrustes onto only ``m < n`` of the base's columns is biased (the polar factor
+    of ``E^T E R`` is not ``R`` unless ``E^T E`` is isotropic); the least-squares map
+    ``E_model R ~ E_sketch`` is exact for a rotated model when the shared rows span the model's
+    dimensions (``T >= n``), and its polar factor keeps ``R^T K R`` a Gram.
+    """
+    e = np.asarray(emb_model[ids_model], np.float64)
+    d = np.asarray(emb_sketch[ids_sketch], np.float64)
+    fit = np.linalg.lstsq(e, d, rcond=None)[0]
+    u, _, vt = np.linalg.svd(fit, full_matrices=False)
+    return (u @ vt).astype(np.float32)
 
 
 def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
