@@ -14,7 +14,7 @@ import math
 import time
 
 from awm_jax.catalogue.store import Catalogue, CatalogueEntry
-from awm_jax.engine.models import PreparedModel
+from awm_jax.engine.models import PreparedModel, read_embedding
 from awm_jax.engine.sketch import score_against_sketch, sketch_rows
 from awm_jax.options import PairOptions
 from awm_jax.report import ModelSummary, PairResult
@@ -127,6 +127,7 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
     """
     t_start = time.perf_counter()
     read_s = score_s = 0.0
+    embedding = read_embedding(model.resolved)  # once (its checks read the whole map)
     matches, skipped = [], []
     for entry in catalogue.entries:
         why = _width_apart(model, entry)
@@ -143,7 +144,7 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
                 progress(entry, None)
             continue
         t = time.perf_counter()
-        result = score_against_sketch(model, sketch, options)
+        result = score_against_sketch(model, sketch, options, embedding=embedding)
         score_s += time.perf_counter() - t
         matches.append(ScanMatch(entry, result))
         if progress is not None:

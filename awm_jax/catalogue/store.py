@@ -37,8 +37,10 @@ __all__ = [
     "open_catalogue",
     "publish_catalogue",
     "read_list",
+    "sketch_file_name",
     "source_of",
     "suite_sources",
+    "write_entry",
 ]
 
 CATALOGUE_FORMAT = "awm_jax.catalogue/1"
@@ -148,14 +150,23 @@ def source_of(spec: str) -> ModelSource:
     return ModelSource(path.resolve().name if os.path.lexists(spec) else spec, spec)
 
 
-def _file_name(entry_id: str, digest: str) -> str:
-    return f"sketches/{_ID.sub('_', entry_id).strip('_')[:80] or 'model'}-{digest[:16]}.safetensors"
+def write_entry(folder: Path, entries: dict[str, CatalogueEntry], entry: CatalogueEntry, data: bytes) -> None:
+    """Writes one sketch file, then the manifest with ``entry`` added to (or replacing in) ``entries``
+    (each file atomically: a crash leaves the previous manifest, which never names a missing file).
 
-
-def _manifest(entries: list[CatalogueEntry]) -> bytes:
+    Raises:
+      OSError: the folder cannot be written.
+    """
+    atomic_write(folder / entry.file, data)
+    entries[entry.id] = entry
     body = {"format": CATALOGUE_FORMAT, "sketch_version": SKETCH_VERSION, "algorithm": ALGORITHM_VERSION,
-            "awm_jax": __version__, "entries": [dataclasses.asdict(e) for e in entries]}
-    return (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode()
+            "awm_jax": __version__, "entries": [dataclasses.asdict(e) for e in entries.values()]}
+    atomic_write(folder / MANIFEST, (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def sketch_file_name(entry_id: str, digest: str) -> str:
+    """The file of an entry inside the catalogue folder."""
+    return f"sketches/{_ID.sub('_', entry_id).strip('_')[:80] or 'model'}-{digest[:16]}.safetensors"
 
 
 def build_catalogue(sources: list[ModelSource], folder: str | os.PathLike, *, cache=None, layout: str | None = None,
@@ -206,12 +217,10 @@ def build_catalogue(sources: list[ModelSource], folder: str | os.PathLike, *, ca
             id=source.id, source=source.spec, commit=commit, layout=r.name,
             architecture=",".join(r.ckpt.config.get("architectures") or []) or str(r.ckpt.config.get("model_type", "")),
             hidden_size=r.hidden_size, num_layers=r.num_layers, vocab_rows=r.vocab_rows, sketch_tokens=plan.tokens,
-            sketch_dims=plan.dims, model_bytes=plan.model_bytes, file=_file_name(source.id, digest), sha256=digest,
+            sketch_dims=plan.dims, model_bytes=plan.model_bytes, file=sketch_file_name(source.id, digest), sha256=digest,
             bytes=len(data))
         try:
-            atomic_write(folder / entry.file, data)
-            entries[entry.id] = entry
-            atomic_write(folder / MANIFEST, _manifest(list(entries.values())))
+            write_entry(folder, entries, entry, data)
         except OSError as e:
             raise UsageError(f"{folder}: cannot write the catalogue ({e.strerror})") from None
         if progress is not None:

@@ -160,7 +160,11 @@ def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
             for j, x in enumerate(grams.padded(list(range(start, stop)), chunk)):
                 out[j][start:stop] = np.asarray(align.apply(jax.device_put(x)))[: stop - start]
         return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
-    perm, signs = align.perm.astype(np.int64), align.signs.astype(np.float32)
+    # rows in ascending order (one forward pass over each layer's rows), then back to D's order
+    order = np.argsort(align.perm, kind="stable")
+    rows = align.perm[order].astype(np.int64)
+    back = np.argsort(order)
+    signs = align.signs.astype(np.float32)
     outer = signs[:, None] * signs[None, :]
     out = []
     for index, name in enumerate(KINDS["qk"]):
@@ -168,7 +172,11 @@ def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
             source = grams.arrays[index]
         else:
             source = np.memmap(grams.folder / name, np.float32, "r", shape=(layers, grams.n, grams.n))
-        out.append(np.stack([np.asarray(source[l][np.ix_(perm, perm)]) * outer for l in range(layers)]))
+        stack = np.empty((layers, rows.size, rows.size), np.float32)
+        for l in range(layers):
+            block = np.asarray(source[l, rows])[:, rows]
+            stack[l] = block[np.ix_(back, back)] * outer
+        out.append(stack)
     return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
 
 
@@ -178,7 +186,7 @@ def _identity(m: int, like: PairAlignment) -> PairAlignment:
 
 
 def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOptions = PairOptions(),
-                         timings: dict | None = None) -> PairResult:
+                         timings: dict | None = None, embedding: np.ndarray | None = None) -> PairResult:
     """Scores a prepared model (A) against a sketch (B); run under ``jax.default_device``.
 
     Args:
@@ -186,6 +194,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
       sketch: the other model's sketch.
       options: layer matching and alignment (``mlp`` is not part of a sketch and is ignored).
       timings: when given, receives ``alignment_s`` and ``scores_s``.
+      embedding: the model's embedding from ``read_embedding`` (a scan reads it once for every entry).
 
     Returns:
       The pair's :class:`PairResult`, model A = ``model``, model B = the sketched model.
@@ -200,7 +209,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     if rows.model.size == 0:
         raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
                               f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
-    emb = read_embedding(model.resolved)
+    emb = read_embedding(model.resolved) if embedding is None else embedding
     # The engine's base is the wider model, ties the first (here: the model); the sketch can only
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
