@@ -392,3 +392,13 @@ def test_publishing_a_damaged_catalogue_uploads_nothing(catalogue, dataset_hub):
     with pytest.raises(CacheError):
         publish_catalogue(catalogue.folder, "org/bases")
     assert "org/bases" not in dataset_hub.repos
+
+
+def test_build_from_a_hub_id_records_the_resolved_commit(dataset_hub, tmp_path):
+    from hub_server import write_tiny_model
+
+    repo = dataset_hub.add_folder("org/tiny", write_tiny_model(tmp_path / "tiny"))
+    built = build_catalogue([ModelSource("tiny", "org/tiny@main")], tmp_path / "cat")
+    entry = built.entries[0]
+    assert entry.source == "org/tiny@main" and entry.commit == repo.commit and entry.hidden_size == 64
+    assert built.sketch(entry).hidden_size == 64
