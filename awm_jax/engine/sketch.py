@@ -102,12 +102,8 @@ def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
     return SketchRows(ids[:, 0], ids[:, 1])
 
 
-class _Side(NamedTuple):
-    grams: GramSet
-
-
 def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_model: bool,
-               model: PreparedModel) -> tuple[PairAlignment, float]:
+               model: PreparedModel) -> PairAlignment:
     """The signed permutation (or rotation) of the target's dimensions onto the base's; as
     ``engine.align.align_pair`` from the embedding sums on."""
     cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
@@ -127,9 +123,8 @@ def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_mo
     else:
         used, reason = "assignment", "requested assignment"
     diagnostics.update(mode=mode, used=used, reason=reason)
-    align = PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
-                          diagnostics, {})
-    return align, float(np.abs(assignment.matched_cos).mean())
+    return PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
+                         diagnostics, {})
 
 
 def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarray:
@@ -214,18 +209,16 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
     if sketch_is_base:
-        align, fit = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model)
+        align = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model)
     else:
-        align, fit = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model)
+        align = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model)
     del emb
     timings["alignment_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if sketch_is_base:
-        base, target, scored = _Side(sketch.grams()), _Side(model.grams), align
-    else:
-        base, target = _Side(_gathered(model.grams, align)), _Side(sketch.grams())
-        scored = _identity(align.matched_dims, align)
-    gb, gt = base.grams, target.grams
+        gb, gt, scored = sketch.grams(), model.grams, align
+    else:  # the model's Grams already aligned onto D: an identity alignment scores them
+        gb, gt, scored = _gathered(model.grams, align), sketch.grams(), _identity(align.matched_dims, align)
     if gb.num_layers == gt.num_layers:
         pairing = layer_pairing(options.layer_match, matched=score_equal_depth(gb, gt, scored))
     else:
@@ -234,7 +227,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     n_model, n_sketch = model.hidden_size, sketch.hidden_size
     diagnostics = dict(align.diagnostics, sketch_dims=sketch.m, scored_dims=align.matched_dims)
     vocabulary = {"shared_tokens": int(rows.model.size), "sketch_tokens": len(sketch.tokens),
-                  "vocab_a": len(model.vocab), "mean_abs_cos": fit}
+                  "vocab_a": len(model.vocab)}
     result = assemble(pairing, not sketch_is_base, min(n_model, n_sketch), max(n_model, n_sketch),
                       min(n_model, n_sketch), diagnostics, vocabulary)
     return dataclasses.replace(result, base="a" if n_model >= n_sketch else "b")
