@@ -14,6 +14,7 @@ import math
 import time
 
 from awm_jax.catalogue.store import Catalogue, CatalogueEntry
+from awm_jax.engine.layers import prefetched
 from awm_jax.engine.models import PreparedModel, read_embedding
 from awm_jax.engine.sketch import score_against_sketch, sketch_rows
 from awm_jax.options import PairOptions
@@ -128,27 +129,36 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
     t_start = time.perf_counter()
     read_s = score_s = 0.0
     embedding = read_embedding(model.resolved)  # once (its checks read the whole map)
-    matches, skipped = [], []
+    matches, skipped, candidates = [], [], []
     for entry in catalogue.entries:
         why = _width_apart(model, entry)
-        sketch = None
         if why is None:
-            t = time.perf_counter()
-            sketch = catalogue.sketch(entry)
-            read_s += time.perf_counter() - t
-            if sketch_rows(model, sketch).model.size == 0:
-                why = "no shared tokens with the sketch's token subset"
-        if why is not None:
-            skipped.append((entry.id, why))
-            if progress is not None:
-                progress(entry, None)
+            candidates.append(entry)
             continue
+        skipped.append((entry.id, why))
+        if progress is not None:
+            progress(entry, None)
+
+    def read(entry):
         t = time.perf_counter()
-        result = score_against_sketch(model, sketch, options, embedding=embedding)
-        score_s += time.perf_counter() - t
-        matches.append(ScanMatch(entry, result))
+        return entry, catalogue.sketch(entry), time.perf_counter() - t
+
+    # the next entry's sketch is read (hashed, decoded) while this one is scored
+    for entry, sketch, seconds in prefetched(read, [(e,) for e in candidates]):
+        read_s += seconds
+        if sketch_rows(model, sketch).model.size == 0:
+            skipped.append((entry.id, "no shared tokens with the sketch's token subset"))
+            result = None
+        else:
+            t = time.perf_counter()
+            result = score_against_sketch(model, sketch, options, embedding=embedding)
+            score_s += time.perf_counter() - t
+            matches.append(ScanMatch(entry, result))
+        del sketch
         if progress is not None:
             progress(entry, result)
     matches.sort(key=_rank)
+    order = {e.id: i for i, e in enumerate(catalogue.entries)}
+    skipped.sort(key=lambda s: order[s[0]])
     timings = {"sketch_read_s": read_s, "score_s": score_s, "total_s": time.perf_counter() - t_start}
     return ScanResult(model.summary(), catalogue.origin, tuple(matches), tuple(skipped), options, timings)

@@ -22,7 +22,9 @@ pair's:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -32,7 +34,7 @@ from awm_jax.engine.align import PairAlignment
 from awm_jax.engine.layers import layer_pairing, score_equal_depth, score_grid
 from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
 from awm_jax.engine.pair import assemble
-from awm_jax.errors import VocabularyError
+from awm_jax.errors import CacheError, VocabularyError
 from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
 from awm_jax.numerics.alignment import (
     assign_dimensions,
@@ -142,6 +144,17 @@ def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarra
     return (u @ vt).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def _mapped(folder: Path, layers: int, n: int) -> tuple[np.ndarray, ...]:
+    """Read-only maps of a cached fingerprint's Q and K files, kept while a scan scores entry after
+    entry against the same model (a fresh map per entry would fault every page in again)."""
+    try:
+        return tuple(np.memmap(folder / name, np.float32, "r", shape=(layers, n, n)) for name in KINDS["qk"])
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{folder}: cannot read the cached fingerprint ({e}); delete {folder} and rerun "
+                         "(the fingerprint is computed again)") from None
+
+
 def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
     """The model's Grams aligned onto the sketch's ``m`` dimensions, in memory: gathered at
     ``p(D)`` with signs straight from the cached files (only the rows used are read), or rotated
@@ -155,29 +168,29 @@ def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
             for j, x in enumerate(grams.padded(list(range(start, stop)), chunk)):
                 out[j][start:stop] = np.asarray(align.apply(jax.device_put(x)))[: stop - start]
         return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
-    # rows in ascending order (one forward pass over each layer's rows), then back to D's order
-    order = np.argsort(align.perm, kind="stable")
-    rows = align.perm[order].astype(np.int64)
-    back = np.argsort(order)
+    perm = align.perm.astype(np.int64)
     signs = align.signs.astype(np.float32)
     outer = signs[:, None] * signs[None, :]
     out = []
-    for index, name in enumerate(KINDS["qk"]):
-        if grams.folder is None:
-            source = grams.arrays[index]
-        else:
-            source = np.memmap(grams.folder / name, np.float32, "r", shape=(layers, grams.n, grams.n))
-        stack = np.empty((layers, rows.size, rows.size), np.float32)
-        for l in range(layers):
-            block = np.asarray(source[l, rows])[:, rows]
-            stack[l] = block[np.ix_(back, back)] * outer
+    for source in grams.arrays if grams.folder is None else _mapped(grams.folder, layers, grams.n):
+        stack = np.empty((layers, perm.size, perm.size), np.float32)
+        for l in range(layers):  # np.take: rows then columns (3x faster than an np.ix_ index here)
+            np.multiply(np.take(np.take(source[l], perm, axis=0), perm, axis=1), outer, out=stack[l])
         out.append(stack)
     return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Aligned(PairAlignment):
+    """The alignment of Grams that are already aligned (gathered at ``p(D)``): no copy is made."""
+
+    def apply(self, grams: jax.Array) -> jax.Array:
+        return grams
+
+
 def _identity(m: int, like: PairAlignment) -> PairAlignment:
-    return dataclasses.replace(like, perm=np.arange(m, dtype=np.int32), signs=np.ones(m, np.float32), rotation=None,
-                               base_dims=m)
+    return _Aligned(like.base_is_a, np.arange(m, dtype=np.int32), np.ones(m, np.float32), None, m, like.diagnostics,
+                    like.vocabulary)
 
 
 def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOptions = PairOptions(),
