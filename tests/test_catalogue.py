@@ -200,6 +200,11 @@ def test_a_wider_sketch_is_the_base_as_in_the_engine(tmp_path, models):
     got = score_against_sketch(model, make_sketch(base, "base")[0])
     assert exact.base == got.base == "b"
     assert got.mean == pytest.approx(exact.mean, abs=1e-5) and got.verdict == exact.verdict == "derived"
+    # the other way round: the wider model against the narrower model's whole sketch, rotation included
+    for mode in ("assignment", "orthogonal"):
+        exact = score_pair(base, model, PairOptions(alignment=mode))
+        got = score_against_sketch(base, make_sketch(model, "pruned")[0], PairOptions(alignment=mode))
+        assert exact.base == got.base == "a" and got.mean == pytest.approx(exact.mean, abs=1e-5)
 
 
 # --- catalogue folders --------------------------------------------------------------------------

@@ -105,9 +105,10 @@ def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
 
 
 def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_model: bool,
-               model: PreparedModel) -> PairAlignment:
+               model: PreparedModel, partial: bool) -> PairAlignment:
     """The signed permutation (or rotation) of the target's dimensions onto the base's; as
-    ``engine.align.align_pair`` from the embedding sums on."""
+    ``engine.align.align_pair`` from the embedding sums on, except that a rotation onto a
+    ``partial`` sketch (fewer dimensions than its model has) is the least-squares one."""
     cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
     check_embedding_sums(model.resolved, cross.sq_base if base_is_model else cross.sq_target)
     assignment = assign_dimensions(cross.cosine())
@@ -120,7 +121,7 @@ def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_mo
         diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
         if used == "orthogonal":
             rotation = fitted.matrix
-            if base_is_model and emb_target.shape[1] < emb_base.shape[1]:
+            if base_is_model and partial:
                 rotation = _partial_rotation(emb_base, emb_target, ids_base, ids_target)
     else:
         used, reason = "assignment", "requested assignment"
@@ -222,9 +223,10 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
     if sketch_is_base:
-        align = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model)
+        align = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model, False)
     else:
-        align = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model)
+        align = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model,
+                           sketch.m < sketch.hidden_size)
     del emb
     timings["alignment_s"] = time.perf_counter() - t
     t = time.perf_counter()
