@@ -4,3 +4,5 @@
 fetches a catalogue folder; ``scan`` ranks a catalogue's entries against one model
 (docs/catalogue.md).
 """
+
+__all__: list[str] = []
