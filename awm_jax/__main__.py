@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m awm_jax {{{','.join(COMMANDS)}}} [ARGS...]\n\n"
               "commands:\n  compare   is model B derived from model A? (python -m awm_jax compare A B)\n"
               "  audit     every pair of many models, or models against references\n"
-              "  download  fetch only what awm_jax reads from the hub\n\n"
+              "  download  fetch only what awm_jax reads from the hub\n"
+              "  scan      which catalogued base model is this one derived from? (scan MODEL --catalogue DIR)\n"
+              "  catalogue build, verify, publish or fetch a catalogue of base-model sketches\n\n"
               "python -m awm_jax COMMAND --help describes each command.")
         return 0 if argv else 2
     if argv[0] == "--version":

@@ -15,7 +15,9 @@ import sys
 __all__ = ["COMMANDS", "launch", "run_as_main"]
 
 #: Command name -> module of this package holding its ``main(argv) -> int``.
-COMMANDS = {"compare": "compare", "audit": "audit", "download": "download"}
+COMMANDS = {"compare": "compare", "audit": "audit", "download": "download",
+            "scan": "scan",
+            "catalogue": "catalogue"}
 
 
 def _scrub_path() -> None:

@@ -1,0 +1,248 @@
+"""A full model scored against a compact sketch of another (docs/catalogue.md).
+
+A :class:`Sketch` holds what AWM needs of a model without its weights: the embedding rows of a
+fixed token subset (for the alignment) and every layer's Q and K Grams restricted to a retained
+subset ``D`` of its residual dimensions (for the layer scores). :func:`score_against_sketch`
+runs the engine's own steps on it, so a sketch's verdict follows the same calibrated rule as a
+pair's:
+
+1. shared tokens: the sketch's tokens present in the model's vocabulary (within its embedding);
+2. alignment: the sketch's ``m = |D|`` retained embedding columns against the model's ``n``
+   columns, over the shared rows; the base is the wider model, ties the scanned model, as in
+   ``engine.compare(model, sketched model)`` (with ``m = n_sketch`` this is exactly the
+   engine's alignment); a sketch wider than the model but keeping fewer dimensions than the
+   model has is aligned the other way round (the model's dimensions onto ``D``);
+3. the Grams in one space: sketch as base: ``K_sketch`` aligned onto the model's
+   dimensions, as the engine aligns a base; model as base (``m < n``): the model's Grams
+   (otherwise) gathered at the matched dimensions ``p(D)`` with their signs (``K_model[p(D), p(D)]``), or
+   rotated (``R^T K_model R``, the whole cached Gram is known), compared with ``K_sketch``;
+4. layer scores, pairing, calibrated test and verdict: ``engine.layers`` and ``engine.pair.assemble``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from awm_jax.engine.align import PairAlignment
+from awm_jax.engine.layers import layer_pairing, score_equal_depth, score_grid
+from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
+from awm_jax.engine.pair import assemble
+from awm_jax.errors import CacheError, VocabularyError
+from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
+from awm_jax.numerics.alignment import (
+    assign_dimensions,
+    choose_alignment,
+    embedding_cross,
+    orthogonal_procrustes,
+    permutation_fit,
+)
+from awm_jax.options import PairOptions
+from awm_jax.report import PairResult
+
+__all__ = ["Sketch", "SketchRows", "score_against_sketch", "sketch_rows"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sketch:
+    """What AWM needs of a model to score another against it, without its weights.
+
+    Attributes:
+      tokens: ``K`` token strings whose embedding rows are kept.
+      embedding: ``[K, m]`` float32 embedding rows of ``tokens``, columns ``dims``.
+      dims: ``[m]`` int retained residual dimensions ``D`` (ascending indices into ``0..n-1``).
+      q: ``[L, m, m]`` float32 query Grams restricted to ``D`` (up to a positive scale per layer).
+      k: ``[L, m, m]`` float32 key Grams restricted to ``D``.
+      hidden_size: the sketched model's ``n``.
+      name: the model's identifier (for reports).
+    """
+
+    tokens: tuple[str, ...]
+    embedding: np.ndarray
+    dims: np.ndarray
+    q: np.ndarray
+    k: np.ndarray
+    hidden_size: int
+    name: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.dims.size)
+
+    def grams(self) -> GramSet:
+        """The retained Grams as an in-memory :class:`GramSet` (``n`` = ``m``)."""
+        return GramSet(self.num_layers, self.m, "qk", arrays=(self.q, self.k))
+
+
+class SketchRows(NamedTuple):
+    """Embedding rows of the tokens a model shares with a sketch, in the same order.
+
+    Attributes:
+      model: ``[T]`` rows of the model's embedding.
+      sketch: ``[T]`` rows of the sketch's embedding.
+    """
+
+    model: np.ndarray
+    sketch: np.ndarray
+
+
+def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
+    """The sketch's tokens present in the model's vocabulary, within its embedding rows."""
+    tokens, rows = model.vocab.tokens, model.resolved.vocab_rows
+    pairs = [(tokens[t], i) for i, t in enumerate(sketch.tokens) if t in tokens and tokens[t] < rows]
+    ids = np.asarray(sorted(pairs), np.int64).reshape(-1, 2)
+    return SketchRows(ids[:, 0], ids[:, 1])
+
+
+def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_model: bool,
+               model: PreparedModel, partial: bool) -> PairAlignment:
+    """The signed permutation (or rotation) of the target's dimensions onto the base's; as
+    ``engine.align.align_pair`` from the embedding sums on, except that a rotation onto a
+    ``partial`` sketch (fewer dimensions than its model has) is the least-squares one."""
+    cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
+    check_embedding_sums(model.resolved, cross.sq_base if base_is_model else cross.sq_target)
+    assignment = assign_dimensions(cross.cosine())
+    diagnostics = assignment.diagnostics()
+    rotation = None
+    if mode != "assignment":
+        fitted = orthogonal_procrustes(cross)
+        perm_fit = permutation_fit(cross, assignment)
+        used, reason = choose_alignment(mode, perm_fit, fitted.fit)
+        diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
+        if used == "orthogonal":
+            rotation = fitted.matrix
+            if base_is_model and partial:
+                rotation = _partial_rotation(emb_base, emb_target, ids_base, ids_target)
+    else:
+        used, reason = "assignment", "requested assignment"
+    diagnostics.update(mode=mode, used=used, reason=reason)
+    return PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
+                         diagnostics, {})
+
+
+def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarray:
+    """``[n, m]`` orthonormal columns mapping the model's dimensions onto the sketch's ``D``.
+
+    Orthogonal Procrustes onto only ``m < n`` of the base's columns is biased (the polar factor
+    of ``E^T E R`` is not ``R`` unless ``E^T E`` is isotropic); the least-squares map
+    ``E_model R ~ E_sketch`` is exact for a rotated model when the shared rows span the model's
+    dimensions (``T >= n``), and its polar factor keeps ``R^T K R`` a Gram.
+    """
+    e = np.asarray(emb_model[ids_model], np.float64)
+    d = np.asarray(emb_sketch[ids_sketch], np.float64)
+    fit = np.linalg.lstsq(e, d, rcond=None)[0]
+    u, _, vt = np.linalg.svd(fit, full_matrices=False)
+    return (u @ vt).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _mapped(folder: Path, layers: int, n: int) -> tuple[np.ndarray, ...]:
+    """Read-only maps of a cached fingerprint's Q and K files, kept while a scan scores entry after
+    entry against the same model (a fresh map per entry would fault every page in again)."""
+    try:
+        return tuple(np.memmap(folder / name, np.float32, "r", shape=(layers, n, n)) for name in KINDS["qk"])
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{folder}: cannot read the cached fingerprint ({e}); delete {folder} and rerun "
+                         "(the fingerprint is computed again)") from None
+
+
+def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
+    """The model's Grams aligned onto the sketch's ``m`` dimensions, in memory: gathered at
+    ``p(D)`` with signs straight from the cached files (only the rows used are read), or rotated
+    a chunk of layers at a time."""
+    layers = grams.num_layers
+    if align.rotation is not None:
+        chunk = chunk_layers_for(grams.n, grams.n, layers)
+        out = [np.empty((layers, align.matched_dims, align.matched_dims), np.float32) for _ in range(2)]
+        for start in range(0, layers, chunk):
+            stop = min(start + chunk, layers)
+            for j, x in enumerate(grams.padded(list(range(start, stop)), chunk)):
+                out[j][start:stop] = np.asarray(align.apply(jax.device_put(x)))[: stop - start]
+        return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
+    perm = align.perm.astype(np.int64)
+    signs = align.signs.astype(np.float32)
+    outer = signs[:, None] * signs[None, :]
+    out = []
+    for source in grams.arrays if grams.folder is None else _mapped(grams.folder, layers, grams.n):
+        stack = np.empty((layers, perm.size, perm.size), np.float32)
+        for l in range(layers):  # np.take: rows then columns (3x faster than an np.ix_ index here)
+            np.multiply(np.take(np.take(source[l], perm, axis=0), perm, axis=1), outer, out=stack[l])
+        out.append(stack)
+    return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Aligned(PairAlignment):
+    """The alignment of Grams that are already aligned (gathered at ``p(D)``): no copy is made."""
+
+    def apply(self, grams: jax.Array) -> jax.Array:
+        return grams
+
+
+def _identity(m: int, like: PairAlignment) -> PairAlignment:
+    return _Aligned(like.base_is_a, np.arange(m, dtype=np.int32), np.ones(m, np.float32), None, m, like.diagnostics,
+                    like.vocabulary)
+
+
+def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOptions = PairOptions(),
+                         timings: dict | None = None, embedding: np.ndarray | None = None) -> PairResult:
+    """Scores a prepared model (A) against a sketch (B); run under ``jax.default_device``.
+
+    Args:
+      model: the full model (its Gram fingerprint, cached or in memory).
+      sketch: the other model's sketch.
+      options: layer matching and alignment (``mlp`` is not part of a sketch and is ignored).
+      timings: when given, receives ``alignment_s`` and ``scores_s``.
+      embedding: the model's embedding from ``read_embedding`` (a scan reads it once for every entry).
+
+    Returns:
+      The pair's :class:`PairResult`, model A = ``model``, model B = the sketched model.
+
+    Raises:
+      VocabularyError: the model shares no token with the sketch's token subset.
+      AWMError: a damaged embedding or fingerprint.
+    """
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    rows = sketch_rows(model, sketch)
+    if rows.model.size == 0:
+        raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
+                              f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
+    emb = read_embedding(model.resolved) if embedding is None else embedding
+    # The engine's base is the wider model, ties the first (here: the model); the sketch can only
+    # be the base when it keeps at least as many dimensions as the model has.
+    sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
+    if sketch_is_base:
+        align = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model, False)
+    else:
+        align = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model,
+                           sketch.m < sketch.hidden_size)
+    del emb
+    timings["alignment_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if sketch_is_base:
+        gb, gt, scored = sketch.grams(), model.grams, align
+    else:  # the model's Grams already aligned onto D: an identity alignment scores them
+        gb, gt, scored = _gathered(model.grams, align), sketch.grams(), _identity(align.matched_dims, align)
+    if gb.num_layers == gt.num_layers:
+        pairing = layer_pairing(options.layer_match, matched=score_equal_depth(gb, gt, scored))
+    else:
+        pairing = layer_pairing(options.layer_match, grids=score_grid(gb, gt, scored))
+    timings["scores_s"] = time.perf_counter() - t
+    n_model, n_sketch = model.hidden_size, sketch.hidden_size
+    diagnostics = dict(align.diagnostics, sketch_dims=sketch.m, scored_dims=align.matched_dims)
+    vocabulary = {"shared_tokens": int(rows.model.size), "sketch_tokens": len(sketch.tokens),
+                  "vocab_a": len(model.vocab)}
+    result = assemble(pairing, not sketch_is_base, min(n_model, n_sketch), max(n_model, n_sketch),
+                      min(n_model, n_sketch), diagnostics, vocabulary)
+    return dataclasses.replace(result, base="a" if n_model >= n_sketch else "b")
