@@ -37,11 +37,16 @@ from awm_jax.engine.pair import assemble
 from awm_jax.errors import CacheError, VocabularyError
 from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
 from awm_jax.numerics.alignment import (
+    AUTO_MIN_GAIN,
+    AUTO_NOISE_WIDTHS,
+    AlignmentProbe,
     assign_dimensions,
     choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
     permutation_fit,
+    probe_pairs,
+    probe_score,
 )
 from awm_jax.options import PairOptions
 from awm_jax.report import PairResult
@@ -117,7 +122,7 @@ def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_mo
     if mode != "assignment":
         fitted = orthogonal_procrustes(cross)
         perm_fit = permutation_fit(cross, assignment)
-        used, reason = choose_alignment(mode, perm_fit, fitted.fit)
+        used, reason = choose_alignment(mode, perm_fit, fitted.fit)  # "assignment" or "orthogonal": no probe
         diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
         if used == "orthogonal":
             rotation = fitted.matrix
@@ -222,18 +227,41 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     # The engine's base is the wider model, ties the first (here: the model); the sketch can only
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
-    if sketch_is_base:
-        align = _alignment(sketch.embedding, emb, rows.sketch, rows.model, options.alignment, False, model, False)
+
+    def aligned(mode: str) -> PairAlignment:
+        if sketch_is_base:
+            return _alignment(sketch.embedding, emb, rows.sketch, rows.model, mode, False, model, False)
+        return _alignment(emb, sketch.embedding, rows.model, rows.sketch, mode, True, model,
+                          sketch.m < sketch.hidden_size)
+
+    def scored_grams(align: PairAlignment):
+        if sketch_is_base:
+            return sketch.grams(), model.grams, align
+        # the model's Grams already aligned onto D: an identity alignment scores them
+        return _gathered(model.grams, align), sketch.grams(), _identity(align.matched_dims, align)
+
+    if options.alignment == "auto":  # as the engine decides: by which alignment makes probed layers agree
+        candidates = {mode: aligned(mode) for mode in ("assignment", "orthogonal")}
+        grams = {mode: scored_grams(a) for mode, a in candidates.items()}
+        gb0, gt0, _ = grams["assignment"]
+        pairs = probe_pairs(gb0.num_layers, gt0.num_layers)
+        score = {mode: probe_score(g[0].take([b for b, _ in pairs]), g[1].take([t for _, t in pairs]), g[2].apply)
+                 for mode, g in grams.items()}
+        probe = AlignmentProbe(pairs, score["assignment"], score["orthogonal"],
+                               max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / candidates["assignment"].matched_dims))
+        fits = candidates["orthogonal"].diagnostics
+        used, reason = choose_alignment("auto", fits["permutation_fit"], fits["rotation_fit"], probe)
+        align = candidates[used]
+        align = dataclasses.replace(align, diagnostics=dict(
+            fits, mode="auto", used=used, reason=reason, probe_layers=[list(p) for p in pairs],
+            probe_permutation=probe.permutation, probe_rotation=probe.rotation, probe_margin=probe.margin))
+        gb, gt, scored = grams[used]
     else:
-        align = _alignment(emb, sketch.embedding, rows.model, rows.sketch, options.alignment, True, model,
-                           sketch.m < sketch.hidden_size)
+        align = aligned(options.alignment)
+        gb, gt, scored = scored_grams(align)
     del emb
     timings["alignment_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    if sketch_is_base:
-        gb, gt, scored = sketch.grams(), model.grams, align
-    else:  # the model's Grams already aligned onto D: an identity alignment scores them
-        gb, gt, scored = _gathered(model.grams, align), sketch.grams(), _identity(align.matched_dims, align)
     if gb.num_layers == gt.num_layers:
         pairing = layer_pairing(options.layer_match, matched=score_equal_depth(gb, gt, scored))
     else:

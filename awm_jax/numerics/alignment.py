@@ -82,6 +82,7 @@ __all__ = [
     "orthogonal_procrustes",
     "permutation_fit",
     "probe_alignments",
+    "probe_score",
     "probe_pairs",
     "sampled_rank",
 ]
@@ -464,7 +465,9 @@ def probe_pairs(base_layers: int, target_layers: int, count: int = AUTO_PROBE_LA
     return tuple(dict.fromkeys((round(f * (base_layers - 1)), round(f * (target_layers - 1))) for f in steps))
 
 
-def _probe_score(base: tuple[np.ndarray, ...], target: tuple[np.ndarray, ...], aligned) -> float:
+def probe_score(base: tuple[np.ndarray, ...], target: tuple[np.ndarray, ...], aligned) -> float:
+    """Mean unbiased CKA of probed ``base`` Q and K Gram stacks, aligned by ``aligned``, against
+    the ``target`` ones (the measure :class:`AlignmentProbe` reports)."""
     scores = [np.asarray(paired_cka(aligned(jnp.asarray(b)), jnp.asarray(t))) for b, t in zip(base, target)]
     return float(np.mean(np.concatenate(scores)))
 
@@ -498,8 +501,8 @@ def probe_alignments(base_grams, target_grams, permutation: Alignment, rotation:
     matrix = jnp.asarray(rotation.matrix)
     return AlignmentProbe(
         pairs=pairs,
-        permutation=_probe_score(base, target, lambda g: align_grams(g, perm, signs)),
-        rotation=_probe_score(base, target, lambda g: rotate_grams(g, matrix)),
+        permutation=probe_score(base, target, lambda g: align_grams(g, perm, signs)),
+        rotation=probe_score(base, target, lambda g: rotate_grams(g, matrix)),
         margin=max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / permutation.target_dims),
     )
 
