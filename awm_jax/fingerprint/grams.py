@@ -1,0 +1,359 @@
+"""Per-model fingerprints: the Q and K Gram matrices of every layer, and how they are computed.
+
+A model's Grams ``K_l = W_l^T W_l`` (``[n, n]``, float32) depend on that model alone; every
+comparison against it only permutes, sign-flips and compares them. They are computed by
+streaming a chunk of layers at a time from the checkpoint (bounded memory whatever the depth),
+and kept either in memory (small models, ``--no-cache``), in a temporary folder (large models
+without the cache), or in the fingerprint cache (:mod:`awm_jax.fingerprint.cache`), which
+checksums them as they are written and verifies them when they are read again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import mmap
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from awm_jax._version import ALGORITHM_VERSION
+from awm_jax.errors import CacheError, NumericalError
+from awm_jax.fingerprint._checksum import BlockDigest
+from awm_jax.layouts import ResolvedLayout
+from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
+
+if TYPE_CHECKING:
+    from awm_jax.fingerprint.cache import FingerprintCache
+
+__all__ = ["GramSet", "ReadGuard", "KINDS", "IN_MEMORY_BYTES", "CHUNK_BYTES", "aligned_empty", "model_grams",
+           "chunk_layers_for"]
+
+#: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
+IN_MEMORY_BYTES = 512 * 1024 * 1024
+#: Rough device-memory budget of one chunk of layers (weights, Grams, temporaries).
+CHUNK_BYTES = 768 * 1024 * 1024
+
+
+#: Fingerprint kinds and their files: the attention Q/K Grams (the method), and the MLP input
+#: Grams (``[gate; up]`` rows, all experts of a mixture stacked) as extra evidence.
+KINDS: dict[str, tuple[str, ...]] = {"qk": ("gram_q.f32", "gram_k.f32"), "mlp": ("gram_mlp.f32",)}
+
+
+#: Buffers handed to JAX are aligned so the CPU backend can use them without a copy.
+BUFFER_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised array whose data starts on a ``BUFFER_ALIGNMENT``-byte boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + BUFFER_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % BUFFER_ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
+    """Layers per chunk so a chunk's weights, Grams and temporaries fit ``CHUNK_BYTES``."""
+    per_layer = 4 * (3 * n * n + 2 * d * n) * 2
+    return int(max(1, min(num_layers, CHUNK_BYTES // max(per_layer, 1))))
+
+
+class ReadGuard(Protocol):
+    """Checks, each time a file of a cached :class:`GramSet` is opened, that it is still the file
+    that was verified (see :class:`awm_jax.fingerprint.cache.VerifiedEntry`)."""
+
+    def opened(self, name: str, fd: int) -> None:
+        """Raises :class:`~awm_jax.errors.CacheError` unless the open file ``fd`` (one of the
+        kind's files, ``name``) holds the verified bytes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GramSet:
+    """Per-layer Grams of one model (one array per file of its kind), in memory or on disk.
+
+    Attributes:
+      num_layers: ``L``.
+      n: hidden size.
+      kind: ``"qk"`` (arrays: Q, K) or ``"mlp"`` (arrays: MLP inputs).
+      folder: folder with the kind's raw float32 files (``[L, n, n]`` each), or ``None``.
+      arrays: ``[L, n, n]`` in-memory Grams, one per file of the kind (when ``folder`` is ``None``).
+      key: content key (empty when not computed under the cache).
+      owner: keeps a temporary folder alive as long as the set (uncached large models).
+      guard: for a cache entry, checks every file opened for reading against the verified one.
+    """
+
+    num_layers: int
+    n: int
+    kind: str = "qk"
+    folder: Path | None = None
+    arrays: tuple[np.ndarray, ...] = ()
+    key: str = ""
+    owner: object = dataclasses.field(default=None, repr=False, compare=False)
+    guard: ReadGuard | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def q(self) -> np.ndarray:
+        return self.arrays[0]
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.arrays[1]
+
+    def chunk(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
+        """The Grams of layers ``[start, stop)``, one ``[stop - start, n, n]`` array per file."""
+        if self.folder is None:
+            return tuple(a[start:stop] for a in self.arrays)
+        return tuple(self._read(i, [(start, stop)]) for i in range(len(KINDS[self.kind])))
+
+    def _read(self, index: int, spans: list[tuple[int, int]], pad_to: int = 0) -> np.ndarray:
+        """Layers of the given ``[start, stop)`` spans of array ``index`` into one aligned buffer,
+        zero-padded to ``pad_to`` layers."""
+        count = sum(stop - start for start, stop in spans)
+        out = aligned_empty((max(count, pad_to), self.n, self.n))
+        out[count:] = 0
+        self.read_into(index, spans, out)
+        return out
+
+    def read_into(self, index: int, spans: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Copies the layers of the given ``[start, stop)`` spans of array ``index`` (for ``qk``:
+        0 the Q Grams, 1 the K Grams), one span after another, into the leading layers of ``out``
+        (a C-contiguous float32 ``[>= layers, n, n]`` buffer)."""
+        if self.folder is None:
+            pos = 0
+            for start, stop in spans:
+                out[pos : pos + stop - start] = self.arrays[index][start:stop]
+                pos += stop - start
+            return
+        layer_bytes = self.n * self.n * 4
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        name = KINDS[self.kind][index]
+        path = self.folder / name
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if self.guard is not None:
+                    self.guard.opened(name, f.fileno())
+                pos = 0
+                for start, stop in spans:
+                    f.seek(start * layer_bytes)
+                    want = (stop - start) * layer_bytes
+                    got = f.readinto(view[pos : pos + want])
+                    if got != want:
+                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} and rerun "
+                                         "(the fingerprint is computed again)")
+                    pos += want
+        except OSError as e:
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); delete {self.folder} and rerun "
+                             "(the fingerprint is computed again)") from None
+
+    def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
+        """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, one array per file
+        of the kind: read-only maps of the cache files when the layers are one whole span, else
+        copies in aligned buffers; either way what the jitted kernels take without a copy on the CPU."""
+        if self.folder is None:
+            out = []
+            for a in self.arrays:
+                buf = aligned_empty((size, self.n, self.n))
+                buf[: len(layers)] = a[layers]
+                buf[len(layers):] = 0
+                out.append(buf)
+            return tuple(out)
+        spans: list[tuple[int, int]] = []
+        for i in layers:  # consecutive layers become one read
+            if spans and spans[-1][1] == i:
+                spans[-1] = (spans[-1][0], i + 1)
+            else:
+                spans.append((i, i + 1))
+        if len(spans) == 1 and len(layers) == size:
+            return tuple(self._mapped(name, *spans[0]) for name in KINDS[self.kind])
+        return tuple(self._read(i, spans, size) for i in range(len(KINDS[self.kind])))
+
+    def _mapped(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Layers ``[start, stop)`` of one file, memory-mapped read-only: no copy is made (on the
+        CPU, ``device_put`` takes the mapped pages as they are; cache files are never modified
+        once published). The kernel is asked to read the pages ahead (``MADV_WILLNEED``), so a
+        prefetching caller gets the disk reads started early."""
+        path = self.folder / name
+        layer_bytes = self.n * self.n * 4
+        offset = start * layer_bytes
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(path, "rb") as f:
+                if self.guard is not None:
+                    self.guard.opened(name, f.fileno())
+                mapped = mmap.mmap(f.fileno(), offset - base + (stop - start) * layer_bytes, access=mmap.ACCESS_READ,
+                                   offset=base)
+        except (OSError, ValueError) as e:
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)
+        return np.frombuffer(mapped, np.float32, (stop - start) * self.n * self.n, offset - base).reshape(
+            stop - start, self.n, self.n)
+
+    def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
+        """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
+        return self.padded(layers, len(layers))
+
+
+def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
+    """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``."""
+    if kind == "qk":
+        return resolved.read_qk(layer)
+    rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
+    return (np.concatenate(rows).astype(np.float32, copy=False),)
+
+
+def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str) -> list[np.ndarray]:
+    """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
+    (zero rows and zero layers add nothing to a Gram)."""
+    layers = [_layer_matrices(resolved, i, kind) for i in range(start, stop)]
+    for i, mats in zip(range(start, stop), layers):
+        for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
+            if not w.any():
+                raise NumericalError(
+                    f"{resolved.ckpt.root}: layer {i} {name} projection is all zeros; the checkpoint is damaged "
+                    "or a placeholder: fetch the real weights"
+                )
+            if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
+                hasher.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+    stacks = []
+    for f in range(len(layers[0])):
+        rows = max(mats[f].shape[0] for mats in layers)
+        stack = np.zeros((chunk, rows, resolved.hidden_size), np.float32)
+        for j, mats in enumerate(layers):
+            stack[j, : mats[f].shape[0]] = mats[f]
+        stacks.append(stack)
+    return stacks
+
+
+def _grams(stack: np.ndarray, count: int) -> np.ndarray:
+    """Grams of the first ``count`` layers of a zero-padded ``[c, d, n]`` stack.
+
+    On the CPU backend the host BLAS computes them (see ``gram_layers_host``); elsewhere the
+    jitted kernel runs on the whole padded chunk, so every chunk has one compiled shape.
+    """
+    if default_platform() == "cpu":
+        return gram_layers_host(stack[:count])
+    return np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(stack))))[:count]
+
+
+def _store(files: list, digests: list[BlockDigest], grams: list[np.ndarray]) -> None:
+    """Appends one chunk of Grams to each file, and to its block checksums (when cached)."""
+    for i, (f, g) in enumerate(zip(files, grams)):
+        data = memoryview(np.ascontiguousarray(g)).cast("B")
+        f.write(data)
+        if digests:
+            digests[i].update(data)
+
+
+def model_grams(
+    resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk"
+) -> GramSet:
+    """The per-layer Grams of a model (``kind`` ``"qk"``: Q and K; ``"mlp"``: MLP inputs),
+    from the cache when a verified entry is there, else computed (and published to the cache).
+
+    A damaged or stale cache entry is dropped with one warning line on stderr and computed again;
+    a cache folder that cannot be written is warned about and the Grams are computed without it.
+
+    Args:
+      resolved: the model's bound layout.
+      cache: the fingerprint cache, or ``None`` to compute without caching.
+      timings: optional dict; ``read_s`` and ``gram_s`` are added to it, ``cache_hit`` set.
+      kind: which fingerprint (a key of ``KINDS``).
+
+    Returns:
+      The model's Grams.
+
+    Raises:
+      CacheError: the Grams could not be written (a full disk).
+    """
+    timings = timings if timings is not None else {}
+    fkey = cache.identify(resolved) if cache is not None else None
+    if cache is not None:
+        hit = cache.lookup(resolved, kind, fkey)
+        if hit is not None:
+            timings["cache_hit"] = True
+            return hit
+    timings["cache_hit"] = False
+    names = KINDS[kind]
+    n, layers = resolved.hidden_size, resolved.num_layers
+    # MLP inputs are several times the size of Q/K: one layer at a time.
+    chunk = chunk_layers_for(n, max(resolved.q_dim, resolved.k_dim), layers) if kind == "qk" else 1
+    tmp_ctx = None
+    folder = cache.new_folder() if cache is not None else None  # None (and a warning): not writable
+    if folder is None:
+        cache = None
+        if len(names) * layers * n * n * 4 > IN_MEMORY_BYTES:
+            tmp_ctx = tempfile.TemporaryDirectory(prefix="awm_jax-")
+            folder = Path(tmp_ctx.name)
+    hasher = hashlib.sha256() if cache is not None else None
+    if hasher is not None:
+        hasher.update(f"{ALGORITHM_VERSION}|{kind}|{resolved.name}|{n}|{layers}".encode())
+    arrays = [aligned_empty((layers, n, n)) for _ in names] if folder is None else []
+    digests = [BlockDigest() for _ in names] if cache is not None else []
+    read_s = gram_s = 0.0
+    try:
+        files = [open(folder / name, "wb") for name in names] if folder is not None else []
+        try:
+            bounds = [(start, min(start + chunk, layers)) for start in range(0, layers, chunk)]
+            # One reader thread fetches (and hashes) chunk i + 1 and one writer thread stores chunk
+            # i - 1 while the Grams of chunk i are computed (file I/O and hashing release the GIL).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer:
+                t = time.perf_counter()
+                pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind)
+                written = None
+                for i, (start, stop) in enumerate(bounds):
+                    stacks = pending.result()
+                    if i + 1 < len(bounds):
+                        pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher, kind)
+                    t1 = time.perf_counter()
+                    read_s += t1 - t
+                    grams = [_grams(stack, stop - start) for stack in stacks]
+                    t = time.perf_counter()
+                    gram_s += t - t1
+                    if folder is None:
+                        for j, g in enumerate(grams):
+                            arrays[j][start:stop] = g
+                        continue
+                    if written is not None:
+                        written.result()  # at most one chunk waits to be written: bounded memory
+                    written = writer.submit(_store, files, digests, grams)
+                if written is not None:
+                    written.result()
+            # No fsync: the entry is published by os.replace only after every byte is written, so a
+            # killed process never leaves a partial entry; durability across a power loss is left to
+            # the kernel (fsync-ing gigabytes of Grams would cost more than computing them).
+            for f in files:
+                f.flush()
+        finally:
+            for f in files:
+                f.close()
+        timings["read_s"] = timings.get("read_s", 0.0) + read_s
+        timings["gram_s"] = timings.get("gram_s", 0.0) + gram_s
+        if cache is not None:
+            return cache.publish(folder, resolved, hasher.hexdigest(), kind,
+                                 {name: d.hexdigests() for name, d in zip(names, digests)}, fkey)
+    except OSError as e:
+        if folder is not None and cache is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        if cache is None:
+            raise CacheError(f"{folder}: cannot write the temporary fingerprint ({e.strerror}); free disk space or "
+                             "set TMPDIR to another folder") from None
+        raise CacheError(
+            f"{folder}: cannot write the fingerprint ({e.strerror}); free disk space, set AWM_JAX_CACHE to another "
+            "folder, or pass --no-cache"
+        ) from None
+    except BaseException:
+        if folder is not None and cache is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if folder is None:
+        return GramSet(layers, n, kind, arrays=tuple(arrays))
+    return GramSet(layers, n, kind, folder=folder, owner=tmp_ctx)
