@@ -47,19 +47,25 @@ def models(tmp_path):
     return a, b
 
 
-def test_warm_comparison_reads_no_qk_weights(tmp_path, models, monkeypatch):
+def test_warm_comparison_reads_one_layer_of_qk_weights(tmp_path, models, monkeypatch):
     a, b = models
     cold = awm_jax.compare(a, b, cache_dir=tmp_path / "c")
     assert not cold.model_a.fingerprint_cached
 
-    def forbidden(self, layer):
-        raise AssertionError("Q/K weights read on a warm run")
+    reads = []
+    real = ResolvedLayout.read_qk
 
-    monkeypatch.setattr(ResolvedLayout, "read_qk", forbidden)
+    def counted(self, layer):
+        reads.append((str(self.ckpt.root), layer))
+        return real(self, layer)
+
+    monkeypatch.setattr(ResolvedLayout, "read_qk", counted)
     monkeypatch.setattr(ResolvedLayout, "resolve", None, raising=False)
     warm = awm_jax.compare(a, b, cache_dir=tmp_path / "c")
     assert warm.model_a.fingerprint_cached and warm.model_b.fingerprint_cached
     assert warm.mean == cold.mean and warm.layers == cold.layers
+    # One layer per model is read, for the check of the cached Grams against the weights.
+    assert sorted(root for root, _ in reads) == sorted([str(a), str(b)])
 
 
 def test_changed_weights_invalidate_the_entry(tmp_path, models):
@@ -237,7 +243,7 @@ def test_swapped_index_files_are_caught(tmp_path, trio, capsys):
     assert_heals(a, b, cache, clean, capsys, "another checkpoint")
 
 
-@pytest.mark.parametrize("forged", ["absolute", "relative", "upper", "short", "number", "other_model"])
+@pytest.mark.parametrize("forged", ["absolute", "relative", "upper", "short", "number", "other_model", "dotdot"])
 def test_index_naming_anything_but_a_content_key_is_refused(tmp_path, trio, capsys, forged):
     a, b, c = trio
     cache = tmp_path / "cache"
@@ -251,9 +257,12 @@ def test_index_naming_anything_but_a_content_key_is_refused(tmp_path, trio, caps
     record = json.loads(index_b.read_text())
     record["content_key"] = {"absolute": str(outside), "relative": f"../../{outside.name}",
                              "upper": folder_b.name.upper(), "short": folder_b.name[:-1], "number": 7,
-                             "other_model": f"{folder_b.name}/../{folder_c.name}"}[forged]
+                             "dotdot": f"{folder_b.name}/../{folder_c.name}",
+                             "other_model": folder_c.name}[forged]
     index_b.write_text(json.dumps(record))
-    assert_heals(a, b, cache, clean, capsys, "not a content key")
+    reason = "is not the Gram of the checkpoint's weights" if forged == "other_model" else "not a content key"
+    assert_heals(a, b, cache, clean, capsys, reason)
+    assert entry(cache, c)[1] == folder_c and FingerprintCache(cache).lookup(detect(Checkpoint(c))) is not None
 
 
 def test_rewritten_weights_with_restored_size_inode_and_mtime_are_recomputed(tmp_path, trio, capsys):
@@ -339,6 +348,30 @@ def test_damaged_meta_or_index_heals(tmp_path, trio, capsys, damage):
         shutil.rmtree(folder)
         shutil.copytree(entry(cache, c)[1], folder)
     assert_heals(a, b, cache, clean, capsys, "")
+
+
+def test_another_models_entry_relabelled_as_this_one_is_replaced(tmp_path, trio, capsys):
+    a, b, c = trio
+    cache = tmp_path / "cache"
+    clean = scores(awm_jax.compare(a, b, cache=False))
+    awm_jax.compare(a, b, cache_dir=cache)
+    awm_jax.compare(a, c, cache_dir=cache)
+    index_b, folder_b = entry(cache, b)
+    shutil.rmtree(folder_b)  # c's intact entry under b's key, its meta.json relabelled: every checksum holds
+    shutil.copytree(entry(cache, c)[1], folder_b)
+    meta = json.loads((folder_b / "meta.json").read_text())
+    (folder_b / "meta.json").write_text(json.dumps({**meta, "content_key": folder_b.name}))
+    assert_heals(a, b, cache, clean, capsys, "is not the Gram of the checkpoint's weights")
+    index_b.unlink()  # and when the index is lost too, publishing does not keep the forged folder
+    shutil.rmtree(folder_b)
+    shutil.copytree(entry(cache, c)[1], folder_b)
+    (folder_b / "meta.json").write_text(json.dumps({**meta, "content_key": folder_b.name}))
+    cache_mod._VERIFIED.clear()
+    cache_mod._WARNED.clear()
+    got = awm_jax.compare(a, b, cache_dir=cache)
+    assert scores(got) == clean and not got.model_b.fingerprint_cached
+    lines = warnings(capsys)
+    assert len(lines) == 1 and "is not the Gram of the checkpoint's weights" in lines[0], lines
 
 
 def test_damaged_entry_in_an_unwritable_cache_is_computed_without_it(tmp_path, trio, capsys, monkeypatch):

@@ -22,7 +22,11 @@ Trust. Nothing read from the cache is believed without a check:
   every Gram file; each Gram file is opened without following links and hashed in full when
   the entry is opened (once per process per entry, on several threads) and compared;
 * every later read of a Gram file (positioned reads and memory maps) checks that the file is
-  the one verified (device, inode, size, times) and re-verifies it otherwise.
+  the one verified (device, inode, size, times) and re-verifies it otherwise;
+* the Grams of one layer (picked by the file key) are checked against that layer's weights
+  without forming a Gram: ``K v = W^T (W v)`` for a fixed random sign vector ``v`` (Freivalds'
+  check, three matrix-vector products), so an index entry naming another model's intact
+  fingerprint is caught too. This reads one layer's Q/K weights on a warm run.
 
 A damaged or stale entry is dropped with one ``awm_jax: warning: ...`` line on stderr and the
 fingerprint is computed again. Publishing replaces a damaged folder (the damaged one is
@@ -51,10 +55,12 @@ import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError
 from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
-from awm_jax.fingerprint.grams import KINDS, GramSet
+from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
 from awm_jax.io.atomic import atomic_write
 from awm_jax.layouts import ResolvedLayout
 
@@ -69,6 +75,9 @@ CONTENT_KEY_CHARS, FILE_KEY_CHARS = 64, 40
 MAX_INDEX_BYTES, MAX_META_BYTES = 64 * 1024, 16 * 1024 * 1024
 #: Content probe of each weight file: head and tail bytes, and sampled blocks in between.
 PROBE_EDGE_BYTES, PROBE_BLOCK_BYTES, PROBE_SAMPLES = 64 * 1024, 4096, 4
+#: Largest relative difference between ``K v`` and ``W^T (W v)`` of a cached Gram and its weights
+#: (float32 rounding is below 1e-5; another model's Gram differs by order 1).
+WEIGHT_CHECK_RTOL = 1e-3
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -333,6 +342,29 @@ def verify_entry(folder: Path, key: str, n: int, layers: int, kind: str) -> Veri
     return VerifiedEntry(folder, digests, stamps)
 
 
+def check_against_weights(resolved: ResolvedLayout, grams: GramSet, fkey: str) -> None:
+    """Checks one layer of cached Grams against the checkpoint's weights (Freivalds' check).
+
+    For the layer picked by the file key and each Gram ``K`` of the kind, with its weights
+    ``W`` (``[rows, n]``) and a fixed random sign vector ``v`` (``[n]``), ``K v`` must equal
+    ``W^T (W v)`` to ``WEIGHT_CHECK_RTOL`` (relative, 2-norm). Costs one layer's weight read and
+    three matrix-vector products.
+
+    Raises:
+      _Untrusted: the Grams are not those of these weights.
+    """
+    layer = int(fkey[:8], 16) % grams.num_layers
+    v = np.random.default_rng(0).choice(np.array([-1.0, 1.0], np.float32), grams.n)
+    for name, w, k in zip(KINDS[grams.kind], layer_matrices(resolved, layer, grams.kind),
+                          grams.chunk(layer, layer + 1)):
+        w = np.asarray(w, np.float32)
+        want = (w.T @ (w @ v)).astype(np.float64)
+        got = (k[0] @ v).astype(np.float64)
+        scale = max(float(np.linalg.norm(want)), float(np.linalg.norm(got)), np.finfo(np.float32).tiny)
+        if not float(np.linalg.norm(got - want)) <= WEIGHT_CHECK_RTOL * scale:  # NaN fails too
+            raise _Untrusted(f"layer {layer} of {name} is not the Gram of the checkpoint's weights")
+
+
 def _remove(path: Path) -> None:
     """Removes a file, link or folder tree; errors are ignored (best effort)."""
     try:
@@ -393,18 +425,27 @@ class FingerprintCache:
         if fkey is None:
             return None  # the weights cannot be read: computing the fingerprint says why
         index = self._index(fkey, kind)
-        folder = None
+        where = index
         try:
             key = self._content_key(index, fkey, kind)
-            folder = self.root / "fingerprints" / key
-            verified = verify_entry(folder, key, resolved.hidden_size, resolved.num_layers, kind)
+            where = self.root / "fingerprints" / key
+            verified = verify_entry(where, key, resolved.hidden_size, resolved.num_layers, kind)
+            grams = GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=where, key=key, guard=verified)
+            where = index  # the entry is intact: if it is not these weights', the index is wrong
+            try:
+                check_against_weights(resolved, grams, fkey)
+            except _Untrusted:
+                _WARNED.add(str(grams.folder))  # publishing replaces it (if it is under this key): one warning
+                raise
         except (FileNotFoundError, NotADirectoryError):
             return None
         except _Untrusted as e:
-            _warn_damaged(folder or index, str(e))
-            _remove(index)  # the folder is replaced when the fingerprint is published again
+            _warn_damaged(where, str(e))
+            _remove(index)  # a damaged folder is replaced when the fingerprint is published again
             return None
-        return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=folder, key=key, guard=verified)
+        except OSError:
+            return None  # the weights cannot be read: computing the fingerprint says why
+        return grams
 
     def new_folder(self) -> Path | None:
         """A fresh temporary folder inside the cache to write a fingerprint into, or ``None`` (with
@@ -445,8 +486,9 @@ class FingerprintCache:
                 "files": {name: {"bytes": layers * n * n * 4, "sha256": digests[name]} for name in KINDS[kind]}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / "fingerprints" / key
-        verified = self._place(tmp, final, key, n, layers, kind, {k: tuple(v) for k, v in digests.items()})
         now = self.identify(resolved)
+        verified = self._place(tmp, final, resolved, key, kind, {k: tuple(v) for k, v in digests.items()},
+                               now or fkey or key)
         if now is None or (fkey is not None and now != fkey):
             warn(f"{resolved.ckpt.root}: the weight files changed while their fingerprint was computed; it is "
                  "used for this run but not indexed (run again once the files are complete)")
@@ -459,10 +501,12 @@ class FingerprintCache:
                                         "content_key": key}).encode())
         return GramSet(layers, n, kind, folder=final, key=key, guard=verified)
 
-    def _place(self, tmp: Path, final: Path, key: str, n: int, layers: int, kind: str,
-               digests: dict[str, tuple[str, ...]]) -> VerifiedEntry:
-        """Renames ``tmp`` to ``final``; an entry already at ``final`` is kept when valid (``tmp`` is
-        removed), else renamed aside, replaced and removed."""
+    def _place(self, tmp: Path, final: Path, resolved: ResolvedLayout, key: str, kind: str,
+               digests: dict[str, tuple[str, ...]], fkey: str) -> VerifiedEntry:
+        """Renames ``tmp`` to ``final``. An entry already at ``final`` is kept when it is intact and
+        holds the same Grams (equal checksums, or, computed elsewhere, Grams that pass the check
+        against the weights): ``tmp`` is removed. Otherwise it is renamed aside, replaced and removed."""
+        n, layers = resolved.hidden_size, resolved.num_layers
         for _ in range(4):
             try:
                 os.replace(tmp, final)
@@ -479,6 +523,9 @@ class FingerprintCache:
                 return VerifiedEntry(final, dict(digests), stamps)
             try:
                 existing = verify_entry(final, key, n, layers, kind)
+                if existing.digests != digests:
+                    check_against_weights(resolved, GramSet(layers, n, kind, folder=final, key=key, guard=existing),
+                                          fkey)
             except _Untrusted as e:
                 if not e.stale:
                     _warn_damaged(final, str(e))

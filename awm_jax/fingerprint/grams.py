@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import mmap
+import os
 import shutil
 import tempfile
 import time
@@ -33,8 +34,8 @@ from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_
 if TYPE_CHECKING:
     from awm_jax.fingerprint.cache import FingerprintCache
 
-__all__ = ["GramSet", "ReadGuard", "KINDS", "IN_MEMORY_BYTES", "CHUNK_BYTES", "aligned_empty", "model_grams",
-           "chunk_layers_for"]
+__all__ = ["GramSet", "ReadGuard", "KINDS", "IN_MEMORY_BYTES", "CHUNK_BYTES", "aligned_empty", "layer_matrices",
+           "model_grams", "chunk_layers_for"]
 
 #: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
 IN_MEMORY_BYTES = 512 * 1024 * 1024
@@ -49,6 +50,12 @@ KINDS: dict[str, tuple[str, ...]] = {"qk": ("gram_q.f32", "gram_k.f32"), "mlp": 
 
 #: Buffers handed to JAX are aligned so the CPU backend can use them without a copy.
 BUFFER_ALIGNMENT = 64
+
+
+def _open_gram(path: Path):
+    """An unbuffered binary reader of a Gram file; opening never blocks (a FIFO put in its place
+    opens at once and then fails the identity check of a cached set)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -136,7 +143,7 @@ class GramSet:
         name = KINDS[self.kind][index]
         path = self.folder / name
         try:
-            with open(path, "rb", buffering=0) as f:
+            with _open_gram(path) as f:
                 if self.guard is not None:
                     self.guard.opened(name, f.fileno())
                 pos = 0
@@ -184,7 +191,7 @@ class GramSet:
         offset = start * layer_bytes
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
-            with open(path, "rb") as f:
+            with _open_gram(path) as f:
                 if self.guard is not None:
                     self.guard.opened(name, f.fileno())
                 mapped = mmap.mmap(f.fileno(), offset - base + (stop - start) * layer_bytes, access=mmap.ACCESS_READ,
@@ -201,7 +208,7 @@ class GramSet:
         return self.padded(layers, len(layers))
 
 
-def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
+def layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
     """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``."""
     if kind == "qk":
         return resolved.read_qk(layer)
@@ -212,7 +219,7 @@ def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np
 def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str) -> list[np.ndarray]:
     """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
     (zero rows and zero layers add nothing to a Gram)."""
-    layers = [_layer_matrices(resolved, i, kind) for i in range(start, stop)]
+    layers = [layer_matrices(resolved, i, kind) for i in range(start, stop)]
     for i, mats in zip(range(start, stop), layers):
         for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
             if not w.any():
