@@ -243,7 +243,7 @@ def test_single_linkage_cut_equals_families():
 
 def test_journal_torn_and_damaged_lines(tmp_path):
     from awm_jax.audit.journal import Journal
-    from awm_jax.errors import CacheError, UsageError
+    from awm_jax.errors import UsageError
 
     with Journal(tmp_path, "k1") as j:
         j.append({"kind": "align", "pair": 0})
@@ -258,8 +258,8 @@ def test_journal_torn_and_damaged_lines(tmp_path):
     lines = path.read_bytes().split(b"\n")
     lines[1] = lines[1].replace(b'"pair":0', b'"pair":5')  # checksum no longer matches
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(CacheError, match="line 2 is damaged"):
-        Journal(tmp_path, "k1")
+    # A damaged line is dropped (its work is done again), not fatal: see tests/test_journal.py.
+    assert [r["pair"] for r in Journal(tmp_path, "k1").records] == [1, 2]
     with pytest.raises(UsageError, match="different audit"):
         Journal(tmp_path / "other", "k1").close() or Journal(tmp_path / "other", "k2")
     assert Journal(tmp_path, "k2", fresh=True).records == []

@@ -25,7 +25,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from awm_jax.io.checkpoint import MAX_CONFIG_INT, SAFETENSORS_DTYPES, Checkpoint
-from awm_jax.errors import AWMError
+from awm_jax.errors import AWMError, UsageError
 from awm_jax.synthetic import write_safetensors
 from awm_jax.io.vocab import MAX_DUPLICATE_FRACTION, MAX_TOKEN_ID, load_vocabulary
 
@@ -336,6 +336,104 @@ _layout_configs = st.dictionaries(
 )
 
 
+# -- the audit journal (progress.jsonl) --------------------------------------------------------
+
+_JOURNAL_PAIRS = 6
+
+
+def _journal_line(record: dict) -> bytes:
+    from awm_jax.audit.journal import _encode
+
+    return _encode(record).rstrip(b"\n")
+
+
+_journal_lines = st.one_of(
+    st.tuples(st.just("swap"), st.integers(0, 9), st.integers(0, 9)),
+    st.tuples(st.just("duplicate"), st.integers(0, 9)),
+    st.tuples(st.just("delete"), st.integers(0, 9)),
+    st.tuples(st.just("garbage"), st.integers(0, 9), st.binary(max_size=30)),
+    st.tuples(st.just("foreign"), st.integers(0, 9), st.one_of(  # checksum intact, content the audit cannot use
+        st.fixed_dictionaries({"kind": st.just("align"), "pair": st.one_of(st.integers(-3, 2**40), json_values)}),
+        st.dictionaries(_text(6), json_values, max_size=3))),
+)
+
+
+_journal_bytes = st.tuples(st.sampled_from(["flip", "delete", "insert", "cut"]), st.floats(0, 1), st.integers(0, 255))
+#: A journal: ``(records written, line mutations, byte mutations)`` (positions as fractions of the file).
+journal_files = st.tuples(st.integers(0, _JOURNAL_PAIRS), st.lists(_journal_lines, max_size=3),
+                          st.lists(_journal_bytes, max_size=3))
+
+
+def _damage_bytes(data: bytes, mutations: list[tuple[str, float, int]]) -> bytes:
+    out = bytearray(data)
+    for op, where, value in mutations:
+        at = min(int(where * len(out)), max(len(out) - 1, 0))
+        if op == "flip" and out:
+            out[at] ^= 1 << (value % 8)
+        elif op == "delete" and out:
+            del out[at]
+        elif op == "insert":
+            out.insert(at, value)
+        elif op == "cut":
+            del out[at:]
+    return bytes(out)
+
+
+def _run_journal(folder: Path, example: tuple[int, list, list]) -> str | None:
+    """Writes a journal, damages it, resumes it: every record read is one that was written (or a
+    well-formed record inserted whole) and that the audit accepts, damage is at most one warning
+    line, and after one append the file reads back clean (the resumed records plus the new one,
+    no warning)."""
+    import contextlib
+    import io
+
+    from awm_jax.audit.journal import Journal
+
+    count, mutations, byte_mutations = example
+    written = [{"kind": "align", "pair": k, "aligned": [k, k * 0.5]} for k in range(count)]
+    with Journal(folder, "key") as j:
+        for record in written:
+            j.append(record)
+    path = folder / "progress.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    for m in mutations:
+        at = m[1] % max(len(lines), 1)
+        if m[0] == "swap":
+            other = m[2] % max(len(lines), 1)
+            if lines:
+                lines[at], lines[other] = lines[other], lines[at]
+        elif m[0] == "duplicate" and lines:
+            lines.insert(at, lines[at])
+        elif m[0] == "delete" and lines:
+            del lines[at]
+        elif m[0] == "garbage":
+            lines.insert(at, m[2].replace(b"\n", b""))
+        elif m[0] == "foreign":
+            lines.insert(at, _journal_line(m[2]))
+    path.write_bytes(_damage_bytes(b"\n".join(lines), byte_mutations))
+
+    def accept(record: dict) -> bool:
+        return record.get("kind") == "align" and type(record.get("pair")) is int and 0 <= record["pair"] < max(count, 1)
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        with Journal(folder, "key", accept=accept) as j:
+            resumed = list(j.records)
+            j.append({"kind": "align", "pair": 0, "aligned": "new"})
+    foreign = [m[2] for m in mutations if m[0] == "foreign"]  # intact checksums: indistinguishable if accepted
+    for record in resumed:
+        assert accept(record) and (record in written or record in foreign), (
+            f"wrong record resumed from a damaged journal: {record!r}")
+    lines = err.getvalue().splitlines()
+    assert len(lines) <= 1 and all(line.startswith("awm_jax: warning: ") for line in lines), lines
+    again = io.StringIO()
+    with contextlib.redirect_stderr(again):
+        reread = Journal(folder, "key", accept=accept, writer=False).records
+    assert again.getvalue() == "" and reread == resumed + [{"kind": "align", "pair": 0, "aligned": "new"}], (
+        "the journal does not read back clean after it was resumed")
+    return "healed" if lines else None
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in [
@@ -348,5 +446,6 @@ TARGETS: dict[str, Target] = {
         Target("config_json", _encoded(_config_values), _run_config),
         Target("config_layout", _encoded(_layout_configs), _run_config_layout, in_tests=False),
         Target("cache_entry", cache_entries(), run_cache_entry, allowed=()),
+        Target("journal_file", journal_files, _run_journal, allowed=(UsageError,)),
     ]
 }
