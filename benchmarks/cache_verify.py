@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="awm_jax-verify-", dir=args.dir))
     record: dict = {"benchmark": "cache_verify", "shape": shape.name, "hidden": n, "layers": layers,
                     "qk_gram_bytes": gram_bytes, "block_bytes": BLOCK_BYTES, "threads": verify_threads(),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "load_average_at_start": os.getloadavg()[0]}}
     try:
         sample = scratch / "sample.f32"
         size = int(args.sample_gb * GB) // 4 * 4
