@@ -502,3 +502,23 @@ def test_block_digests_streamed_equal_digests_of_the_file(tmp_path, monkeypatch)
         finally:
             os.close(fd)
     assert BLOCK_BYTES == 32 * 1024 * 1024
+
+
+def test_file_key_covers_the_change_time_and_a_content_probe(tmp_path, trio, monkeypatch):
+    _, b, _ = trio
+    weights = b / "model.safetensors"
+    before = file_key(detect(Checkpoint(b)))
+    assert file_key(detect(Checkpoint(b))) == before  # stable while nothing changes
+    time.sleep(0.05)
+    os.chmod(weights, weights.stat().st_mode)  # same mode, same bytes, same mtime: only ctime moves
+    assert file_key(detect(Checkpoint(b))) != before
+    after_chmod = file_key(detect(Checkpoint(b)))
+    # Where the change time cannot be trusted (it is the same), the probe still sees the bytes change.
+    resolved = detect(Checkpoint(b))
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_mod.os, "stat", lambda path, *a, **k: st)  # every time as it was
+        assert file_key(resolved) != after_chmod
