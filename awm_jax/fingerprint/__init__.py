@@ -9,4 +9,5 @@ keeps them on disk, keyed and checksummed, and verifies every entry before it is
 from awm_jax.fingerprint.cache import FingerprintCache, default_cache_dir
 from awm_jax.fingerprint.grams import KINDS, GramSet, aligned_empty, chunk_layers_for, model_grams
 
-__all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams", "chunk_layers_for"]
+__all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams",
+           "chunk_layers_for"]
