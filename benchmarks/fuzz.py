@@ -1,14 +1,18 @@
-"""Long fuzzing run of the parsers of untrusted files (the test suite runs a short one).
+"""Long fuzzing run of the parsers of untrusted files and of the fingerprint cache (the test
+suite runs a short one).
 
-    python -m benchmarks.fuzz [--cases 14000] [--seed 20261127] [--out benchmarks/results/fuzz.json]
+    python -m benchmarks.fuzz [--cases 14000] [--seed 20261127] [--targets NAME...] [--out benchmarks/results/fuzz.json]
 
 Runs every target of ``tests/bad_input/fuzz_targets.py`` (safetensors headers, index files,
-tokenizer.json, vocab.json, tokenizer.model / *.tiktoken, config.json, and config.json through
-layout detection) with hypothesis, ``--cases`` examples in all, split evenly. Unlike the test,
-an unexpected exception is recorded and the run goes on, so the count is complete; an example
-running longer than ``--hang-s`` counts as a hang. The JSON records, per target, the cases run,
-how many were read and how many refused with a documented error, the unexpected exceptions
-(type, message, where, the example), the slowest example and the time taken.
+tokenizer.json, vocab.json, tokenizer.model / *.tiktoken, config.json, config.json through
+layout detection, and damaged, swapped or forged fingerprint cache entries) with hypothesis,
+``--cases`` examples per target. Unlike the test, an unexpected exception is recorded and the
+run goes on, so the count is complete; an example running longer than ``--hang-s`` counts as a
+hang. The JSON records, per target, the cases run, how many were read, refused with a
+documented error or (cache entries) healed, the unexpected exceptions (type, message, where,
+the example; ``wrong_results`` counts those that are wrong Grams or scores), the slowest
+example and the time taken. With ``--targets``, the results of the other targets already in
+the output file are kept.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def _on_alarm(signum, frame):
 
 def fuzz_target(target: Target, cases: int, run_seed: int, base: Path, hang_s: int) -> dict:
     """Runs ``cases`` examples of one target; returns its statistics."""
-    stats: dict = {"cases": 0, "ok": 0, "refused": 0, "unexpected": [], "slowest_s": 0.0}
+    stats: dict = {"cases": 0, "ok": 0, "refused": 0, "healed": 0, "unexpected": [], "slowest_s": 0.0}
 
     @settings(max_examples=cases, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
@@ -79,30 +83,36 @@ def fuzz_target(target: Target, cases: int, run_seed: int, base: Path, hang_s: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=int, default=14_000, help="examples in all, split evenly over the targets")
+    p.add_argument("--cases", type=int, default=2_000, help="examples per target")
     p.add_argument("--seed", type=int, default=20261127, help="hypothesis seed (recorded)")
     p.add_argument("--hang-s", type=int, default=10, help="an example running longer is a hang")
     p.add_argument("--targets", nargs="*", default=sorted(TARGETS), choices=sorted(TARGETS))
     p.add_argument("--out", type=Path, default=RESULTS / "fuzz.json")
     args = p.parse_args(argv)
     signal.signal(signal.SIGALRM, _on_alarm)
-    per_target = -(-args.cases // len(args.targets))
+    command = "python -m benchmarks.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
+    per_target = args.cases
     results = {}
-    t = time.perf_counter()
+    if args.out.is_file() and set(args.targets) != set(TARGETS):  # a partial run updates the record
+        results = {k: v for k, v in json.loads(args.out.read_text()).get("targets", {}).items()
+                   if k in TARGETS and k not in args.targets}
     with tempfile.TemporaryDirectory(prefix="awm_jax-fuzz-") as tmp:
         for name in args.targets:
             results[name] = fuzz_target(TARGETS[name], per_target, args.seed, Path(tmp), args.hang_s)
             r = results[name]
+            r["command"] = command
             print(f"{name:20s} {r['cases']:6d} cases  {r['ok']:6d} read  {r['refused']:6d} refused  "
-                  f"{len(r['unexpected']):3d} unexpected  slowest {r['slowest_s']:.3f} s  {r['seconds']:.1f} s",
-                  flush=True)
+                  f"{r['healed']:6d} healed  {len(r['unexpected']):3d} unexpected  slowest {r['slowest_s']:.3f} s  "
+                  f"{r['seconds']:.1f} s", flush=True)
     total = sum(r["cases"] for r in results.values())
     unexpected = sum(len(r["unexpected"]) for r in results.values())
     record = {
-        "benchmark": "fuzz", "command": "python -m benchmarks.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "benchmark": "fuzz", "command": command,
         "total_cases": total, "unexpected_exceptions": unexpected, "hangs": sum(
             1 for r in results.values() for u in r["unexpected"] if u["type"] == "_Hang"),
-        "seconds": round(time.perf_counter() - t, 1), "seed": args.seed, "targets": results,
+        "wrong_results": sum(1 for r in results.values() for u in r["unexpected"]
+                             if u["type"] == "AssertionError" and u["message"].startswith("wrong")),
+        "seconds": round(sum(r["seconds"] for r in results.values()), 1), "seed": args.seed, "targets": results,
         "environment": {"python": platform.python_version(), "hypothesis": hypothesis.__version__,
                         "numpy": np.__version__, "machine": platform.machine(), "system": platform.system()},
     }

@@ -19,6 +19,7 @@ import pytest
 from conftest import random_model, save_llama
 
 import awm_jax.fingerprint as fp
+import awm_jax.fingerprint.grams as fp_grams
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.compare import main
 from awm_jax.errors import CacheError
@@ -33,6 +34,7 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import awm_jax.fingerprint as fp
+import awm_jax.fingerprint.grams as fp_grams
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts import detect
 
@@ -55,8 +57,8 @@ def on_call(owner, name, number, before=True):
     setattr(owner, name, hooked)
 
 if point == "computing_second_chunk":      # one layer per chunk: chunk 0 written, chunk 1 computing
-    fp.CHUNK_BYTES = 1
-    on_call(fp, "_grams", 3)
+    fp_grams.CHUNK_BYTES = 1
+    on_call(fp_grams, "_grams", 3)
 elif point == "before_publish":            # Gram files complete in the temporary folder
     on_call(fp.FingerprintCache, "publish", 1)
 elif point == "writing_meta":              # half of meta.json written
@@ -165,7 +167,7 @@ class _FullDiskFile:
 
 
 def _fail_gram_files(monkeypatch):
-    monkeypatch.setattr(fp, "open", lambda path, mode="r", *a, **k: _FullDiskFile(open(path, mode, *a, **k)),
+    monkeypatch.setattr(fp_grams, "open", lambda path, mode="r", *a, **k: _FullDiskFile(open(path, mode, *a, **k)),
                         raising=False)
 
 

@@ -2,7 +2,9 @@
 
 Safetensors headers, index files, tokenizer files (tokenizer.json, vocab.json, tokenizer.model,
 *.tiktoken) and config.json: each generated file is either read with the format's invariants
-holding, or refused with a documented one-line AWMError. Any other exception fails the test.
+holding, or refused with a documented one-line AWMError. Fingerprint cache entries, damaged,
+swapped or forged: the Grams read are those of a recomputation, and the entry is healed (no
+error at all). Any other exception fails the test.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ EXAMPLES = 150
 def test_parser_fuzz(name):
     target = TARGETS[name]
     base = Path(tempfile.mkdtemp(prefix=f"awm_jax-fuzz-{name}-"))
-    outcomes = {"ok": 0, "refused": 0}
+    outcomes = {"ok": 0, "refused": 0, "healed": 0}
     count = [0]
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -38,4 +40,6 @@ def test_parser_fuzz(name):
     finally:
         shutil.rmtree(base, ignore_errors=True)
     # Both branches are reached: the strategies make valid files as well as broken ones.
-    assert outcomes["ok"] > 0 and outcomes["refused"] > 0, outcomes
+    assert outcomes["ok"] > 0 and outcomes["refused"] + outcomes["healed"] > 0, outcomes
+    if not target.allowed:
+        assert outcomes["refused"] == 0, outcomes

@@ -5,6 +5,8 @@ transformers' ``PersimmonAttention._split_heads`` views the fused projection's o
 head's query, key and value rows follow each other; ``head_dim`` is ``hidden / heads`` and
 there are as many key/value heads as query heads. The query/key LayerNorms (``qk_layernorm``)
 act on the projected heads and are not part of ``Wq``/``Wk``. The MLP is one ``dense_h_to_4h``.
+The pre-attention (``input_layernorm``) and pre-MLP (``post_attention_layernorm``) LayerNorm
+gains fold into the projections that read them.
 
 Fuyu (``FuyuForCausalLM``) wraps a Persimmon language model: ``language_model.model.*`` in
 older checkpoints, ``model.language_model.*`` in newer ones, beside the patch embedding
@@ -20,6 +22,7 @@ from typing import Any
 from awm_jax.layouts._base import Layout
 from awm_jax.layouts._dims import Dims
 from awm_jax.layouts._mlp import PlainMLP
+from awm_jax.layouts._norms import NormGains
 from awm_jax.layouts._projections import FusedSplit
 
 __all__ = ["PERSIMMON"]
@@ -40,6 +43,8 @@ PERSIMMON = Layout(
     query=FusedSplit(_QKV, "q", "per_head"),
     key=FusedSplit(_QKV, "k", "per_head"),
     mlp=(PlainMLP("{p}layers.{i}.mlp.dense_h_to_4h.weight"),),
+    # Pre-norm LayerNorms (gain and bias): the gain folds into the fused projection's input columns.
+    norms=NormGains(("{p}layers.{i}.input_layernorm.weight",), ("{p}layers.{i}.post_attention_layernorm.weight",)),
     dims=_dims,
     source="documented",
 )

@@ -4,7 +4,8 @@ Each :class:`Target` pairs a hypothesis strategy (structured inputs, valid ones 
 raw bytes) with a function that writes the example into a fresh model folder and runs the
 real reader on it. The property: the reader either succeeds with a result that satisfies the
 format's invariants, or raises one of the documented :class:`~awm_jax.errors.AWMError`
-subclasses. Any other exception, a hang or a crash is a bug.
+subclasses. Any other exception, a hang or a crash is a bug. The fingerprint cache target
+(``tests/bad_input/fuzz_cache.py``) allows no error at all: a damaged entry is healed.
 
 Used by ``tests/test_fuzz.py`` (a short run) and ``benchmarks/fuzz.py`` (the long run).
 """
@@ -28,6 +29,8 @@ from awm_jax.errors import AWMError, CheckpointError
 from awm_jax.synthetic import write_safetensors
 from awm_jax.io.vocab import MAX_DUPLICATE_FRACTION, MAX_TOKEN_ID, load_vocabulary
 
+from .fuzz_cache import cache_entries, run_cache_entry
+
 __all__ = ["TARGETS", "Target", "ALLOWED_ERRORS", "run_example"]
 
 #: The documented errors a reader may raise on bad input.
@@ -41,26 +44,30 @@ class Target:
     Attributes:
       name: identifier.
       strategy: generates one example.
-      run: writes the example into the given empty folder and reads it, checking invariants.
+      run: writes the example into the given empty folder and reads it, checking invariants;
+        returns ``None`` (read) or the name of another outcome (``"healed"``).
       in_tests: part of the short run in the test suite (else only of the long run).
+      allowed: the errors that count as a documented refusal (none: every error is a bug).
     """
 
     name: str
     strategy: st.SearchStrategy
-    run: Callable[[Path, Any], None]
+    run: Callable[[Path, Any], str | None]
     in_tests: bool = True
+    allowed: tuple[type[BaseException], ...] = ALLOWED_ERRORS
 
 
 def run_example(target: Target, folder: Path, example: Any) -> str:
-    """Runs one example; returns ``"ok"`` or ``"refused"``; other exceptions propagate."""
+    """Runs one example; returns ``"ok"``, ``"refused"`` or the target's own outcome (``"healed"``);
+    other exceptions propagate."""
     folder.mkdir(parents=True)
     try:
-        target.run(folder, example)
-    except ALLOWED_ERRORS as e:
+        outcome = target.run(folder, example)
+    except target.allowed as e:
         message = str(e)
         assert message and "\n" not in message, f"error message is not one line: {message!r}"
         return "refused"
-    return "ok"
+    return outcome or "ok"
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -348,6 +355,7 @@ TARGETS: dict[str, Target] = {
         Target("tokenizer_model", tokenizer_models(), _run_tokenizer_model),
         Target("config_json", _encoded(_config_values), _run_config),
         Target("config_layout", _encoded(_layout_configs), _run_config_layout, in_tests=False),
+        Target("cache_entry", cache_entries(), run_cache_entry, allowed=()),
     ]
 }
 

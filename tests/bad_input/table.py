@@ -202,7 +202,42 @@ def render(messages: dict[str, tuple[int, str]]) -> str:
             raise ValueError(f"case {case.name}: a backtick in the message would break the table")
         rows.append(f"| `{case.name}` | {_cell(case.input)} | {code} | `{_cell(message)}` |\n")
     fixes = "".join(f"| {defect} | {fix} | {code} | {cases} |\n" for defect, fix, code, cases in FIXES)
-    return _INTRO.format(codes=codes) + "".join(rows) + _FIXED_INTRO + fixes
+    return _INTRO.format(codes=codes) + "".join(rows) + _FIXED_INTRO + fixes + _CACHE
+
+
+#: The fingerprint cache and the audit's progress file: damage there is healed, not refused, so
+#: these rows are checked by tests/test_fingerprint.py, tests/test_audit.py and the cache_entry and
+#: audit_journal fuzz targets rather than by the corpus above.
+_CACHE = """
+## Cache and progress file
+
+The fingerprint cache (`$AWM_JAX_CACHE`, else `$XDG_CACHE_HOME/awm_jax`, else
+`~/.cache/awm_jax`) is never trusted: every entry is checked when it is opened (index bound to its
+checkpoint, kind and norm-gain mode, content key of 64 hex digits, SHA-256 of every 32 MiB block
+of every Gram file, one layer checked against the weights). A damaged, stale, swapped or forged
+entry is not an error: it is dropped with one warning line and the fingerprint is computed again
+(the scores are those of `--no-cache`), and the entry is healed for the next run. The audit's
+progress file is treated the same way: a damaged line, or a record that does not fit the audit,
+is dropped with one warning and its pair scored again. Tests: `tests/test_fingerprint.py`,
+`tests/test_audit.py`, and the `cache_entry` and `audit_journal` fuzz targets
+(`python -m benchmarks.fuzz --targets cache_entry audit_journal`).
+
+| case | exit | stderr |
+| --- | --- | --- |
+| a value flipped in a cached Gram (times restored) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_q.f32: block 0 of 1 does not match its checksum); computing it again` |
+| a Gram file truncated, extended, deleted, or replaced by a folder, FIFO or link | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_k.f32 has 6144 bytes, expected 12288); computing it again` |
+| a Gram file zero-filled and meta.json gone (power loss) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (meta.json is missing); computing it again` |
+| two models' index files swapped | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry of another checkpoint or kind); computing it again` |
+| an index naming a path (`/elsewhere`, `../x`, `<key>/../<other key>`) | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry names '/elsewhere', not a content key); computing it again` |
+| an index or folder naming another model's intact fingerprint | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (layer 1 of gram_q.f32 is not the Gram of the checkpoint's weights); computing it again` |
+| weights rewritten in place, size, inode and mtime restored (`cp -p`, `rsync -t`) | 0 | (none: the change time and a content probe are part of the file key, so the fingerprint is computed again) |
+| the cache folder cannot be written | 0 | `awm_jax: warning: <cache>: cannot write the fingerprint cache (Not a directory); computing without it (set AWM_JAX_CACHE to a writable folder, or pass --no-cache)` |
+| the disk fills while a fingerprint is written | 7 | `awm_jax: error: <cache>/fingerprints/.tmp-<id>: cannot write the fingerprint (No space left on device); free disk space, set AWM_JAX_CACHE to another folder, or pass --no-cache` |
+| a verified Gram file replaced by different bytes during the run | 7 | `awm_jax: error: <cache>/fingerprints/<key>: the cached fingerprint changed while in use (gram_q.f32: block 0 of 1 does not match its checksum); rerun (it is verified and, if damaged, computed again)` |
+| an audit progress file with a damaged line, or a record that does not fit the audit (pair index out of range, other model names, scores that disagree with their layers) | 0 | `awm_jax: warning: <out>/progress.jsonl: 1 progress record(s) are damaged or do not fit this audit; their pairs are scored again` |
+| an audit progress file whose first line is not this format's header (possibly a file of the user's: never touched) | 2 | `awm_jax: error: <out>/progress.jsonl: not an awm_jax audit progress file; choose another --out` |
+| an audit progress file that is a FIFO or a folder | 2 | `awm_jax: error: --out <out>: progress.jsonl is a named pipe (FIFO), not a regular file; refusing to replace it; remove it or choose another folder` |
+"""
 
 
 _ROW = re.compile(r"^\| `([A-Za-z0-9_]+)` \| .* \| (-?\d+) \| `(.*)` \|$")

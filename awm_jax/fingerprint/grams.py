@@ -1,33 +1,17 @@
-"""Per-model fingerprints: the Q and K Gram matrices of every layer, computed once and cached.
+"""Per-model fingerprints: the Q and K Gram matrices of every layer, and how they are computed.
 
 A model's Grams ``K_l = W_l^T W_l`` (``[n, n]``, float32) depend on that model alone; every
 comparison against it only permutes, sign-flips and compares them. They are computed by
 streaming a chunk of layers at a time from the checkpoint (bounded memory whatever the depth),
-and kept either in memory (small models, ``--no-cache``) or in the fingerprint cache:
-
-``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
-
-    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
-    fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
-    index/<file key>-<kind>-<norm gains>.json                       # -> content key
-
-The content key hashes the algorithm version, the norm-gain mode, the layout and the bytes of
-every Q/K matrix used (after folding the gains, in the ``fold`` mode). Both keys and
-``meta.json`` carry the norm-gain mode (``awm_jax.layouts._norms``): the Grams of one mode are
-never served for the other. The file key hashes the paths, sizes, modification times and inode numbers of the
-checkpoint's files plus its config, so a second comparison finds the fingerprint without
-reading any Q/K weight again; a changed file changes the file key and forces a recompute.
-Every write goes to a temporary name first and is published with ``os.replace``, so a process
-killed at any point leaves either no entry or a complete one. The Gram files are not fsync-ed
-(gigabytes for a 7B model; the disk would dominate the cold time): after a power loss an entry
-may need deleting, which ``lookup`` cannot always tell (the index file is fsync-ed).
+and kept either in memory (small models, ``--no-cache``), in a temporary folder (large models
+without the cache), or in the fingerprint cache (:mod:`awm_jax.fingerprint.cache`), which
+checksums them as they are written and verifies them when they are read again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import mmap
 import os
 import shutil
@@ -35,18 +19,24 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from awm_jax.io.atomic import atomic_write
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
+from awm_jax.fingerprint._checksum import BlockDigest
+from awm_jax.layouts import ResolvedLayout, check_norm_gains
+from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
-from awm_jax.layouts import DEFAULT_NORM_GAINS, ResolvedLayout, check_norm_gains
 
-__all__ = ["GramSet", "FingerprintCache", "KINDS", "aligned_empty", "default_cache_dir", "model_grams", "chunk_layers_for"]
+if TYPE_CHECKING:
+    from awm_jax.fingerprint.cache import FingerprintCache
+
+__all__ = ["GramSet", "ReadGuard", "KINDS", "IN_MEMORY_BYTES", "CHUNK_BYTES", "aligned_empty", "layer_matrices",
+           "model_grams", "chunk_layers_for"]
 
 #: Grams larger than this (both projections, all layers) are kept on disk, not in memory.
 IN_MEMORY_BYTES = 512 * 1024 * 1024
@@ -63,6 +53,12 @@ KINDS: dict[str, tuple[str, ...]] = {"qk": ("gram_q.f32", "gram_k.f32"), "mlp": 
 BUFFER_ALIGNMENT = 64
 
 
+def _open_gram(path: Path):
+    """An unbuffered binary reader of a Gram file; opening never blocks (a FIFO put in its place
+    opens at once and then fails the identity check of a cached set)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+
+
 def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     """An uninitialised array whose data starts on a ``BUFFER_ALIGNMENT``-byte boundary."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -71,18 +67,19 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
-def default_cache_dir() -> Path:
-    """``$AWM_JAX_CACHE``, else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``."""
-    if os.environ.get("AWM_JAX_CACHE"):
-        return Path(os.environ["AWM_JAX_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "awm_jax"
-
-
 def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
     """Layers per chunk so a chunk's weights, Grams and temporaries fit ``CHUNK_BYTES``."""
     per_layer = 4 * (3 * n * n + 2 * d * n) * 2
     return int(max(1, min(num_layers, CHUNK_BYTES // max(per_layer, 1))))
+
+
+class ReadGuard(Protocol):
+    """Checks, each time a file of a cached :class:`GramSet` is opened, that it is still the file
+    that was verified (see :class:`awm_jax.fingerprint.cache.VerifiedEntry`)."""
+
+    def opened(self, name: str, fd: int) -> None:
+        """Raises :class:`~awm_jax.errors.CacheError` unless the open file ``fd`` (one of the
+        kind's files, ``name``) holds the verified bytes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +94,7 @@ class GramSet:
       arrays: ``[L, n, n]`` in-memory Grams, one per file of the kind (when ``folder`` is ``None``).
       key: content key (empty when not computed under the cache).
       owner: keeps a temporary folder alive as long as the set (uncached large models).
+      guard: for a cache entry, checks every file opened for reading against the verified one.
       norm_gains: how the normalisation gains entered the Grams: ``"fold"`` or ``"ignore"``.
     """
 
@@ -107,6 +105,7 @@ class GramSet:
     arrays: tuple[np.ndarray, ...] = ()
     key: str = ""
     owner: object = dataclasses.field(default=None, repr=False, compare=False)
+    guard: ReadGuard | None = dataclasses.field(default=None, repr=False, compare=False)
     norm_gains: str = DEFAULT_NORM_GAINS
 
     @property
@@ -144,9 +143,12 @@ class GramSet:
             return
         layer_bytes = self.n * self.n * 4
         view = memoryview(out.reshape(-1).view(np.uint8))
-        path = self.folder / KINDS[self.kind][index]
+        name = KINDS[self.kind][index]
+        path = self.folder / name
         try:
-            with open(path, "rb", buffering=0) as f:
+            with _open_gram(path) as f:
+                if self.guard is not None:
+                    self.guard.opened(name, f.fileno())
                 pos = 0
                 for start, stop in spans:
                     f.seek(start * layer_bytes)
@@ -192,7 +194,9 @@ class GramSet:
         offset = start * layer_bytes
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
-            with open(path, "rb") as f:
+            with _open_gram(path) as f:
+                if self.guard is not None:
+                    self.guard.opened(name, f.fileno())
                 mapped = mmap.mmap(f.fileno(), offset - base + (stop - start) * layer_bytes, access=mmap.ACCESS_READ,
                                    offset=base)
         except (OSError, ValueError) as e:
@@ -207,86 +211,16 @@ class GramSet:
         return self.padded(layers, len(layers))
 
 
-def _file_key(resolved: ResolvedLayout) -> str:
-    ckpt = resolved.ckpt
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{ALGORITHM_VERSION}|{resolved.name}|{resolved.prefix}".encode())
-    h.update(json.dumps(ckpt.config, sort_keys=True).encode())
-    for f in ckpt.files:
-        st = f.stat()
-        h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode())
-    return h.hexdigest()
-
-
-class FingerprintCache:
-    """The on-disk fingerprint cache (see the module docstring for its layout)."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
-
-    def _index(self, resolved: ResolvedLayout, kind: str, norm_gains: str) -> Path:
-        return self.root / "index" / f"{_file_key(resolved)}-{kind}-{check_norm_gains(norm_gains)}.json"
-
-    def lookup(self, resolved: ResolvedLayout, kind: str = "qk", norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet | None:
-        """The cached Grams of this checkpoint in the given norm-gain mode, or ``None`` (also when
-        an entry is damaged, or was computed in the other mode)."""
-        index = self._index(resolved, kind, norm_gains)
-        try:
-            key = json.loads(index.read_text())["content_key"]
-            folder = self.root / "fingerprints" / key
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        n, layers = resolved.hidden_size, resolved.num_layers
-        if (meta.get("n") != n or meta.get("num_layers") != layers or meta.get("algorithm") != ALGORITHM_VERSION
-                or meta.get("kind", "qk") != kind or meta.get("norm_gains", "ignore") != norm_gains):
-            return None
-        size = layers * n * n * 4
-        for name in KINDS[kind]:
-            try:
-                if (folder / name).stat().st_size != size:
-                    return None
-            except OSError:
-                return None
-        return GramSet(layers, n, kind, folder=folder, key=key, norm_gains=norm_gains)
-
-    def new_folder(self) -> Path:
-        """A fresh temporary folder inside the cache to write a fingerprint into."""
-        try:
-            (self.root / "fingerprints").mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=".tmp-"))
-        except OSError as e:
-            raise CacheError(f"{self.root}: cannot create the fingerprint cache ({e.strerror}); set AWM_JAX_CACHE "
-                             "to a writable folder or pass --no-cache") from None
-
-    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str = "qk",
-                norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet:
-        """Moves a completed fingerprint into place and indexes it by the checkpoint's file key."""
-        meta = {"algorithm": ALGORITHM_VERSION, "n": resolved.hidden_size, "num_layers": resolved.num_layers,
-                "layout": resolved.name, "kind": kind, "norm_gains": check_norm_gains(norm_gains),
-                "source": str(resolved.ckpt.root)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        final = self.root / "fingerprints" / key
-        try:
-            os.replace(tmp, final)
-        except OSError:  # an identical fingerprint is already there (same weights elsewhere)
-            shutil.rmtree(tmp, ignore_errors=True)
-        index = self._index(resolved, kind, norm_gains)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(index, json.dumps({"content_key": key}).encode())
-        return GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=final, key=key, norm_gains=norm_gains)
-
-
-def _layer_matrices(resolved: ResolvedLayout, layer: int, kind: str, norm_gains: str) -> tuple[np.ndarray, ...]:
+def layer_matrices(resolved: ResolvedLayout, layer: int, kind: str, norm_gains: str) -> tuple[np.ndarray, ...]:
     """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``
     (with the pre-norm gains folded in when ``norm_gains`` is ``"fold"``)."""
     if kind == "qk":
-        mats = resolved.read_qk(layer)
+        mats = tuple(resolved.read_qk(layer))
     else:
         rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
         mats = (np.concatenate(rows).astype(np.float32, copy=False),)
     if norm_gains == "fold":
-        return resolved.fold_gains(layer, "attention" if kind == "qk" else "mlp", *mats)
+        return tuple(resolved.fold_gains(layer, "attention" if kind == "qk" else "mlp", *mats))
     return mats
 
 
@@ -294,7 +228,7 @@ def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, has
                 norm_gains: str) -> list[np.ndarray]:
     """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
     (zero rows and zero layers add nothing to a Gram)."""
-    layers = [_layer_matrices(resolved, i, kind, norm_gains) for i in range(start, stop)]
+    layers = [layer_matrices(resolved, i, kind, norm_gains) for i in range(start, stop)]
     for i, mats in zip(range(start, stop), layers):
         for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
             if not w.any():
@@ -325,12 +259,24 @@ def _grams(stack: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(stack))))[:count]
 
 
+def _store(files: list, digests: list[BlockDigest], grams: list[np.ndarray]) -> None:
+    """Appends one chunk of Grams to each file, and to its block checksums (when cached)."""
+    for i, (f, g) in enumerate(zip(files, grams)):
+        data = memoryview(np.ascontiguousarray(g)).cast("B")
+        f.write(data)
+        if digests:
+            digests[i].update(data)
+
+
 def model_grams(
     resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk",
     norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> GramSet:
     """The per-layer Grams of a model (``kind`` ``"qk"``: Q and K; ``"mlp"``: MLP inputs),
-    from the cache when present, else computed.
+    from the cache when a verified entry is there, else computed (and published to the cache).
+
+    A damaged or stale cache entry is dropped with one warning line on stderr and computed again;
+    a cache folder that cannot be written is warned about and the Grams are computed without it.
 
     Args:
       resolved: the model's bound layout.
@@ -338,15 +284,20 @@ def model_grams(
       timings: optional dict; ``read_s`` and ``gram_s`` are added to it, ``cache_hit`` set.
       kind: which fingerprint (a key of ``KINDS``).
       norm_gains: ``"fold"`` (the canonical form: pre-norm gains folded into the matrices that
-        read the norms) or ``"ignore"`` (the stored matrices, the paper's computation).
+        read the norm) or ``"ignore"`` (the stored matrices, the paper's computation); part of the
+        content key and of the index, so one mode's Grams are never served for the other.
 
     Returns:
       The model's Grams.
+
+    Raises:
+      CacheError: the Grams could not be written (a full disk).
     """
     timings = timings if timings is not None else {}
     check_norm_gains(norm_gains)
+    fkey = cache.identify(resolved) if cache is not None else None
     if cache is not None:
-        hit = cache.lookup(resolved, kind, norm_gains)
+        hit = cache.lookup(resolved, kind, fkey, norm_gains)
         if hit is not None:
             timings["cache_hit"] = True
             return hit
@@ -356,17 +307,17 @@ def model_grams(
     # MLP inputs are several times the size of Q/K: one layer at a time.
     chunk = chunk_layers_for(n, max(resolved.q_dim, resolved.k_dim), layers) if kind == "qk" else 1
     tmp_ctx = None
-    if cache is not None:
-        folder = cache.new_folder()
-    elif len(names) * layers * n * n * 4 > IN_MEMORY_BYTES:
-        tmp_ctx = tempfile.TemporaryDirectory(prefix="awm_jax-")
-        folder = Path(tmp_ctx.name)
-    else:
-        folder = None
+    folder = cache.new_folder() if cache is not None else None  # None (and a warning): not writable
+    if folder is None:
+        cache = None
+        if len(names) * layers * n * n * 4 > IN_MEMORY_BYTES:
+            tmp_ctx = tempfile.TemporaryDirectory(prefix="awm_jax-")
+            folder = Path(tmp_ctx.name)
     hasher = hashlib.sha256() if cache is not None else None
     if hasher is not None:
         hasher.update(f"{ALGORITHM_VERSION}|{kind}|{norm_gains}|{resolved.name}|{n}|{layers}".encode())
     arrays = [aligned_empty((layers, n, n)) for _ in names] if folder is None else []
+    digests = [BlockDigest() for _ in names] if cache is not None else []
     read_s = gram_s = 0.0
     try:
         files = [open(folder / name, "wb") for name in names] if folder is not None else []
@@ -395,7 +346,7 @@ def model_grams(
                         continue
                     if written is not None:
                         written.result()  # at most one chunk waits to be written: bounded memory
-                    written = writer.submit(lambda gs: [f.write(memoryview(g)) for f, g in zip(files, gs)], grams)
+                    written = writer.submit(_store, files, digests, grams)
                 if written is not None:
                     written.result()
             # No fsync: the entry is published by os.replace only after every byte is written, so a
@@ -409,10 +360,14 @@ def model_grams(
         timings["read_s"] = timings.get("read_s", 0.0) + read_s
         timings["gram_s"] = timings.get("gram_s", 0.0) + gram_s
         if cache is not None:
-            return cache.publish(folder, resolved, hasher.hexdigest(), kind, norm_gains)
+            return cache.publish(folder, resolved, hasher.hexdigest(), kind,
+                                 {name: d.hexdigests() for name, d in zip(names, digests)}, fkey, norm_gains)
     except OSError as e:
         if folder is not None and cache is not None:
             shutil.rmtree(folder, ignore_errors=True)
+        if cache is None:
+            raise CacheError(f"{folder}: cannot write the temporary fingerprint ({e.strerror}); free disk space or "
+                             "set TMPDIR to another folder") from None
         raise CacheError(
             f"{folder}: cannot write the fingerprint ({e.strerror}); free disk space, set AWM_JAX_CACHE to another "
             "folder, or pass --no-cache"

@@ -1,0 +1,551 @@
+"""The fingerprint cache on disk: keys, file identity, checksums, verified reads, atomic publish.
+
+``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
+
+    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
+    fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
+    index/<file key>-<kind>-<norm gains>.json                       # -> content key
+
+Keys. The *content key* (64 hex digits) is the SHA-256 of the algorithm version, the layout and
+the bytes of every Q/K tensor used. The *file key* (40 hex digits) hashes the cache format, the
+layout, the config and, per weight file, its path, size, modification and change times
+(``st_ctime_ns`` cannot be set back by ``cp -p``, ``rsync -t`` or ``touch``), device and inode,
+plus a content probe (SHA-256 of the first and last 64 KiB and four sampled 4 KiB blocks), so a
+second comparison finds the fingerprint without reading any Q/K weight again, and a file that
+was rewritten, even with its size and times restored, gets a new file key and a recompute.
+
+Trust. Nothing read from the cache is believed without a check:
+
+* an index entry is JSON naming its own file key and kind (two models' index files swapped
+  are caught) and a content key that must be 64 lowercase hex digits (never a path);
+* ``meta.json`` names its content key, the shape, and the SHA-256 of every 32 MiB block of
+  every Gram file; each Gram file is opened without following links and hashed in full when
+  the entry is opened (once per process per entry, on several threads) and compared;
+* every later read of a Gram file (positioned reads and memory maps) checks that the file is
+  the one verified (device, inode, size, times) and re-verifies it otherwise;
+* the Grams of one layer (picked by the file key) are checked against that layer's weights
+  without forming a Gram: ``K v = W^T (W v)`` for a fixed random sign vector ``v`` (Freivalds'
+  check, three matrix-vector products), so an index entry naming another model's intact
+  fingerprint is caught too. This reads one layer's Q/K weights on a warm run.
+
+A damaged or stale entry is dropped with one ``awm_jax: warning: ...`` line on stderr and the
+fingerprint is computed again. Publishing replaces a damaged folder (the damaged one is
+renamed aside first, then removed), and keeps an existing valid folder of the same content key
+(another process got there first). Every write goes to a temporary name and is published
+with ``os.replace``, so a process killed at any point leaves either no entry or a complete one;
+the index file is fsync-ed, the Gram files are not (a power loss may damage them: the
+checksums catch it). A cache folder that cannot be written is warned about and the fingerprint
+is computed without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from awm_jax._version import ALGORITHM_VERSION
+from awm_jax.errors import CacheError
+from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
+from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
+from awm_jax.options import DEFAULT_NORM_GAINS
+from awm_jax.io.atomic import atomic_write
+from awm_jax.layouts import ResolvedLayout
+
+__all__ = ["CACHE_FORMAT", "FingerprintCache", "FileStamp", "VerifiedEntry", "default_cache_dir", "file_key",
+           "is_content_key", "warn"]
+
+#: Version of the cache's files (index, meta.json, checksums); part of every file key.
+CACHE_FORMAT = 2
+#: Hex digits of a content key (SHA-256) and of a file key (BLAKE2b, 20 bytes).
+CONTENT_KEY_CHARS, FILE_KEY_CHARS = 64, 40
+#: Size limits of the JSON files read from the cache (a damaged file is not read without bound).
+MAX_INDEX_BYTES, MAX_META_BYTES = 64 * 1024, 16 * 1024 * 1024
+#: Content probe of each weight file: head and tail bytes, and sampled blocks in between.
+PROBE_EDGE_BYTES, PROBE_BLOCK_BYTES, PROBE_SAMPLES = 64 * 1024, 4096, 4
+#: Largest relative difference between ``K v`` and ``W^T (W v)`` of a cached Gram and its weights
+#: (float32 rounding is below 1e-5; another model's Gram differs by order 1).
+WEIGHT_CHECK_RTOL = 1e-3
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def default_cache_dir() -> Path:
+    """``$AWM_JAX_CACHE``, else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``."""
+    if os.environ.get("AWM_JAX_CACHE"):
+        return Path(os.environ["AWM_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "awm_jax"
+
+
+def warn(message: str) -> None:
+    """One ``awm_jax: warning: ...`` line on stderr."""
+    print(f"awm_jax: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def is_hex_key(value: object, chars: int) -> bool:
+    """Whether ``value`` is a string of exactly ``chars`` lowercase hex digits."""
+    return isinstance(value, str) and len(value) == chars and _HEX.fullmatch(value) is not None
+
+
+def is_content_key(value: object) -> bool:
+    """Whether ``value`` is a content key (64 lowercase hex digits): never a path."""
+    return is_hex_key(value, CONTENT_KEY_CHARS)
+
+
+# -- file identity ---------------------------------------------------------------------------------
+
+
+def _probe(path: Path, size: int) -> bytes:
+    """SHA-256 of a few bytes of a weight file: head, tail and ``PROBE_SAMPLES`` blocks between."""
+    h = hashlib.sha256()
+    spans = [(0, PROBE_EDGE_BYTES), (max(size - PROBE_EDGE_BYTES, 0), PROBE_EDGE_BYTES)]
+    spans += [(size * (i + 1) // (PROBE_SAMPLES + 1), PROBE_BLOCK_BYTES) for i in range(PROBE_SAMPLES)]
+    with open(path, "rb", buffering=0) as f:
+        for offset, length in spans:
+            h.update(os.pread(f.fileno(), length, offset))
+    return h.digest()
+
+
+def file_key(resolved: ResolvedLayout) -> str:
+    """The key under which a checkpoint's fingerprint is indexed (40 hex digits).
+
+    Raises:
+      OSError: a weight file cannot be read.
+    """
+    ckpt = resolved.ckpt
+    h = hashlib.blake2b(digest_size=FILE_KEY_CHARS // 2)
+    h.update(f"{ALGORITHM_VERSION}|cache{CACHE_FORMAT}|{resolved.name}|{resolved.prefix}".encode())
+    h.update(json.dumps(ckpt.config, sort_keys=True).encode())
+    for f in ckpt.files:
+        st = os.stat(f)
+        h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_dev}|{st.st_ino}|".encode())
+        h.update(_probe(f, st.st_size))
+    return h.hexdigest()
+
+
+class FileStamp(NamedTuple):
+    """What identifies one version of a cache file: if any field changes, it is another file."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# -- verification ----------------------------------------------------------------------------------
+
+
+class _Untrusted(Exception):
+    """An entry that cannot be used; the message says why. ``stale``: written by another version
+    of the cache (replaced without a warning), else damaged."""
+
+    def __init__(self, message: str, stale: bool = False):
+        super().__init__(message)
+        self.stale = stale
+
+
+#: Files verified in this process: (path, stamp) -> block digests (hashing is done once).
+_VERIFIED: dict[tuple[str, FileStamp], tuple[str, ...]] = {}
+_VERIFIED_LOCK = threading.Lock()
+#: Entries already warned about in this process (one warning per damaged entry).
+_WARNED: set[str] = set()
+
+
+def _warn_once(where: Path, message: str) -> None:
+    """``warn(message)``, unless a warning about ``where`` was given already in this process."""
+    if str(where) not in _WARNED:
+        _WARNED.add(str(where))
+        warn(message)
+
+
+def _warn_damaged(where: Path, reason: str) -> None:
+    _warn_once(where, f"{where}: cached fingerprint is damaged or stale ({reason}); computing it again")
+
+
+def _open_nofollow(path: Path) -> int:
+    """A read-only descriptor of a regular file (not a link, not a FIFO: nothing that blocks)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Untrusted(f"{path.name} is not a regular file")
+    return fd
+
+
+def _read_json(path: Path, limit: int) -> Any:
+    """A small JSON file of the cache (at most ``limit`` bytes), not following links."""
+    try:
+        fd = _open_nofollow(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        raise _Untrusted(f"{path.name}: {e.strerror or e}") from None
+    try:
+        raw = os.read(fd, limit + 1)
+    except OSError as e:
+        raise _Untrusted(f"{path.name}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise _Untrusted(f"{path.name} is larger than {limit} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Untrusted(f"{path.name} is not valid JSON") from None
+
+
+@dataclasses.dataclass
+class VerifiedEntry:
+    """A cache folder whose Gram files matched their checksums when opened: the
+    :class:`~awm_jax.fingerprint.grams.ReadGuard` of its :class:`GramSet`.
+
+    Attributes:
+      folder: the entry's folder.
+      digests: per file name, the block digests from ``meta.json`` (verified).
+      stamps: per file name, the identity of the file that was verified.
+    """
+
+    folder: Path
+    digests: dict[str, tuple[str, ...]]
+    stamps: dict[str, FileStamp]
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def opened(self, name: str, fd: int) -> None:
+        """Checks that the open file ``fd`` is the verified ``name``; a file replaced since (by
+        another process healing the entry) is verified again against the same checksums.
+
+        Raises:
+          CacheError: the file no longer matches the checksums it was verified against.
+        """
+        stamp = FileStamp.of(os.fstat(fd))
+        with self._lock:
+            if stamp == self.stamps.get(name):
+                return
+        try:
+            _verify_file(self.folder / name, fd, stamp, self.digests[name])
+        except _Untrusted as e:
+            raise CacheError(f"{self.folder}: the cached fingerprint changed while in use ({e}); rerun (it is "
+                             "verified and, if damaged, computed again)") from None
+        with self._lock:
+            self.stamps[name] = stamp
+
+
+def _verify_file(path: Path, fd: int, stamp: FileStamp, expected: tuple[str, ...]) -> None:
+    """Hashes one open Gram file (unless this version of it was verified already) and compares.
+
+    Raises:
+      _Untrusted: wrong size, unreadable, or a block that does not match its checksum.
+    """
+    if block_count(stamp.size) != len(expected):
+        raise _Untrusted(f"{path.name} has {stamp.size} bytes, not the {len(expected)} blocks recorded")
+    with _VERIFIED_LOCK:
+        if _VERIFIED.get((str(path), stamp)) == expected:
+            return
+    try:
+        got = file_digests(fd, stamp.size, list(expected))
+    except OSError as e:
+        raise _Untrusted(f"{path.name}: {e.strerror or e}") from None
+    if tuple(got) != expected:
+        raise _Untrusted(f"{path.name}: block {len(got) - 1} of {len(expected)} does not match its checksum")
+    with _VERIFIED_LOCK:
+        _VERIFIED[(str(path), stamp)] = expected
+
+
+def _meta_digests(meta: Any, key: str, n: int, layers: int, kind: str, norm_gains: str) -> dict[str, tuple[str, ...]]:
+    """The block digests ``meta.json`` records for each file of ``kind``, after checking that it
+    describes this entry (content key, algorithm, shape, kind, block size).
+
+    Raises:
+      _Untrusted: it does not.
+    """
+    if not isinstance(meta, dict):
+        raise _Untrusted("meta.json is not an object")
+    if meta.get("format") != CACHE_FORMAT or meta.get("algorithm") != ALGORITHM_VERSION:
+        raise _Untrusted(f"written by another version (format {meta.get('format')!r})", stale=True)
+    want = {"content_key": key, "n": n, "num_layers": layers, "kind": kind, "norm_gains": norm_gains,
+            "block_bytes": BLOCK_BYTES}
+    for field, value in want.items():
+        if meta.get(field) != value or type(meta.get(field)) is not type(value):
+            raise _Untrusted(f"meta.json {field} is {str(meta.get(field))[:80]!r}, expected {value!r}")
+    files = meta.get("files")
+    size = layers * n * n * 4
+    if not isinstance(files, dict) or sorted(files) != sorted(KINDS[kind]):
+        raise _Untrusted("meta.json does not list the Gram files")
+    out = {}
+    for name in KINDS[kind]:
+        record = files[name]
+        blocks = record.get("sha256") if isinstance(record, dict) else None
+        if (not isinstance(record, dict) or record.get("bytes") != size or not isinstance(blocks, list)
+                or len(blocks) != block_count(size) or not all(is_hex_key(b, DIGEST_CHARS) for b in blocks)):
+            raise _Untrusted(f"meta.json has no valid checksums of {name}")
+        out[name] = tuple(blocks)
+    return out
+
+
+def verify_entry(folder: Path, key: str, n: int, layers: int, kind: str,
+                 norm_gains: str = DEFAULT_NORM_GAINS) -> VerifiedEntry:
+    """Opens a cache entry and verifies every Gram file against the checksums in its ``meta.json``.
+
+    Args:
+      folder: ``fingerprints/<key>``.
+      key: its content key.
+      n: hidden size the Grams must have.
+      layers: layers the Grams must have.
+      kind: the fingerprint kind (a key of ``KINDS``).
+      norm_gains: the norm-gain mode its Grams must have been computed in.
+
+    Returns:
+      The verified entry (the identities of the files that were hashed).
+
+    Raises:
+      _Untrusted: the folder is missing, a link, or anything in it is damaged or stale.
+    """
+    try:
+        st = os.lstat(folder)
+    except OSError as e:
+        raise _Untrusted(f"folder {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _Untrusted("not a folder")
+    try:
+        meta = _read_json(folder / "meta.json", MAX_META_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _Untrusted("meta.json is missing") from None
+    digests = _meta_digests(meta, key, n, layers, kind, norm_gains)
+    stamps = {}
+    for name in KINDS[kind]:
+        path = folder / name
+        try:
+            fd = _open_nofollow(path)
+        except OSError as e:
+            raise _Untrusted(f"{name}: {e.strerror or e}") from None
+        try:
+            stamps[name] = FileStamp.of(os.fstat(fd))
+            if stamps[name].size != n * n * layers * 4:
+                raise _Untrusted(f"{name} has {stamps[name].size} bytes, expected {n * n * layers * 4}")
+            _verify_file(path, fd, stamps[name], digests[name])
+        finally:
+            os.close(fd)
+    return VerifiedEntry(folder, digests, stamps)
+
+
+def check_against_weights(resolved: ResolvedLayout, grams: GramSet, fkey: str) -> None:
+    """Checks one layer of cached Grams against the checkpoint's weights (Freivalds' check).
+
+    For the layer picked by the file key and each Gram ``K`` of the kind, with its weights
+    ``W`` (``[rows, n]``) and a fixed random sign vector ``v`` (``[n]``), ``K v`` must equal
+    ``W^T (W v)`` to ``WEIGHT_CHECK_RTOL`` (relative, 2-norm). Costs one layer's weight read and
+    three matrix-vector products.
+
+    Raises:
+      _Untrusted: the Grams are not those of these weights.
+    """
+    layer = int(fkey[:8], 16) % grams.num_layers
+    v = np.random.default_rng(0).choice(np.array([-1.0, 1.0], np.float32), grams.n)
+    for name, w, k in zip(KINDS[grams.kind], layer_matrices(resolved, layer, grams.kind, grams.norm_gains),
+                          grams.chunk(layer, layer + 1)):
+        w = np.asarray(w, np.float32)
+        want = (w.T @ (w @ v)).astype(np.float64)
+        got = (k[0] @ v).astype(np.float64)
+        scale = max(float(np.linalg.norm(want)), float(np.linalg.norm(got)), np.finfo(np.float32).tiny)
+        if not float(np.linalg.norm(got - want)) <= WEIGHT_CHECK_RTOL * scale:  # NaN fails too
+            raise _Untrusted(f"layer {layer} of {name} is not the Gram of the checkpoint's weights")
+
+
+def _remove(path: Path) -> None:
+    """Removes a file, link or folder tree; errors are ignored (best effort)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# -- the cache -------------------------------------------------------------------------------------
+
+
+class FingerprintCache:
+    """The on-disk fingerprint cache (see the module docstring for its layout and checks)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def _index(self, key: str, kind: str, norm_gains: str) -> Path:
+        return self.root / "index" / f"{key}-{kind}-{norm_gains}.json"
+
+    def _content_key(self, index: Path, fkey: str, kind: str, norm_gains: str) -> str:
+        """The content key an index file names, after checking it is this checkpoint's index.
+
+        Raises:
+          FileNotFoundError, NotADirectoryError: there is no index file.
+          _Untrusted: it is damaged, belongs to another checkpoint or kind, or names a path.
+        """
+        entry = _read_json(index, MAX_INDEX_BYTES)
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+            raise _Untrusted("index entry of another format")
+        if entry.get("file_key") != fkey or entry.get("kind") != kind or entry.get("norm_gains") != norm_gains:
+            raise _Untrusted("index entry of another checkpoint or kind")
+        key = entry.get("content_key")
+        if not is_content_key(key):
+            raise _Untrusted(f"index entry names {str(key)[:80]!r}, not a content key")
+        return key
+
+    def identify(self, resolved: ResolvedLayout) -> str | None:
+        """The checkpoint's file key now, or ``None`` when its files cannot be read."""
+        try:
+            return file_key(resolved)
+        except OSError:
+            return None
+
+    def lookup(self, resolved: ResolvedLayout, kind: str = "qk", fkey: str | None = None,
+               norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet | None:
+        """The cached Grams of this checkpoint, verified, or ``None``: no entry, or a damaged or
+        stale one (dropped, with one warning line on stderr).
+
+        Args:
+          resolved: the checkpoint.
+          kind: the fingerprint kind.
+          fkey: its file key (:meth:`identify`), when already computed.
+          norm_gains: the norm-gain mode (each mode has its own entry).
+        """
+        fkey = fkey or self.identify(resolved)
+        if fkey is None:
+            return None  # the weights cannot be read: computing the fingerprint says why
+        index = self._index(fkey, kind, norm_gains)
+        where = index
+        try:
+            key = self._content_key(index, fkey, kind, norm_gains)
+            where = self.root / "fingerprints" / key
+            verified = verify_entry(where, key, resolved.hidden_size, resolved.num_layers, kind, norm_gains)
+            grams = GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=where, key=key, guard=verified,
+                            norm_gains=norm_gains)
+            where = index  # the entry is intact: if it is not these weights', the index is wrong
+            try:
+                check_against_weights(resolved, grams, fkey)
+            except _Untrusted:
+                _WARNED.add(str(grams.folder))  # publishing replaces it (if it is under this key): one warning
+                raise
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except _Untrusted as e:
+            _warn_damaged(where, str(e))
+            _remove(index)  # a damaged folder is replaced when the fingerprint is published again
+            return None
+        except OSError:
+            return None  # the weights cannot be read: computing the fingerprint says why
+        return grams
+
+    def new_folder(self) -> Path | None:
+        """A fresh temporary folder inside the cache to write a fingerprint into, or ``None`` (with
+        a warning) when the cache folder cannot be written."""
+        try:
+            (self.root / "fingerprints").mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=".tmp-"))
+        except OSError as e:
+            _warn_once(self.root, f"{self.root}: cannot write the fingerprint cache ({e.strerror or e}); computing "
+                       "without it (set AWM_JAX_CACHE to a writable folder, or pass --no-cache)")
+            return None
+
+    def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str,
+                digests: dict[str, list[str]], fkey: str | None = None,
+                norm_gains: str = DEFAULT_NORM_GAINS) -> GramSet:
+        """Moves a completed fingerprint into place and indexes it by the checkpoint's file key.
+
+        Args:
+          tmp: the temporary folder (from :meth:`new_folder`) holding the kind's Gram files.
+          resolved: the checkpoint.
+          key: its content key.
+          kind: the fingerprint kind.
+          digests: per Gram file, its block checksums (computed while it was written).
+          fkey: the file key from before the weights were read: when the files changed since, the
+            entry is published but not indexed (it may mix two versions of the weights).
+          norm_gains: the norm-gain mode the Grams were computed in.
+
+        Returns:
+          The published Grams (the ones written, or an identical valid entry already in place).
+
+        Raises:
+          OSError: the cache cannot be written.
+        """
+        if not is_content_key(key):
+            raise ValueError(f"not a content key: {key!r}")
+        n, layers = resolved.hidden_size, resolved.num_layers
+        meta = {"format": CACHE_FORMAT, "content_key": key, "algorithm": ALGORITHM_VERSION, "n": n,
+                "num_layers": layers, "layout": resolved.name, "kind": kind, "norm_gains": norm_gains,
+                "source": str(resolved.ckpt.root),
+                "block_bytes": BLOCK_BYTES,
+                "files": {name: {"bytes": layers * n * n * 4, "sha256": digests[name]} for name in KINDS[kind]}}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        final = self.root / "fingerprints" / key
+        now = self.identify(resolved)
+        verified = self._place(tmp, final, resolved, key, kind, {k: tuple(v) for k, v in digests.items()},
+                               now or fkey or key, norm_gains)
+        if now is None or (fkey is not None and now != fkey):
+            warn(f"{resolved.ckpt.root}: the weight files changed while their fingerprint was computed; it is "
+                 "used for this run but not indexed (run again once the files are complete)")
+            return GramSet(layers, n, kind, folder=final, key=key, guard=verified, norm_gains=norm_gains)
+        index = self._index(now, kind, norm_gains)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        if index.is_dir() and not index.is_symlink():
+            _remove(index)
+        atomic_write(index, json.dumps({"format": CACHE_FORMAT, "file_key": now, "kind": kind,
+                                        "norm_gains": norm_gains, "content_key": key}).encode())
+        return GramSet(layers, n, kind, folder=final, key=key, guard=verified, norm_gains=norm_gains)
+
+    def _place(self, tmp: Path, final: Path, resolved: ResolvedLayout, key: str, kind: str,
+               digests: dict[str, tuple[str, ...]], fkey: str, norm_gains: str) -> VerifiedEntry:
+        """Renames ``tmp`` to ``final``. An entry already at ``final`` is kept when it is intact and
+        holds the same Grams (equal checksums, or, computed elsewhere, Grams that pass the check
+        against the weights): ``tmp`` is removed. Otherwise it is renamed aside, replaced and removed."""
+        n, layers = resolved.hidden_size, resolved.num_layers
+        for _ in range(4):
+            try:
+                os.replace(tmp, final)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+            else:
+                stamps = {}
+                for name in KINDS[kind]:
+                    path = final / name
+                    stamps[name] = FileStamp.of(os.lstat(path))
+                    with _VERIFIED_LOCK:
+                        _VERIFIED[(str(path), stamps[name])] = digests[name]
+                return VerifiedEntry(final, dict(digests), stamps)
+            try:
+                existing = verify_entry(final, key, n, layers, kind, norm_gains)
+                if existing.digests != digests:
+                    check_against_weights(resolved, GramSet(layers, n, kind, folder=final, key=key, guard=existing,
+                                                            norm_gains=norm_gains), fkey)
+            except _Untrusted as e:
+                if not e.stale:
+                    _warn_damaged(final, str(e))
+                aside = final.parent / f".tmp-damaged-{uuid.uuid4().hex}"
+                try:
+                    os.rename(final, aside)
+                except FileNotFoundError:
+                    continue  # another process moved it aside first
+                _remove(aside)
+                continue
+            shutil.rmtree(tmp, ignore_errors=True)
+            return existing
+        raise OSError(errno.EBUSY, f"{final} keeps being replaced by another process")
