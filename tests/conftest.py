@@ -38,6 +38,15 @@ def count_compilations():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.fixture(scope="session")
+def parity() -> Path:
+    """The parity checkpoints (``../shared/parity``); the test is skipped when they are absent."""
+    folder = SHARED / "parity"
+    if not (folder / "llama_a").is_dir():
+        pytest.skip("the parity models (../shared/parity) are not present")
+    return folder
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     if not (SHARED / "parity" / "expected.json").is_file():

@@ -33,7 +33,7 @@ Every function here takes the stored arrays of one weight and returns the float3
   (and ``weight_zero_point``), the same formula without packing.
 
 Which format a checkpoint's weight is stored in, and the checks of its side tensors, are in
-:mod:`awm_jax.layouts._quantformats`. The packers in ``tests/test_quantized.py`` are written
+:mod:`awm_jax.layouts._quantformats`. The packers in ``tests/io/test_quantized.py`` are written
 from these descriptions, apart from this module, and round-trip through it.
 """
 

@@ -6,7 +6,7 @@ Two kinds, both run through the real command line:
   ``cases.py``, so ``test_corpus.py`` runs them and ``docs/errors.md`` lists them): a model too
   narrow for the unbiased CKA, too few shared tokens to align, a degenerate embedding;
 - :data:`INVARIANCE_CASES`: function-preserving or scale-only changes that must give the clean
-  run's scores (``tests/test_scale_invariance.py`` runs each through ``awm_jax.compare``'s CLI
+  run's scores (``tests/numerics/test_scale_invariance.py`` runs each through ``awm_jax.compare``'s CLI
   twice, clean and changed, and compares the JSON).
 
 Imported by the package (``tests/bad_input/__init__.py``), so the refusals are in ``CASES``

@@ -206,7 +206,7 @@ def render(messages: dict[str, tuple[int, str]]) -> str:
 
 
 #: The fingerprint cache and the audit's progress file: damage there is healed, not refused, so
-#: these rows are checked by tests/test_fingerprint.py, tests/test_audit.py and the cache_entry and
+#: these rows are checked by tests/fingerprint/test_fingerprint.py, tests/audit/test_audit.py and the cache_entry and
 #: audit_journal fuzz targets rather than by the corpus above.
 _CACHE = """
 ## Cache and progress file
@@ -218,8 +218,8 @@ of every Gram file, one layer checked against the weights). A damaged, stale, sw
 entry is not an error: it is dropped with one warning line and the fingerprint is computed again
 (the scores are those of `--no-cache`), and the entry is healed for the next run. The audit's
 progress file is treated the same way: a damaged line, or a record that does not fit the audit,
-is dropped with one warning and its pair scored again. Tests: `tests/test_fingerprint.py`,
-`tests/test_audit.py`, and the `cache_entry` and `audit_journal` fuzz targets
+is dropped with one warning and its pair scored again. Tests: `tests/fingerprint/test_fingerprint.py`,
+`tests/audit/test_audit.py`, and the `cache_entry` and `audit_journal` fuzz targets
 (`python -m benchmarks.fuzz --targets cache_entry audit_journal`).
 
 | case | exit | stderr |

@@ -99,7 +99,7 @@ def test_fp8_scale_grid_that_does_not_tile_is_refused(tmp_path):
         detect(Checkpoint(folder))
 
 
-# GPTQ, AWQ, bitsandbytes and compressed-tensors packed weights are dequantised: tests/test_quantized.py.
+# GPTQ, AWQ, bitsandbytes and compressed-tensors packed weights are dequantised: tests/io/test_quantized.py.
 
 
 @pytest.mark.parametrize("kind", ["nf4", "fp4"])

@@ -248,13 +248,6 @@ def test_asymmetric_compressed_tensors_with_packed_zero_points(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def parity(request):
-    root = Path(__file__).resolve().parents[2] / "shared" / "parity"
-    for candidate in (root, Path("/work/shared/parity")):
-        if (candidate / "llama_a").is_dir():
-            return candidate
-    pytest.skip("the parity models are not present")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

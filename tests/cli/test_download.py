@@ -15,7 +15,7 @@ from awm_jax.errors import UsageError
 from awm_jax.io.hub import cached_snapshot, hub_cache_dir
 from hub_server import hub, write_tiny_model  # noqa: F401  (hub is a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SUITE = """
 [suite]

@@ -28,7 +28,7 @@ from awm_jax.cli.compare import main
 from conftest import random_model, save_llama
 from test_kernels import cka_u_reference
 
-#: Accuracy of a float32 score against the float64 reference (``tests/test_kernels.py``).
+#: Accuracy of a float32 score against the float64 reference (``tests/numerics/test_kernels.py``).
 KERNEL_ATOL = 2e-6
 TOL = 2 * KERNEL_ATOL
 

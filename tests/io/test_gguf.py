@@ -97,12 +97,6 @@ def write_gguf(parent: Path, path: Path, qtype=T.Q8_0, arch: str = "llama", perm
     return paths[0]
 
 
-@pytest.fixture(scope="module")
-def parity():
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "parity", Path("/work/shared/parity")):
-        if (candidate / "llama_a").is_dir():
-            return candidate
-    pytest.skip("the parity models are not present")
 
 
 def _compare(a, b):

@@ -268,6 +268,6 @@ def test_import_loads_no_library():
     code = ("import awm_jax.numerics.host_blas; "
             "print(any('libmkl' in line for line in open('/proc/self/maps')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from conftest import random_model, save_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Result fields that may differ between runs: wall times, versions, whether the cache was hit.
 VOLATILE = ("timings", "environment")

@@ -26,7 +26,7 @@ from awm_jax.errors import CacheError
 from awm_jax.layouts import detect
 from awm_jax.engine import compare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: The child computes model A's fingerprint into the cache and kills itself with SIGKILL at
 #: the named point (a hook on the function the cache write goes through at that moment).

@@ -20,12 +20,6 @@ from awm_jax.synthetic import write_safetensors
 TARGETS = ("q_proj", "k_proj", "gate_proj", "up_proj")
 
 
-@pytest.fixture(scope="module")
-def parity():
-    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "parity", Path("/work/shared/parity")):
-        if (candidate / "llama_a").is_dir():
-            return candidate
-    pytest.skip("the parity models are not present")
 
 
 def write_adapter(base: Path, folder: Path, r: int = 4, alpha: float = 8.0, rslora: bool = False, seed: int = 0,

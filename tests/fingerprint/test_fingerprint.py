@@ -25,7 +25,7 @@ from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.io.checkpoint import Checkpoint
 from conftest import random_model, save_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

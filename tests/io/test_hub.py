@@ -21,7 +21,7 @@ from awm_jax.io._network import NetworkLimits
 from awm_jax.io.hub import HubId, cached_snapshot, hub_cache_dir, parse_hub_id, resolve_model, select_files
 from hub_server import HostileHub, hub, isolate_hub_client, write_tiny_model  # noqa: F401  (hub is a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 NEEDED = {
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -13,7 +13,7 @@ import pytest
 
 from test_audit import FAMILY_THRESHOLD, reference, zoo  # noqa: F401  (shared session fixtures)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: The audit in a fresh process with forced host devices: each device scores its own pairs.
 _CHILD = textwrap.dedent("""

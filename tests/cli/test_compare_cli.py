@@ -13,7 +13,7 @@ import pytest
 from awm_jax.cli.compare import main
 from conftest import random_model, save_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=None):

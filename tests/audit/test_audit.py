@@ -16,7 +16,7 @@ import pytest
 
 from conftest import mlp_tensors, random_model, save_llama
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCORE_ATOL = 1e-6
 #: Families of the synthetic zoo below, as built (a threshold between its independent and derived scores).
 FAMILY_THRESHOLD = 0.3
