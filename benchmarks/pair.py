@@ -42,9 +42,26 @@ def run_child(*args: str) -> dict:
     return result
 
 
+def matmul_route() -> str:
+    """The host matmul route the Grams and the cosine take: ``"mkl-bf16"`` (the CPU's bf16 matrix
+    units through oneMKL, the ``amx`` extra) or ``"numpy-f32"``."""
+    from awm_jax.numerics import host_blas
+
+    return "mkl-bf16" if host_blas.bf16_gemm_available() else "numpy-f32"
+
+
 def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
-    """Best float32 matmul throughput of the host BLAS (the faster of the two CPU paths)."""
-    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+    """Best throughput of the host matmul route awm_jax uses (:func:`matmul_route`): a bf16
+    ``W^T W`` on the matrix units, else a float32 matmul of the host BLAS."""
+    rng = np.random.default_rng(0)
+    if matmul_route() == "mkl-bf16":
+        from awm_jax.numerics import host_blas
+
+        w = rng.standard_normal((n, n), np.float32).astype(host_blas.BF16)
+        host_blas.gram_bf16(w)  # warm-up
+        best = min(_timed(lambda: host_blas.gram_bf16(w)) for _ in range(repeats))
+        return 2 * n**3 / best / 1e9
+    a = rng.standard_normal((n, n), np.float32)
     a @ a  # warm-up
     best = min(_timed(lambda: a @ a) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
     nbytes, bandwidth = read_bandwidth(spans)
     gflops = matmul_gflops()
     floor = {"bytes_read": nbytes, "read_bandwidth_gbps": bandwidth / 1e9, "read_floor_s": nbytes / bandwidth,
-             "flops": flops_needed(shape), "matmul_gflops": gflops, "compute_floor_s": flops_needed(shape) / (gflops * 1e9)}
+             "flops": flops_needed(shape), "matmul_gflops": gflops, "matmul_route": matmul_route(), "compute_floor_s": flops_needed(shape) / (gflops * 1e9)}
     floor["floor_s"] = floor["read_floor_s"] + floor["compute_floor_s"]
     print(f"[{shape.name}] floor {floor['floor_s']:.1f}s (read {nbytes / 1e9:.2f} GB at {bandwidth / 1e9:.2f} GB/s, "
           f"{floor['flops'] / 1e12:.2f} TFLOP at {gflops:.0f} GFLOP/s)", flush=True)

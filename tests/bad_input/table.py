@@ -161,6 +161,33 @@ FIXES: list[tuple[str, str, str, str]] = [
      "the atexit handlers, before the interpreter drops its handler", "130", "`test_signals.py`"),
     ("`download` errors began with `error:`", "every command prints `awm_jax: error: ...` through the same runner",
      "any", "`hub_download_portal`, `download_suite_deep`"),
+    ("`q_proj` times 2^-32 and `k_proj` times 2^32 (same logits): Wq 0, INDEPENDENT; at 2^30 Wq 1.19; one "
+     "`q_proj` times 2^100: Wq 0.739; the embedding times 2^70: refused as NaN/Inf",
+     "projections outside [2^-13, 2^12) scaled by a power of two before their Grams, Grams normalised by a "
+     "power of two before the HSIC products, embedding sums scaled the same way: exact, so ordinary scores "
+     "are unchanged to the bit", "0 (the clean run's scores)",
+     "`tests/bad_input/cases_numerics.py` (`qk_scaled_2^-32` ... `embedding_scaled_7e25`, through the CLI), "
+     "`tests/numerics/test_scale_invariance.py`"),
+    ("hidden size 2: ZeroDivisionError; hidden 1 and 3: INDEPENDENT with scores 0.000 / -0.0625",
+     "refused: the unbiased CKA needs at least 4 hidden dimensions", "6",
+     "`hidden_size_1`, `hidden_size_2`, `hidden_size_3`"),
+    ("1 or 3 shared tokens, or an embedding whose rows are all equal: a derived pair called INDEPENDENT with "
+     "mean |cos| 1.0000",
+     "minimum evidence for an alignment: shared tokens at least a quarter of the base's hidden size (and 4), "
+     "no zero embedding column, sampled columns spanning at least 4 directions", "6",
+     "`shared_tokens_1`, `shared_tokens_3`, `embedding_rows_equal`, `embedding_zero_column`"),
+    ("a flipped value in a cached Gram (Wq 0.495), two models' index files swapped (INDEPENDENT), an index "
+     "naming an absolute path, weights rewritten with size/inode/mtime restored (the old verdict), a damaged "
+     "entry never healed (exit 7 on every run)",
+     "every entry verified when opened (SHA-256 per 32 MiB block, keys must be 64 hex digits, index bound to "
+     "its checkpoint, kind and mode, one layer checked against the weights); ctime and a content probe in the "
+     "file identity; a damaged or stale entry dropped with one warning, recomputed and replaced",
+     "0 (the `--no-cache` scores)", "section below; `tests/fingerprint/test_fingerprint.py`, fuzz target "
+     "`cache_entry`"),
+    ("an audit progress record with a valid CRC but an out-of-range pair index: traceback; a damaged line: "
+     "exit 7", "records checked against the audit (pair index, model names, layer count, scores consistent "
+     "with their layers); damaged or unfitting ones dropped with one warning and their pairs scored again",
+     "0", "section below; `tests/audit/test_audit.py`, fuzz target `audit_journal`"),
 ]
 
 
