@@ -28,7 +28,7 @@ import numpy as np
 import awm_jax
 from benchmarks.rivals import RIVALS
 
-METHODS = ("awm", "awm_monotone", "awm_neglog10p", "awm_mlp", "awm_auto", *RIVALS)
+METHODS = ("awm", "awm_paper", "awm_monotone", "awm_neglog10p", "awm_mlp", "awm_auto", *RIVALS)
 
 
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -91,6 +91,7 @@ def score_pair(a: Path, b: Path) -> dict:
     out.update(awm=r.mean, awm_z=r.z_reference, awm_wq=r.wq, awm_wk=r.wk, awm_mlp=r.mlp, awm_p=p,
                awm_neglog10p=float("nan") if p is None else float(-np.log10(max(p, 1e-300))),
                verdict=r.verdict, reference_verdict=r.reference_verdict)
+    out["awm_paper"] = awm_jax.compare(a, b, norm_gains="ignore").mean  # the reference's computation
     out["awm_monotone"] = awm_jax.compare(a, b, layer_match="monotone").mean
     auto = awm_jax.compare(a, b, alignment="auto")
     out["awm_auto"], out["auto_used"] = auto.mean, auto.alignment["used"]
