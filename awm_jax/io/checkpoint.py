@@ -23,30 +23,39 @@ Model folders come from strangers, so every file is treated as hostile:
   (``MAX_CONFIG_INT``).
 
 Every problem raises :class:`~awm_jax.errors.CheckpointError` with a one-line message naming
-the file and the problem and saying what to do.
+the file and the problem and saying what to do. The pieces live apart: ``files`` (regular files,
+capped JSON), ``safetensors`` (headers, :class:`TensorInfo`), ``pickle_weights`` (the opt-in
+``torch.load`` path), ``memory`` (the memory limit reads and maps are checked against); this
+module binds them into a :class:`Checkpoint` and validates ``config.json``, and re-exports the
+names other modules use.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import errno
-import functools
-import itertools
-import json
 import math
 import os
 import stat
-import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
-import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy; safetensors needs it)
 import numpy as np
 
-from awm_jax.errors import AWMError, CheckpointError, UsageError
+from awm_jax.errors import CheckpointError, UsageError
+from awm_jax.io.files import MAX_JSON_BYTES, file_kind, open_regular, os_error_message, parse_json, read_json, short_text
+from awm_jax.io.memory import memory_limit
+from awm_jax.io.pickle_weights import (
+    NOT_WEIGHTS,
+    PICKLE_INDEX_FILE,
+    PICKLE_SINGLE_FILE,
+    PICKLE_SUFFIXES,
+    pickle_allowed,
+    pickle_loading,
+    torch_dtype_names,
+    torch_reason,
+)
+from awm_jax.io.safetensors import MAX_HEADER_BYTES, SAFETENSORS_DTYPES, TensorInfo, check_readable, read_header
 
 __all__ = [
     "Checkpoint",
@@ -64,31 +73,11 @@ __all__ = [
     "read_json",
 ]
 
-#: Largest safetensors JSON header accepted, checked before anything is allocated.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-#: Largest JSON file (config, index, tokenizer) read from a model folder.
-MAX_JSON_BYTES = 512 * 1024 * 1024
 #: Largest size accepted in ``config.json`` (hidden size, layer and head counts...).
 MAX_CONFIG_INT = 2**31 - 1
 
-#: safetensors dtype name -> numpy dtype.
-SAFETENSORS_DTYPES: Mapping[str, np.dtype] = {
-    "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16),
-    "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8),
-    "U16": np.dtype(np.uint16),
-    "U32": np.dtype(np.uint32),
-    "U64": np.dtype(np.uint64),
-    "BOOL": np.dtype(np.bool_),
-}
+
+
 
 #: ``config.json`` keys (in the top level and the language model's sub-config) that must be
 #: one non-negative integer: the architecture layouts compute with them.
@@ -107,306 +96,6 @@ _CONFIG_SCOPES = ("text_config", "llm_config", "language_config")
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-PICKLE_INDEX_FILE = "pytorch_model.bin.index.json"
-PICKLE_SINGLE_FILE = "pytorch_model.bin"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-#: Pickles found beside weights that are not weights (trainer state).
-_NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
-
-_ALLOW_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("awm_jax_allow_pickle", default=False)
-
-
-@contextlib.contextmanager
-def pickle_loading(allowed: bool = True) -> Iterator[None]:
-    """Sets whether checkpoints opened inside the block may load pickle weights.
-
-    The default of :class:`Checkpoint`'s ``allow_pickle`` argument; the CLI's
-    ``--allow-pickle`` uses it, since the pipeline opens the checkpoints.
-
-    Args:
-      allowed: load ``pytorch_model.bin`` and similar through ``torch.load(weights_only=True)``.
-    """
-    token = _ALLOW_PICKLE.set(bool(allowed))
-    try:
-        yield
-    finally:
-        _ALLOW_PICKLE.reset(token)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives and what it is.
-
-    Attributes:
-      name: tensor name in the checkpoint.
-      file: the shard holding it.
-      dtype: safetensors dtype name (``"BF16"``, ``"F32"``...).
-      shape: tensor shape.
-      start: byte offset of the data from the start of the file (0 for pickled tensors).
-      nbytes: size of the data in bytes.
-    """
-
-    name: str
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    nbytes: int
-
-
-def _short(text: object, limit: int = 80) -> str:
-    """``repr`` of a name taken from a file, cut to ``limit`` characters for messages."""
-    r = repr(text)
-    return r if len(r) <= limit else r[: limit - 4] + "...'"
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
-
-
-def _os_error_message(path: Path, e: OSError) -> str:
-    """A one-line description of why ``path`` could not be opened, and what to do."""
-    if e.errno == errno.ELOOP:
-        return f"{path}: is a symlink loop (a link that leads back to itself); replace it with the real file"
-    if e.errno in (errno.ENOENT, errno.ENOTDIR):
-        if os.path.islink(path):
-            try:
-                target = os.readlink(path)
-            except OSError:
-                target = "?"
-            return f"{path}: is a broken symlink (its target {_short(target)} does not exist); fetch the file again"
-        return f"{path}: is missing; fetch it again"
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return f"{path}: permission denied; make it readable (chmod a+r) or run as a user who may read it"
-    if e.errno == errno.ENXIO:
-        return f"{path}: is a socket or device, not a regular file; replace it with the real file"
-    return f"{path}: cannot read ({e.strerror or e}); check the path and its permissions"
-
-
-def open_regular(path: str | os.PathLike, error: type[AWMError] = CheckpointError) -> BinaryIO:
-    """Opens a file of a model folder for reading, refusing anything but a regular file.
-
-    The file is opened non-blocking and checked with ``fstat`` before any byte is read, so a
-    FIFO, a device or a folder standing where a file is expected is refused instead of
-    blocking or misreading; symlink loops and broken links get their own message.
-
-    Args:
-      path: the file.
-      error: the error class raised (the caller's kind of problem).
-
-    Returns:
-      The file, open in binary mode; the caller closes it.
-    """
-    path = Path(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise error(_os_error_message(path, e)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{path}: is {_file_kind(mode)}, not a regular file; refusing to read it: replace it with the real file")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    return f
-
-
-def parse_json(raw: bytes, path: str | os.PathLike, error: type[AWMError], fix: str,
-               object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
-    """Decodes strict UTF-8 JSON read from ``path``; every failure is one ``error`` line ending in ``fix``.
-
-    ``object_pairs_hook`` is passed to :func:`json.loads` (a hook may raise ``error`` itself)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: is not valid UTF-8 (byte {e.start} is 0x{raw[e.start]:02x}); {fix}") from None
-    try:
-        return json.loads(text, object_pairs_hook=object_pairs_hook)
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {fix}") from None
-    except ValueError:  # integers beyond Python's digit limit
-        raise error(f"{path}: is not usable JSON (a number with too many digits); {fix}") from None
-    except RecursionError:
-        raise error(f"{path}: is not usable JSON (nested too deeply); {fix}") from None
-
-
-def read_json(path: str | os.PathLike, error: type[AWMError], fix: str, limit: int = MAX_JSON_BYTES) -> Any:
-    """Reads and parses a JSON file of a model folder (regular file, at most ``limit`` bytes).
-
-    Args:
-      path: the file.
-      error: the error class raised.
-      fix: what the user should do, appended to every message.
-      limit: the largest size read.
-
-    Returns:
-      The parsed JSON value.
-    """
-    path = Path(path)
-    with open_regular(path, error) as f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise error(f"{path}: is {size} bytes, more than the {limit} accepted for a JSON file; {fix}")
-            raw = f.read(limit + 1)
-        except OSError as e:
-            raise error(_os_error_message(path, e)) from None
-    if len(raw) > limit:
-        raise error(f"{path}: is more than the {limit} bytes accepted for a JSON file; {fix}")
-    return parse_json(raw, path, error, fix)
-
-
-@functools.lru_cache(maxsize=1)
-def memory_limit() -> int | None:
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower.
-
-    ``None`` when neither can be read. Tensor reads larger than this are refused before
-    anything is allocated (an absurd shape in a header must not exhaust the machine).
-    """
-    limits = []
-    try:
-        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        pass
-    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(cgroup).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            limits.append(int(text))
-    limits = [x for x in limits if x > 0]
-    return min(limits) if limits else None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
-    """A JSON object of a safetensors header as a dict, refusing a key given twice: ``json``
-    would keep the last silently, and the official loader refuses such a file."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise CheckpointError(
-            f"{path}: header lists {_short(twice)} twice, so which entry holds the data is ambiguous; "
-            "the file is corrupt: fetch it again"
-        )
-    return out
-
-
-def _read_header(path: Path) -> dict[str, TensorInfo]:
-    """Parses and validates one safetensors header without reading tensor data."""
-    with open_regular(path) as f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(
-                    f"{path}: file is {size} bytes, too short to be safetensors; "
-                    "the download or copy is probably truncated: fetch it again"
-                )
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
-                raise CheckpointError(
-                    f"{path}: header claims {n} bytes (limit {MAX_HEADER_BYTES}); "
-                    "the file is corrupt or not safetensors: fetch it again"
-                )
-            if 8 + n > size:
-                raise CheckpointError(
-                    f"{path}: header length {n} runs past the end of the {size}-byte file; "
-                    "the file is truncated or corrupt: fetch it again"
-                )
-            raw = f.read(n)
-        except OSError as e:
-            raise CheckpointError(_os_error_message(path, e)) from None
-    if len(raw) != n:
-        raise CheckpointError(f"{path}: header is cut short ({len(raw)} of {n} bytes); the file is truncated: fetch it again")
-    header = parse_json(raw, path, CheckpointError, "the file is corrupt or not safetensors: fetch it again",
-                        object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt: fetch it again")
-    data_size = size - 8 - n
-    spans = []
-    infos: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise CheckpointError(
-                f"{path}: header entry {_short(name)} lacks dtype/shape/data_offsets; the file is corrupt: fetch it again"
-            )
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or not dtype:
-            raise CheckpointError(
-                f"{path}: tensor {_short(name)} has dtype {_short(dtype, 40)}, not a dtype name; the file is corrupt: "
-                "fetch it again"
-            )
-        if (
-            not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise CheckpointError(
-                f"{path}: tensor {_short(name)} has a malformed shape or data_offsets; the file is corrupt: fetch it again"
-            )
-        begin, end = offsets
-        expected = _expected_nbytes(dtype, shape, end - begin)
-        if not 0 <= begin <= end <= data_size:
-            raise CheckpointError(
-                f"{path}: tensor {_short(name)} data [{begin}, {end}) lies outside the {data_size}-byte data "
-                "section; the file is truncated or corrupt: fetch it again"
-            )
-        if end - begin != expected:
-            shown = str(shape) if len(str(shape)) <= 60 else f"a {len(shape)}-dimensional shape"
-            raise CheckpointError(
-                f"{path}: tensor {_short(name)} occupies {end - begin} bytes but {dtype} x {shown} needs "
-                f"{expected}; the file is corrupt: fetch it again"
-            )
-        spans.append((begin, end, name))
-        infos[name] = TensorInfo(name, path, dtype, tuple(shape), 8 + n + begin, end - begin)
-    spans.sort()
-    for (_, e0, n0), (b1, _, n1) in itertools.pairwise(spans):
-        if b1 < e0:
-            raise CheckpointError(f"{path}: tensors {_short(n0)} and {_short(n1)} overlap; the file is corrupt: fetch it again")
-    return infos
-
-
-def _expected_nbytes(dtype: str, shape: list[int], stored: int) -> int:
-    """The bytes a tensor of ``dtype`` x ``shape`` occupies; for a dtype awm_jax does not know
-    (``F8_E8M0``, ``F4``...), the ``stored`` size is taken as it is: only the extents and overlaps
-    of such a tensor are checked, and reading it is refused (:func:`check_readable`)."""
-    if dtype not in SAFETENSORS_DTYPES:
-        return stored
-    return math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
-
-
-def check_readable(info: TensorInfo) -> None:
-    """Refuses to read a tensor whose dtype awm_jax does not know.
-
-    Unknown dtypes are accepted in headers (a checkpoint may hold tensors awm_jax never reads,
-    such as MXFP4 scales in ``F8_E8M0``); only reading one is an error.
-
-    Raises:
-      CheckpointError: ``info.dtype`` is not one of :data:`SAFETENSORS_DTYPES`.
-    """
-    if info.dtype not in SAFETENSORS_DTYPES:
-        raise CheckpointError(
-            f"{info.file}: tensor {_short(info.name)} has unsupported dtype {_short(info.dtype, 40)} "
-            f"(supported: {', '.join(SAFETENSORS_DTYPES)}); convert the checkpoint to one of them"
-        )
-
 
 def _check_config(config: dict[str, Any], path: Path) -> None:
     """Refuses sizes in ``config.json`` that are not one non-negative integer of sane size."""
@@ -426,11 +115,11 @@ def _check_config(config: dict[str, Any], path: Path) -> None:
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise CheckpointError(
-                    f"{path}: {where}{key} is {_short(value, 40)}, expected one non-negative integer; fix config.json"
+                    f"{path}: {where}{key} is {short_text(value, 40)}, expected one non-negative integer; fix config.json"
                 )
             if not 0 <= value <= MAX_CONFIG_INT:
                 raise CheckpointError(
-                    f"{path}: {where}{key} is {_short(value, 40)}, outside [0, {MAX_CONFIG_INT}]; the config is "
+                    f"{path}: {where}{key} is {short_text(value, 40)}, outside [0, {MAX_CONFIG_INT}]; the config is "
                     "corrupt: fix config.json"
                 )
             scope[key] = value
@@ -452,14 +141,14 @@ class Checkpoint:
     """
 
     def __init__(self, path: str | os.PathLike, allow_pickle: bool | None = None):
-        self.allow_pickle = _ALLOW_PICKLE.get() if allow_pickle is None else bool(allow_pickle)
+        self.allow_pickle = pickle_allowed() if allow_pickle is None else bool(allow_pickle)
         root = Path(path)
         try:
             mode = os.stat(root).st_mode
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.islink(root):
                 raise CheckpointError(f"{root}: no such file or folder; check the path") from None
-            raise CheckpointError(_os_error_message(root, e)) from None
+            raise CheckpointError(os_error_message(root, e)) from None
         if not stat.S_ISDIR(mode):
             if stat.S_ISREG(mode):
                 raise CheckpointError(
@@ -467,7 +156,7 @@ class Checkpoint:
                     "pass the folder, not a file in it"
                 )
             raise CheckpointError(
-                f"{root}: is {_file_kind(mode)}, expected a model folder holding config.json and *.safetensors; "
+                f"{root}: is {file_kind(mode)}, expected a model folder holding config.json and *.safetensors; "
                 "check the path"
             )
         self.root = root.resolve()
@@ -483,11 +172,11 @@ class Checkpoint:
         self.config = self._read_config()
         self.tensors: dict[str, TensorInfo] = {}
         for file in self.files:
-            infos = self._load_pickle(file) if self._pickle else _read_header(file)
+            infos = self._load_pickle(file) if self._pickle else read_header(file)
             for name, info in infos.items():
                 if name in self.tensors:
                     raise CheckpointError(
-                        f"{file}: tensor {_short(name)} also appears in {self.tensors[name].file.name}; "
+                        f"{file}: tensor {short_text(name)} also appears in {self.tensors[name].file.name}; "
                         "the checkpoint holds duplicate weights: remove the extra file or fix the index"
                     )
                 self.tensors[name] = info
@@ -496,7 +185,7 @@ class Checkpoint:
             if missing:
                 raise CheckpointError(
                     f"{self.root / self._index_name}: names {len(missing)} tensor(s) its shards do not hold "
-                    f"(first: {_short(missing[0])}); the shards are incomplete: fetch them again"
+                    f"(first: {short_text(missing[0])}); the shards are incomplete: fetch them again"
                 )
 
     def __repr__(self) -> str:
@@ -516,7 +205,7 @@ class Checkpoint:
                 f"{self.root}: {len(others)} *.safetensors files but no {INDEX_FILE} saying which form the model; "
                 "add the index (or keep only model.safetensors)"
             )
-        pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES) and n not in _NOT_WEIGHTS)
+        pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES) and n not in NOT_WEIGHTS)
         if PICKLE_INDEX_FILE in names or pickles:
             if not self.allow_pickle:
                 shown = ", ".join(([PICKLE_INDEX_FILE] if PICKLE_INDEX_FILE in names else []) + pickles[:3])
@@ -555,10 +244,10 @@ class Checkpoint:
             p = PurePosixPath(shard)
             if (not shard or "\\" in shard or "\x00" in shard or p.is_absolute() or ".." in p.parts
                     or not p.parts or p.parts == (".",)):
-                raise CheckpointError(f"{index}: shard path {_short(shard)} leaves the model folder; refusing to read it")
+                raise CheckpointError(f"{index}: shard path {short_text(shard)} leaves the model folder; refusing to read it")
             f = self.root.joinpath(*p.parts)
             if not os.path.lexists(f):
-                raise CheckpointError(f"{index}: names shard {_short(shard)}, which is missing; fetch it again")
+                raise CheckpointError(f"{index}: names shard {short_text(shard)}, which is missing; fetch it again")
             files.append(f)
         self._index = weight_map
         return files
@@ -594,7 +283,7 @@ class Checkpoint:
                     raise
                 obj = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or hostile files
-            raise CheckpointError(f"{file}: torch.load(weights_only=True) refused it ({_torch_reason(e)}); {fix}") from None
+            raise CheckpointError(f"{file}: torch.load(weights_only=True) refused it ({torch_reason(e)}); {fix}") from None
         state = obj
         if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             for key in ("state_dict", "model"):
@@ -603,16 +292,16 @@ class Checkpoint:
                     break
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{file}: holds a {type(obj).__name__}, not a state dict of named tensors; {fix}")
-        names = _torch_dtype_names(torch)
+        names = torch_dtype_names(torch)
         infos = {}
         for name, t in state.items():
             if not isinstance(t, torch.Tensor):
                 continue
             if not isinstance(name, str):
-                raise CheckpointError(f"{file}: tensor key {_short(name)} is not a string; {fix}")
+                raise CheckpointError(f"{file}: tensor key {short_text(name)} is not a string; {fix}")
             if t.layout != torch.strided or t.dtype not in names:
                 raise CheckpointError(
-                    f"{file}: tensor {_short(name)} has unsupported dtype or layout ({t.dtype}, {t.layout}); "
+                    f"{file}: tensor {short_text(name)} has unsupported dtype or layout ({t.dtype}, {t.layout}); "
                     "convert the checkpoint"
                 )
             dtype = names[t.dtype]
@@ -648,7 +337,7 @@ class Checkpoint:
         try:
             return self.tensors[name]
         except KeyError:
-            raise CheckpointError(f"{self.root}: has no tensor {_short(name)}") from None
+            raise CheckpointError(f"{self.root}: has no tensor {short_text(name)}") from None
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Reads one tensor (or a contiguous block of its rows) in its stored dtype.
@@ -672,7 +361,7 @@ class Checkpoint:
         r0, r1 = 0, None
         if rows is not None:
             if not shape:
-                raise CheckpointError(f"{info.file}: tensor {_short(name)} is a scalar; cannot read rows")
+                raise CheckpointError(f"{info.file}: tensor {short_text(name)} is a scalar; cannot read rows")
             r0, r1, step = rows.indices(shape[0])
             if step != 1:
                 raise ValueError("rows must be a contiguous slice")
@@ -689,10 +378,10 @@ class Checkpoint:
                 f.seek(start)
                 got = f.readinto(out)
             except OSError as e:
-                raise CheckpointError(f"{info.file}: cannot read tensor {_short(name)} ({e.strerror or e})") from None
+                raise CheckpointError(f"{info.file}: cannot read tensor {short_text(name)} ({e.strerror or e})") from None
         if got != out.nbytes:
             raise CheckpointError(
-                f"{info.file}: tensor {_short(name)} is cut short ({got} of {out.nbytes} bytes); "
+                f"{info.file}: tensor {short_text(name)} is cut short ({got} of {out.nbytes} bytes); "
                 "the file is truncated: fetch it again"
             )
         return out.view(dtype).reshape(shape)
@@ -704,7 +393,7 @@ class Checkpoint:
         if limit is not None and nbytes > limit:
             info = self.info(name)
             raise CheckpointError(
-                f"{info.file}: tensor {_short(name)} ({info.dtype} x {list(info.shape)}) needs {nbytes / 2**30:.1f} GiB, "
+                f"{info.file}: tensor {short_text(name)} ({info.dtype} x {list(info.shape)}) needs {nbytes / 2**30:.1f} GiB, "
                 f"more than the {limit / 2**30:.1f} GiB of memory here; the header is corrupt (absurd size) or the "
                 "machine too small: fetch the file again or use a larger machine"
             )
@@ -732,27 +421,12 @@ class Checkpoint:
             size = os.fstat(f.fileno()).st_size
             if info.start + nbytes > size:
                 raise CheckpointError(
-                    f"{info.file}: tensor {_short(name)} is cut short ({max(size - info.start, 0)} of {nbytes} bytes); "
+                    f"{info.file}: tensor {short_text(name)} is cut short ({max(size - info.start, 0)} of {nbytes} bytes); "
                     "the file is truncated: fetch it again"
                 )
             try:
                 return np.memmap(f, dtype, "r", offset=info.start, shape=tuple(info.shape))
             except (OSError, ValueError) as e:
-                raise CheckpointError(f"{info.file}: cannot map tensor {_short(name)} ({e}); check the file") from None
+                raise CheckpointError(f"{info.file}: cannot map tensor {short_text(name)} ({e}); check the file") from None
 
 
-def _torch_reason(e: Exception) -> str:
-    """The telling line of a ``torch.load`` error (its messages run over many lines)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    telling = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
-                                                                "Check the documentation"))]
-    return f"{type(e).__name__}: {(telling or lines or [''])[0][:160]}"
-
-
-def _torch_dtype_names(torch: Any) -> dict[Any, str]:
-    """torch dtype -> safetensors dtype name, for the dtypes this torch has."""
-    pairs = [("float64", "F64"), ("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16"),
-             ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("int64", "I64"), ("int32", "I32"),
-             ("int16", "I16"), ("int8", "I8"), ("uint8", "U8"), ("uint16", "U16"), ("uint32", "U32"),
-             ("uint64", "U64"), ("bool", "BOOL")]
-    return {getattr(torch, attr): name for attr, name in pairs if hasattr(torch, attr)}

@@ -12,10 +12,13 @@ process-wide settings: :func:`tune_allocator` is called by the command-line entr
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import ctypes.util
 import sys
+from pathlib import Path
 
-__all__ = ["tune_allocator"]
+__all__ = ["memory_limit", "tune_allocator"]
 
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -39,3 +42,26 @@ def tune_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(p, v) == 1 for p, v in (
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
+
+
+@functools.lru_cache(maxsize=1)
+def memory_limit() -> int | None:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit when lower.
+
+    ``None`` when neither can be read. Tensor reads larger than this are refused before
+    anything is allocated (an absurd shape in a header must not exhaust the machine).
+    """
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    limits = [x for x in limits if x > 0]
+    return min(limits) if limits else None
