@@ -86,7 +86,18 @@ def derived_category(models: dict, a: str, b: str) -> str:
 
 def score_pair(a: Path, b: Path) -> dict:
     out = {}
-    r = awm_jax.compare(a, b, mlp=True)
+    try:
+        r = awm_jax.compare(a, b, mlp=True)
+    except awm_jax.AWMError as e:  # refused (e.g. too little evidence to align): no AWM score at all
+        nan = float("nan")
+        out.update({m: nan for m in METHODS if m.startswith("awm")}, awm_z=nan, awm_wq=nan, awm_wk=nan, awm_p=None,
+                   verdict="refused", reference_verdict="refused", auto_used="", refused=str(e))
+        for name, fn in RIVALS.items():
+            try:
+                out[name] = fn(str(a), str(b))
+            except awm_jax.AWMError:
+                out[name] = float("nan")
+        return out
     p = r.calibrated["p_value"]
     out.update(awm=r.mean, awm_z=r.z_reference, awm_wq=r.wq, awm_wk=r.wk, awm_mlp=r.mlp, awm_p=p,
                awm_neglog10p=float("nan") if p is None else float(-np.log10(max(p, 1e-300))),
@@ -134,6 +145,7 @@ def run_set(name: str, root: Path, pairs: list[dict], models: dict, category) ->
             verdicts[label] = {
                 "pairs": len(sel),
                 "calibrated": {v: sum(r["verdict"] == v for r in sel) for v in ("derived", "inconclusive", "independent")},
+                "refused": sum(r["verdict"] == "refused" for r in sel),
                 "reference": {v: sum(r["reference_verdict"] == v for r in sel) for v in ("derived", "inconclusive", "independent")},
                 "p_below_0.01": sum(r["awm_p"] is not None and r["awm_p"] < 0.01 for r in sel),
                 "p_below_1e-6": sum(r["awm_p"] is not None and r["awm_p"] < 1e-6 for r in sel),
