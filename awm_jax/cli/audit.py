@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_pair_options
+from awm_jax.cli.common import add_pair_options, add_version
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load pickle weights of folders without safetensors, through torch.load(weights_only=True)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_version(p)
     return p
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from awm_jax.cli.common import add_version
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--private", action="store_true", help="create the repository private")
     f = sub.add_parser("fetch", help="download a catalogue from a hub dataset repository and print its folder")
     f.add_argument("repo", help="dataset repository id owner/name[@revision]")
+    add_version(p)
     return p
 
 

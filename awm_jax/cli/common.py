@@ -6,7 +6,7 @@ import argparse
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
-__all__ = ["add_pair_options"]
+__all__ = ["add_pair_options", "add_version"]
 
 
 def add_pair_options(p: argparse.ArgumentParser) -> None:
@@ -24,3 +24,11 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
                         f"(default: {DEFAULT_NORM_GAINS})")
     p.add_argument("--mlp", action="store_true",
                    help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``awm_jax X.Y.Z`` and exits 0 (every command has it)."""
+    from awm_jax._version import __version__
+
+    p.add_argument("--version", action="version", version=f"awm_jax {__version__}",
+                   help="print the version and exit")

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="JAX device; a device that is not there is an error (default: auto)")
     add_pair_options(p)
-    p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH ('-': to stdout, instead of "
+                                                  "the text report)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
     p.add_argument("--layout", metavar="NAME_OR_FILE",
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-base", metavar="MODEL",
                    help="base model (folder, .gguf or hub id) of LoRA adapter folders given as models (default: the "
                         "adapter's base_model_name_or_path)")
-    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument("--quiet", action="store_true",
+                   help="print one line per pair: the verdict, the mean score and the calibrated p-value")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -91,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         pairs = [(Path(args.model_a), Path(args.model_b))]
     else:
         raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
-    if args.json:
+    to_stdout = args.json == "-"  # the JSON record on stdout, instead of the text report
+    if args.json and not to_stdout:
         _json_target(args.json)
     results = []
     for a, b in pairs:
@@ -102,13 +105,19 @@ def _run(args: argparse.Namespace) -> int:
                 alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains,
             )
         results.append(r)
+        if to_stdout:
+            continue
         if args.quiet:
-            print(f"{r.verdict}\tmean {r.mean:.6f}\tz {r.z_reference:.2f}\t{a}\t{b}")
+            p = "n/a" if r.p_value != r.p_value else f"{r.p_value:.3g}"
+            print(f"{r.verdict}\tmean {r.mean:.6f}\tp {p}\t{a}\t{b}")
         else:
             print(r.render_text())
             print()
-    if args.json:
-        _write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
+    payload = results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]}
+    if to_stdout:
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    elif args.json:
+        _write_json(args.json, payload)
     return 0
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from awm_jax.cli.common import add_version
 from awm_jax.errors import AWMError, OneLineArgumentParser, UsageError
 
 __all__ = ["build_parser", "expand_targets", "main"]
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
     parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
+    add_version(parser)
     return parser
 
 

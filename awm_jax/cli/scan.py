@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from awm_jax.cli.common import add_version
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import ALIGNMENT_MODES, DEVICES, LAYER_MATCH_MODES
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", metavar="NAME_OR_FILE", help="force the model's layout")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder")
+    add_version(p)
     return p
 
 

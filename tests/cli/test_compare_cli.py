@@ -85,8 +85,28 @@ def test_example_command_runs():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("derived") and lines[1].startswith("independent")
+    assert all("\tp " in line and "\tz " not in line for line in lines)  # the calibrated p, not the reference z
+
+
+def test_json_dash_writes_the_record_to_stdout_and_creates_no_file(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "awm_jax.compare", "--example", "--no-cache", "--json", "-"],
+                         capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert [p["format"] for p in record["pairs"]] == ["awm_jax.compare/2"] * 2
+    assert [p["verdict"] for p in record["pairs"]] == ["derived", "independent"]
+    assert not (tmp_path / "-").exists()
 
 
 def test_version():
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("awm_jax ")
+
+
+@pytest.mark.parametrize("command", ["compare", "audit", "download", "scan", "catalogue"])
+def test_every_command_prints_its_version(command):
+    from awm_jax._version import __version__
+
+    out = subprocess.run([sys.executable, "-m", "awm_jax", command, "--version"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and out.stdout.strip() == f"awm_jax {__version__}", out.stderr
