@@ -6,7 +6,11 @@ import argparse
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
-__all__ = ["add_pair_options", "add_version"]
+__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit"]
+
+#: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
+FOUND_EXIT = 10
+_FAIL_ON = {"derived": ("derived",), "inconclusive": ("derived", "inconclusive")}
 
 
 def add_pair_options(p: argparse.ArgumentParser) -> None:
@@ -32,3 +36,17 @@ def add_version(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--version", action="version", version=f"awm_jax {__version__}",
                    help="print the version and exit")
+
+
+def add_fail_on(p: argparse.ArgumentParser, what: str) -> None:
+    """``--fail-on derived|inconclusive``: exit :data:`FOUND_EXIT` when ``what`` is found at that
+    verdict (with ``inconclusive``: at derived or inconclusive)."""
+    p.add_argument("--fail-on", choices=tuple(_FAIL_ON),
+                   help=f"exit {FOUND_EXIT} when {what} at verdict derived (or, with inconclusive, at derived or "
+                        "inconclusive): for CI gating")
+
+
+def finding_exit(fail_on: str | None, verdicts) -> int:
+    """:data:`FOUND_EXIT` when any of ``verdicts`` is one ``--fail-on`` asks about, else 0."""
+    wanted = _FAIL_ON.get(fail_on, ())
+    return FOUND_EXIT if any(v in wanted for v in verdicts) else 0

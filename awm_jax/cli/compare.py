@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_pair_options
+from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_pair_options, finding_exit
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog="python -m awm_jax.compare",
         description="AWM lineage test: is model B derived from model A (or vice versa), from weights alone?",
-        epilog="Exit codes: 0 ok, 2 usage, 3 checkpoint, 4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, "
-               "130 interrupted. Model folders are never executed or written to; see docs/errors.md.",
+        epilog=f"Exit codes: 0 ok, {FOUND_EXIT} a pair at the --fail-on verdict, 2 usage, 3 checkpoint, 4 layout, "
+               "5 vocabulary, 6 numerical, 7 cache, 1 internal, 130 interrupted. Model folders are never executed or "
+               "written to; see docs/errors.md.",
     )
     p.add_argument("model_a", nargs="?", help="folder of model A (config.json, *.safetensors, tokenizer files)")
     p.add_argument("model_b", nargs="?", help="folder of model B")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-base", metavar="MODEL",
                    help="base model (folder, .gguf or hub id) of LoRA adapter folders given as models (default: the "
                         "adapter's base_model_name_or_path)")
+    add_fail_on(p, "a compared pair is")
     p.add_argument("--quiet", action="store_true",
                    help="print one line per pair: the verdict, the mean score and the calibrated p-value")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     elif args.json:
         _write_json(args.json, payload)
-    return 0
+    return finding_exit(args.fail_on, [r.verdict for r in results])
 
 
 def main(argv: list[str] | None = None) -> int:

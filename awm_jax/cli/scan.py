@@ -10,14 +10,12 @@ import json
 import os
 import sys
 
-from awm_jax.cli.common import add_version
+from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_version, finding_exit
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import ALIGNMENT_MODES, DEVICES, LAYER_MATCH_MODES
 
 __all__ = ["FOUND_EXIT", "build_parser", "main"]
 
-#: Exit code of ``--fail-on`` when a match at that verdict is found (not an error: a finding).
-FOUND_EXIT = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalogue folder or hub dataset id (default: $AWM_JAX_CATALOGUE)")
     p.add_argument("--top-k", type=int, default=10, metavar="N", help="matches to show (default: 10)")
     p.add_argument("--json", metavar="PATH", help="write the scan as JSON to PATH ('-': to stdout, instead of the text)")
-    p.add_argument("--fail-on", choices=("derived", "inconclusive"),
-                   help=f"exit {FOUND_EXIT} when an entry matches at verdict derived (or, with inconclusive, at "
-                        "derived or inconclusive): for CI")
+    add_fail_on(p, "an entry matches")
     p.add_argument("--alignment", default="assignment", choices=ALIGNMENT_MODES,
                    help="hidden-dimension alignment (default: assignment)")
     p.add_argument("--layer-match", default="assignment", choices=LAYER_MATCH_MODES,
@@ -77,8 +73,7 @@ def _run(args) -> int:
         print(result.render_text(args.top_k))
         if args.json:
             _write_json(args.json, payload)
-    wanted = {"derived": ("derived",), "inconclusive": ("derived", "inconclusive")}.get(args.fail_on, ())
-    return FOUND_EXIT if any(m.result.verdict in wanted for m in result.matches) else 0
+    return finding_exit(args.fail_on, [m.result.verdict for m in result.matches])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,3 +110,13 @@ def test_every_command_prints_its_version(command):
     out = subprocess.run([sys.executable, "-m", "awm_jax", command, "--version"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0 and out.stdout.strip() == f"awm_jax {__version__}", out.stderr
+
+
+def test_fail_on_gates_ci_on_the_verdict():
+    from awm_jax.cli.common import FOUND_EXIT
+    from awm_jax.cli.compare import EXAMPLES
+
+    base, derived, independent = (str(EXAMPLES / n) for n in ("base", "derived", "independent"))
+    assert main([base, derived, "--quiet", "--fail-on", "derived"]) == FOUND_EXIT
+    assert main([base, independent, "--quiet", "--fail-on", "derived"]) == 0
+    assert main([base, derived, "--quiet"]) == 0
