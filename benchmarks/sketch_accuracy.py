@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path("/work/shared")
-MICROZOO = Path("/work/microzoo")
+#: The test data beside the repository (``$AWM_SHARED`` overrides) and a built micro zoo
+#: (``python -m awm_jax.zoo build --micro``; ``$AWM_MICRO_ZOO`` overrides the zoo's default folder).
+SHARED = Path(os.environ.get("AWM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MICROZOO = Path(os.environ.get("AWM_MICRO_ZOO", Path.home() / ".cache" / "awm_jax" / "zoo-micro"))
 MODES = ("assignment", "orthogonal", "auto")
 TOLERANCE = 0.02
 MANIPULATED_BASE = "stories260K"
