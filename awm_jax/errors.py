@@ -38,7 +38,14 @@ __all__ = [
     "CacheError",
     "OneLineArgumentParser",
     "run_cli",
+    "warn",
 ]
+
+
+def warn(message: str) -> None:
+    """One ``awm_jax: warning: ...`` line on stderr (a problem awm_jax handled: work redone, a cache
+    bypassed), whitespace folded so it stays one line."""
+    print(f"awm_jax: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 class AWMError(Exception):

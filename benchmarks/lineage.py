@@ -86,17 +86,17 @@ def derived_category(models: dict, a: str, b: str) -> str:
 
 def score_pair(a: Path, b: Path) -> dict:
     out = {}
+    for name, fn in RIVALS.items():
+        try:
+            out[name] = fn(str(a), str(b))
+        except awm_jax.AWMError:
+            out[name] = float("nan")
     try:
         r = awm_jax.compare(a, b, mlp=True)
     except awm_jax.AWMError as e:  # refused (e.g. too little evidence to align): no AWM score at all
         nan = float("nan")
         out.update({m: nan for m in METHODS if m.startswith("awm")}, awm_z=nan, awm_wq=nan, awm_wk=nan, awm_p=None,
                    verdict="refused", reference_verdict="refused", auto_used="", refused=str(e))
-        for name, fn in RIVALS.items():
-            try:
-                out[name] = fn(str(a), str(b))
-            except awm_jax.AWMError:
-                out[name] = float("nan")
         return out
     p = r.calibrated["p_value"]
     out.update(awm=r.mean, awm_z=r.z_reference, awm_wq=r.wq, awm_wk=r.wk, awm_mlp=r.mlp, awm_p=p,
@@ -106,11 +106,6 @@ def score_pair(a: Path, b: Path) -> dict:
     out["awm_monotone"] = awm_jax.compare(a, b, layer_match="monotone").mean
     auto = awm_jax.compare(a, b, alignment="auto")
     out["awm_auto"], out["auto_used"] = auto.mean, auto.alignment["used"]
-    for name, fn in RIVALS.items():
-        try:
-            out[name] = fn(str(a), str(b))
-        except awm_jax.AWMError:
-            out[name] = float("nan")
     return out
 
 

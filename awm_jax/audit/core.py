@@ -40,7 +40,7 @@ import numpy as np
 
 from awm_jax.audit.models import AuditEntry, PreparedStore, entries, identity, resolver
 from awm_jax.audit.records import AuditModel, AuditResult, PairScore
-from awm_jax.errors import AWMError, UsageError
+from awm_jax.errors import AWMError, UsageError, warn
 from awm_jax.options import (
     DEFAULT_MEMORY_GB,
     DEFAULT_NORM_GAINS,
@@ -56,10 +56,6 @@ __all__ = ["AuditModel", "AuditResult", "PairPlan", "PairScore", "audit", "load_
 
 #: Per-pair stage timings summed over the audit's computed pairs.
 PAIR_STAGES = ("embedding_read_s", "embedding_cosine_s", "assignment_s", "procrustes_s", "scores_s")
-
-
-def _warn(message: str) -> None:
-    print(f"awm_jax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _journal_name(process: int) -> str:
@@ -345,7 +341,7 @@ def audit(
             multihost_utils.sync_global_devices("awm_jax audit journal")
         dropped = load_progress(plan, cells, out_dir, key, count, journal)
         if dropped:
-            _warn(f"{journal.path}: {dropped} progress record(s) are damaged or do not fit this audit; their pairs "
+            warn(f"{journal.path}: {dropped} progress record(s) are damaged or do not fit this audit; their pairs "
                   "are scored again")
     resumed = len(cells)
     t = time.perf_counter()

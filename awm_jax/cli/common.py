@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
-__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit"]
+__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "write_json"]
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -50,3 +52,33 @@ def finding_exit(fail_on: str | None, verdicts) -> int:
     """:data:`FOUND_EXIT` when any of ``verdicts`` is one ``--fail-on`` asks about, else 0."""
     wanted = _FAIL_ON.get(fail_on, ())
     return FOUND_EXIT if any(v in wanted for v in verdicts) else 0
+
+
+def json_target(path: str) -> None:
+    """Checks, before any work, the file ``--json PATH`` will replace (``-``: stdout, nothing to
+    check): the path the user named, so a symlink is written through to its regular file (see
+    :func:`awm_jax.io.atomic.write_target`)."""
+    from awm_jax.errors import UsageError
+    from awm_jax.io.atomic import write_target
+
+    if path == "-":
+        return
+    try:
+        write_target(path, follow_symlinks=True)
+    except OSError as e:
+        raise UsageError(f"--json {path}: {e.strerror}; choose a file path in a writable folder") from None
+
+
+def write_json(path: str, payload: object) -> None:
+    """``--json PATH``: the record as JSON, atomically to ``PATH`` or to stdout for ``-``."""
+    from awm_jax.errors import UsageError
+    from awm_jax.io.atomic import atomic_write
+
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        atomic_write(path, text.encode(), follow_symlinks=True)
+    except OSError as e:
+        raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None

@@ -9,12 +9,9 @@ Errors caused by the input print one line to stderr and exit with the code liste
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from pathlib import Path
 
-from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_pair_options, finding_exit
+from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, write_json
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -59,28 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _json_target(path: str) -> Path:
-    """The file ``--json PATH`` will replace, checked before any work: the path the user named, so a
-    symlink is written through to its regular file (see :func:`awm_jax.io.atomic.write_target`)."""
-    from awm_jax.errors import UsageError
-    from awm_jax.io.atomic import write_target
-
-    try:
-        return write_target(path, follow_symlinks=True)
-    except OSError as e:
-        raise UsageError(f"--json {path}: {e.strerror}; choose a file path in a writable folder") from None
-
-
-def _write_json(path: str, payload: object) -> None:
-    from awm_jax.errors import UsageError
-    from awm_jax.io.atomic import atomic_write
-
-    try:
-        atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), follow_symlinks=True)
-    except OSError as e:
-        raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None
-
-
 def _run(args: argparse.Namespace) -> int:
     from awm_jax.io.adapters import adapter_base
     from awm_jax.io.checkpoint import pickle_loading
@@ -96,8 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give two model folders (MODEL_A MODEL_B), or --example; see --help")
     to_stdout = args.json == "-"  # the JSON record on stdout, instead of the text report
-    if args.json and not to_stdout:
-        _json_target(args.json)
+    if args.json:
+        json_target(args.json)
     results = []
     for a, b in pairs:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
@@ -115,11 +90,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(r.render_text())
             print()
-    payload = results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]}
-    if to_stdout:
-        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    elif args.json:
-        _write_json(args.json, payload)
+    if args.json:
+        write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
     return finding_exit(args.fail_on, [r.verdict for r in results])
 
 

@@ -6,11 +6,10 @@ Argument parsing and output only; the work is done by :mod:`awm_jax.catalogue.sc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_version, finding_exit
+from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_version, finding_exit, json_target, write_json
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import ALIGNMENT_MODES, DEVICES, LAYER_MATCH_MODES
 
@@ -49,7 +48,6 @@ def _run(args) -> int:
 
     from awm_jax.catalogue.scan import scan_model
     from awm_jax.catalogue.store import open_catalogue
-    from awm_jax.cli.compare import _write_json
     from awm_jax.engine.models import prepare_model
     from awm_jax.engine.pair import select_device
     from awm_jax.errors import UsageError
@@ -58,6 +56,8 @@ def _run(args) -> int:
 
     if not args.catalogue:
         raise UsageError("no catalogue: pass --catalogue DIR|REPO or set AWM_JAX_CATALOGUE")
+    if args.json:
+        json_target(args.json)
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     options = PairOptions(layer_match=args.layer_match, alignment=args.alignment)
@@ -67,12 +67,10 @@ def _run(args) -> int:
         model = prepare_model(args.model, layout=args.layout, cache=cache)
         result = scan_model(model, catalogue, options)
     payload = result.to_dict(args.top_k)
-    if args.json == "-":
-        print(json.dumps(payload, indent=2, allow_nan=False))
-    else:
+    if args.json != "-":
         print(result.render_text(args.top_k))
-        if args.json:
-            _write_json(args.json, payload)
+    if args.json:
+        write_json(args.json, payload)
     return finding_exit(args.fail_on, [m.result.verdict for m in result.matches])
 
 

@@ -48,7 +48,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 import uuid
@@ -58,7 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from awm_jax._version import ALGORITHM_VERSION
-from awm_jax.errors import CacheError
+from awm_jax.errors import CacheError, warn
 from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
 from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
 from awm_jax.options import DEFAULT_NORM_GAINS
@@ -66,7 +65,7 @@ from awm_jax.io.atomic import atomic_write
 from awm_jax.layouts import ResolvedLayout
 
 __all__ = ["CACHE_FORMAT", "FingerprintCache", "FileStamp", "VerifiedEntry", "default_cache_dir", "file_key",
-           "is_content_key", "warn"]
+           "is_content_key"]
 
 #: Version of the cache's files (index, meta.json, checksums); part of every file key.
 CACHE_FORMAT = 2
@@ -89,11 +88,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["AWM_JAX_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "awm_jax"
-
-
-def warn(message: str) -> None:
-    """One ``awm_jax: warning: ...`` line on stderr."""
-    print(f"awm_jax: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def is_hex_key(value: object, chars: int) -> bool:
