@@ -17,6 +17,7 @@ from awm_jax.catalogue.store import Catalogue, CatalogueEntry
 from awm_jax.engine.layers import prefetched
 from awm_jax.engine.models import PreparedModel, read_embedding
 from awm_jax.engine.sketch import score_against_sketch, sketch_rows
+from awm_jax.numerics.alignment import DegenerateAlignment
 from awm_jax.options import PairOptions
 from awm_jax.report import ModelSummary, PairResult
 
@@ -151,9 +152,14 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
             result = None
         else:
             t = time.perf_counter()
-            result = score_against_sketch(model, sketch, options, embedding=embedding)
+            try:
+                result = score_against_sketch(model, sketch, options, embedding=embedding)
+            except DegenerateAlignment as e:  # too little evidence to align with this entry: set aside
+                skipped.append((entry.id, str(e)))
+                result = None
+            else:
+                matches.append(ScanMatch(entry, result))
             score_s += time.perf_counter() - t
-            matches.append(ScanMatch(entry, result))
         del sketch
         if progress is not None:
             progress(entry, result)

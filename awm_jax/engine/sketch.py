@@ -41,6 +41,7 @@ from awm_jax.numerics.alignment import (
     AUTO_NOISE_WIDTHS,
     AlignmentProbe,
     assign_dimensions,
+    check_alignment_evidence,
     choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
@@ -116,6 +117,9 @@ def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_mo
     ``partial`` sketch (fewer dimensions than its model has) is the least-squares one."""
     cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
     check_embedding_sums(model.resolved, cross.sq_base if base_is_model else cross.sq_target)
+    sketch_name = "the sketch"
+    check_alignment_evidence(cross, model.path if base_is_model else sketch_name,
+                             sketch_name if base_is_model else model.path)  # as the engine refuses a pair
     assignment = assign_dimensions(cross.cosine())
     diagnostics = assignment.diagnostics()
     rotation = None
@@ -215,6 +219,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
 
     Raises:
       VocabularyError: the model shares no token with the sketch's token subset.
+      DegenerateAlignment: the shared rows cannot identify the alignment (as in ``compare``).
       AWMError: a damaged embedding or fingerprint.
     """
     timings = {} if timings is None else timings

@@ -57,6 +57,7 @@ from awm_jax.numerics.kernels import (
 )
 
 __all__ = [
+    "DegenerateAlignment",
     "ALIGNMENT_MODES",
     "AUTO_MAX_PERMUTATION_SHARE",
     "AUTO_MIN_GAIN",
@@ -94,6 +95,11 @@ from awm_jax.options import ALIGNMENT_MODES  # noqa: E402
 
 #: Shared rows per accumulation block (padded blocks keep one compiled shape per model pair).
 ROW_BLOCK = 8192
+
+
+class DegenerateAlignment(NumericalError):
+    """The shared rows cannot identify the alignment (:func:`check_alignment_evidence`): a property
+    of the pair, not damage to either model (a catalogue scan sets such an entry aside)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,18 +329,19 @@ def check_alignment_evidence(cross: EmbeddingCross, base: str, target: str) -> N
       target: how to name the target model.
 
     Raises:
-      NumericalError: below the minimum evidence (exit 6), naming the model and what is missing.
+      DegenerateAlignment: below the minimum evidence (a ``NumericalError``, exit 6), naming the
+        model and what is missing.
     """
     n_b, n_t = cross.cross.shape
     if n_t < MIN_SAMPLES:
         names = " and ".join(dict.fromkeys(m for m, n in ((base, n_b), (target, n_t)) if n < MIN_SAMPLES))
-        raise NumericalError(
+        raise DegenerateAlignment(
             f"{names}: too few hidden dimensions for the unbiased CKA (n={n_t}, needs at least {MIN_SAMPLES}); "
             "the test scores models whose hidden size is at least 4: check config.json and the embedding"
         )
     least = max(MIN_RANK, -(-n_b // MIN_SHARED_DIVISOR))
     if cross.rows is not None and cross.rows < least:
-        raise NumericalError(
+        raise DegenerateAlignment(
             f"{base} and {target} share only {cross.rows} token(s) with embedding rows, fewer than {least} (a quarter "
             f"of the {n_b} hidden dimensions to align): degenerate alignment, the column cosines over so few rows "
             f"cannot identify the dimensions; compare models whose vocabularies share at least {least} tokens"
@@ -343,12 +350,12 @@ def check_alignment_evidence(cross: EmbeddingCross, base: str, target: str) -> N
     for name, squares, sample in ((base, cross.sq_base, cross.rank_base), (target, cross.sq_target, cross.rank_target)):
         zero = int(np.count_nonzero(squares == 0))
         if zero:
-            raise NumericalError(
+            raise DegenerateAlignment(
                 f"{name}: {zero} of {squares.size} embedding columns are zero over {over} (degenerate alignment: "
                 "those dimensions cannot be matched); the embedding is damaged or a placeholder: fetch the real weights"
             )
         if sample is not None and sample.rank < min(MIN_RANK, sample.columns):
-            raise NumericalError(
+            raise DegenerateAlignment(
                 f"{name}: the embedding is degenerate over the shared-token rows: {sample.columns} of its columns span "
                 f"only {sample.rank} direction(s) over {sample.rows} rows, fewer than the {MIN_RANK} needed to tell "
                 "its columns apart (degenerate alignment); the embedding is damaged or a placeholder: fetch the real "

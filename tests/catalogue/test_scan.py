@@ -126,3 +126,17 @@ def test_help_lists_the_new_commands(capsys):
     assert awm_main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "scan " in text and "catalogue " in text
+
+
+def test_an_entry_with_too_little_evidence_to_align_is_set_aside_not_scored(zoo, tmp_path):
+    """A model sharing 3 tokens with the bases' sketches: as ``compare`` refuses such a pair
+    (degenerate alignment), the scan sets those entries aside with the reason instead of scoring them."""
+    from awm_jax.catalogue.store import load_catalogue
+
+    emb, qs, ks = random_model(np.random.default_rng(8), vocab=300, hidden=64, layers=4, q_dim=64, k_dim=32)
+    few = save_llama(tmp_path / "few", emb, qs, ks, tokens=[f"tok{i}" if i < 3 else f"mine{i}" for i in range(300)])
+    result = scan_model(prepare_model(few), load_catalogue(zoo["catalogue"]))
+    skipped = dict(result.skipped)
+    assert not result.matches
+    for base in ("base1", "base2"):
+        assert "share only 3 token(s)" in skipped[base] and "degenerate alignment" in skipped[base]
