@@ -19,7 +19,9 @@ __all__ = [
     "FAMILY_RULES",
     "LAYER_MATCH_MODES",
     "NORM_GAIN_MODES",
+    "DEFAULT_ALIGNMENT",
     "DEFAULT_NORM_GAINS",
+    "PAPER",
     "PairOptions",
     "check_choice",
     "check_memory_gb",
@@ -30,6 +32,9 @@ DEVICES = ("auto", "cpu", "gpu", "tpu")
 #: Hidden-dimension alignment: ``assignment`` is the paper's signed permutation; ``orthogonal``
 #: a Procrustes rotation (undoes a dense rotation of the residual stream); ``auto`` chooses.
 ALIGNMENT_MODES = ("assignment", "orthogonal", "auto")
+#: ``auto``: the permutation unless the pair is a rotated copy (``numerics.auto_alignment``); on the
+#: deep lineage zoo it separates derived from independent pairs completely (docs/lineage-deep.md).
+DEFAULT_ALIGNMENT = "auto"
 #: Layer pairing across different depths: the paper's unconstrained assignment, or order-preserving.
 LAYER_MATCH_MODES = ("assignment", "monotone")
 #: Which audit pairs join families (besides a mean-score threshold): see ``audit.lineage_tree``.
@@ -73,7 +78,7 @@ class PairOptions:
     """
 
     layer_match: str = "assignment"
-    alignment: str = "assignment"
+    alignment: str = DEFAULT_ALIGNMENT
     mlp: bool = False
     norm_gains: str = DEFAULT_NORM_GAINS
 
@@ -83,3 +88,8 @@ class PairOptions:
         check_choice("norm-gain mode", self.norm_gains, NORM_GAIN_MODES)
         if not isinstance(self.mlp, bool):
             raise UsageError(f"mlp must be True or False, got {self.mlp!r}")
+
+
+#: The paper's computation (its reference implementation's scores): the signed permutation on
+#: the stored matrices. ``--paper`` on the command lines; the parity tests use it.
+PAPER = {"alignment": "assignment", "norm_gains": "ignore"}

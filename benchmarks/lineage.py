@@ -1,10 +1,11 @@
 """Lineage benchmark: awm_jax and rival signals on the lineage zoo and the optional wild set (../shared/wild).
 
     python -m benchmarks.lineage --zoo DIR [--wild ../shared/wild] [--out benchmarks/results/lineage.json]
-                                 [--docs docs/lineage.md] [--plots docs/img]
+                                 [--docs docs/lineage.md] [--plots docs/img] [--prefix lineage]
 
 Every labelled pair of the zoo's ``MANIFEST.json`` (built by ``python -m awm_jax.zoo build``) and
-of the wild set is scored by AWM (paper layer assignment and order-preserving) and by the rivals
+of the wild set is scored by AWM (the default, the signed permutation, the paper's computation,
+order-preserving layer matching) and by the rivals
 in ``benchmarks/rivals.py``. Derived pairs are the positives, independent pairs the negatives;
 ``shared-init`` and ``distilled`` pairs are reported apart. Per method: ROC AUC, partial AUC over
 FPR <= 5% (normalised to [0, 1]), TPR at FPR <= 1% and at FPR = 0, the lowest derived against the
@@ -26,9 +27,12 @@ from pathlib import Path
 import numpy as np
 
 import awm_jax
+from awm_jax.options import PAPER
 from benchmarks.rivals import RIVALS
 
-METHODS = ("awm", "awm_paper", "awm_monotone", "awm_neglog10p", "awm_mlp", "awm_auto", *RIVALS)
+#: ``awm``: the default (auto alignment, norm gains folded); ``awm_permutation``: the paper's signed
+#: permutation on folded gains; ``awm_paper``: the paper's computation (``awm_jax.options.PAPER``).
+METHODS = ("awm", "awm_permutation", "awm_paper", "awm_monotone", "awm_neglog10p", "awm_mlp", *RIVALS)
 
 
 def roc_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -96,16 +100,18 @@ def score_pair(a: Path, b: Path) -> dict:
     except awm_jax.AWMError as e:  # refused (e.g. too little evidence to align): no AWM score at all
         nan = float("nan")
         out.update({m: nan for m in METHODS if m.startswith("awm")}, awm_z=nan, awm_wq=nan, awm_wk=nan, awm_p=None,
-                   verdict="refused", reference_verdict="refused", auto_used="", refused=str(e))
+                   verdict="refused", reference_verdict="refused", paper_verdict="refused", alignment_used="",
+                   rotation_tried=False, refused=str(e))
         return out
     p = r.calibrated["p_value"]
     out.update(awm=r.mean, awm_z=r.z_reference, awm_wq=r.wq, awm_wk=r.wk, awm_mlp=r.mlp, awm_p=p,
                awm_neglog10p=float("nan") if p is None else float(-np.log10(max(p, 1e-300))),
-               verdict=r.verdict, reference_verdict=r.reference_verdict)
-    out["awm_paper"] = awm_jax.compare(a, b, norm_gains="ignore").mean  # the reference's computation
+               verdict=r.verdict, reference_verdict=r.reference_verdict, alignment_used=r.alignment["used"],
+               rotation_tried=r.alignment.get("probe_rotation") is not None)
+    out["awm_permutation"] = awm_jax.compare(a, b, alignment="assignment").mean
+    paper = awm_jax.compare(a, b, **PAPER)  # the reference's computation
+    out["awm_paper"], out["paper_verdict"] = paper.mean, paper.verdict
     out["awm_monotone"] = awm_jax.compare(a, b, layer_match="monotone").mean
-    auto = awm_jax.compare(a, b, alignment="auto")
-    out["awm_auto"], out["auto_used"] = auto.mean, auto.alignment["used"]
     return out
 
 
@@ -145,17 +151,23 @@ def run_set(name: str, root: Path, pairs: list[dict], models: dict, category) ->
                 "p_below_0.01": sum(r["awm_p"] is not None and r["awm_p"] < 0.01 for r in sel),
                 "p_below_1e-6": sum(r["awm_p"] is not None and r["awm_p"] < 1e-6 for r in sel),
                 "no_p_value": sum(r["awm_p"] is None for r in sel),
-                "auto_chose_orthogonal": sum(r["auto_used"] == "orthogonal" for r in sel),
+                "paper": {v: sum(r["paper_verdict"] == v for r in sel) for v in ("derived", "inconclusive", "independent")},
+                "rotation_tried": sum(r["rotation_tried"] for r in sel),
+                "rotation_used": sum(r["alignment_used"] == "orthogonal" for r in sel),
             }
     per_category = {c: {"pairs": len(v), "awm_mean": float(np.mean([r["awm"] for r in v])),
                         "awm_min": float(np.min([r["awm"] for r in v])),
                         "awm_z_min": float(np.min([r["awm_z"] for r in v])),
                         "awm_monotone_min": float(np.min([r["awm_monotone"] for r in v])),
-                        "awm_auto_min": float(np.min([r["awm_auto"] for r in v])),
+                        "awm_permutation_min": float(np.min([r["awm_permutation"] for r in v])),
                         "max_p": max((r["awm_p"] for r in v if r["awm_p"] is not None), default=None)}
                     for c, v in sorted(cats.items())}
     return {"pairs": rows, "metrics": metrics, "verdicts": verdicts, "reported_apart": dict(apart), "per_category": per_category,
             "seconds": time.perf_counter() - t}
+
+
+#: Where the generated part of the Markdown starts (prose above it in an existing file is kept).
+GENERATED = "Produced by `python -m benchmarks.lineage"
 
 
 def _fmt(x) -> str:
@@ -173,21 +185,23 @@ def markdown(results: dict, command: str) -> str:
             if v:
                 lines.append(f"| {m} | {v['auc']:.3f} | {v['pauc_fpr05']:.3f} | {v['tpr_at_fpr01']:.3f} | "
                              f"{v['tpr_at_fpr0']:.3f} | {v['min_derived']:.4f} | {v['max_independent']:.4f} |")
-        lines += ["", "Verdicts (calibrated cross-layer null vs the published reference z) and p-values:", "",
-                  "| label | pairs | calibrated: derived / inconclusive / independent | reference z: derived / inconclusive / independent "
-                  "| p < 0.01 | p < 1e-6 | no p-value | auto chose orthogonal |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Verdicts (derived / inconclusive / independent): the default's calibrated cross-layer null, the "
+                  "paper mode's calibrated null, the published reference z; the default's p-values and alignment:", "",
+                  "| label | pairs | default, calibrated | paper mode, calibrated | reference z "
+                  "| p < 0.01 | p < 1e-6 | no p-value | rotation tried / used |", "|---|---|---|---|---|---|---|---|---|"]
         for label, v in res["verdicts"].items():
-            c, r = v["calibrated"], v["reference"]
+            c, pm, r = v["calibrated"], v["paper"], v["reference"]
             lines.append(f"| {label} | {v['pairs']} | {c['derived']} / {c['inconclusive']} / {c['independent']} | "
+                         f"{pm['derived']} / {pm['inconclusive']} / {pm['independent']} | "
                          f"{r['derived']} / {r['inconclusive']} / {r['independent']} | {v['p_below_0.01']} | "
-                         f"{v['p_below_1e-6']} | {v['no_p_value']} | {v['auto_chose_orthogonal']} |")
-        lines += ["", "Derived pairs by category (AWM mean score, paper layer assignment; z against the published reference):", "",
-                  "| category | pairs | mean score | lowest score | lowest z | lowest (monotone) | lowest (auto alignment) | largest p |",
+                         f"{v['p_below_1e-6']} | {v['no_p_value']} | {v['rotation_tried']} / {v['rotation_used']} |")
+        lines += ["", "Derived pairs by category (AWM mean score, default mode; z against the published reference):", "",
+                  "| category | pairs | mean score | lowest score | lowest z | lowest (monotone) | lowest (permutation) | largest p |",
                   "|---|---|---|---|---|---|---|---|"]
         for c, v in res["per_category"].items():
             maxp = "n/a" if v["max_p"] is None else f"{v['max_p']:.1e}"
             lines.append(f"| {c} | {v['pairs']} | {v['awm_mean']:.4f} | {v['awm_min']:.4f} | {v['awm_z_min']:.1f} | "
-                         f"{v['awm_monotone_min']:.4f} | {v['awm_auto_min']:.4f} | {maxp} |")
+                         f"{v['awm_monotone_min']:.4f} | {v['awm_permutation_min']:.4f} | {maxp} |")
         for label, rows in res["reported_apart"].items():
             lines += ["", f"Reported apart: `{label}` pairs", "", "| a | b | " + " | ".join(METHODS) + " |",
                       "|---|---|" + "---|" * len(METHODS)]
@@ -197,7 +211,7 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict, folder: Path) -> list[str]:
+def plots(results: dict, folder: Path, prefix: str = "lineage") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +240,7 @@ def plots(results: dict, folder: Path) -> list[str]:
         axes[1].axhline(0, color="grey", lw=0.5)
         axes[1].legend(fontsize=8)
         fig.tight_layout()
-        path = folder / f"lineage-{set_name}.png"
+        path = folder / f"{prefix}-{set_name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(str(path))
@@ -240,6 +254,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/lineage.json")
     p.add_argument("--docs", default="docs/lineage.md")
     p.add_argument("--plots", default="docs/img")
+    p.add_argument("--prefix", default="lineage", help="plot file names: PREFIX-zoo.png, PREFIX-wild.png")
     args = p.parse_args(argv)
     sets = {}
     if args.zoo:
@@ -258,8 +273,12 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     command = "python -m benchmarks.lineage " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.docs).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.docs).write_text(markdown(results, command.strip()))
-    for path in plots(results, Path(args.plots)):
+    docs = Path(args.docs)
+    text = markdown(results, command.strip())
+    if docs.is_file() and GENERATED in docs.read_text():  # keep the prose written above the tables
+        text = docs.read_text().split(GENERATED)[0] + text[text.index(GENERATED):]
+    docs.write_text(text)
+    for path in plots(results, Path(args.plots), args.prefix):
         print(f"wrote {path}")
     print(f"wrote {args.out} and {args.docs}")
     return 0

@@ -42,6 +42,7 @@ from awm_jax.audit.models import AuditEntry, PreparedStore, entries, identity, r
 from awm_jax.audit.records import AuditModel, AuditResult, PairScore
 from awm_jax.errors import AWMError, UsageError, warn
 from awm_jax.options import (
+    DEFAULT_ALIGNMENT,
     DEFAULT_MEMORY_GB,
     DEFAULT_NORM_GAINS,
     DEVICES,
@@ -202,7 +203,7 @@ def audit(
     against: Sequence | Mapping | None = None,
     out_dir: str | os.PathLike | None = None,
     layer_match: str = "assignment",
-    alignment: str = "assignment",
+    alignment: str = DEFAULT_ALIGNMENT,
     mlp: bool = False,
     norm_gains: str = DEFAULT_NORM_GAINS,
     device: str = "auto",

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_pair_options, add_version
+from awm_jax.cli.common import add_pair_options, add_version, pair_options
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -196,10 +196,10 @@ def _run(args: argparse.Namespace) -> int:
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     with pickle_loading(args.allow_pickle):
         result = audit(
-            models, against=against, out_dir=args.out, layer_match=args.layer_match, device=args.device,
+            models, against=against, out_dir=args.out, device=args.device,
             cache_dir=args.cache_dir, layouts={"*": args.layout} if args.layout else None,
             family_rule=args.family_rule if args.family_threshold is None else args.family_threshold,
-            alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains, memory_gb=args.memory_gb, fresh=args.fresh,
+            memory_gb=args.memory_gb, fresh=args.fresh, **pair_options(args),
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
         )
     import jax

@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 
-from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
+from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES, PAPER
 
-__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "write_json"]
+__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "pair_options",
+           "write_json"]
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -21,15 +22,26 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-match", default="assignment", choices=LAYER_MATCH_MODES,
                    help="pairing of layers when depths differ: the paper's unconstrained assignment, "
                         "or order-preserving (default: assignment)")
-    p.add_argument("--alignment", default="assignment", choices=ALIGNMENT_MODES,
+    p.add_argument("--alignment", default=DEFAULT_ALIGNMENT, choices=ALIGNMENT_MODES,
                    help="hidden-dimension alignment: the paper's signed permutation, an orthogonal (Procrustes) "
-                        "map that also undoes a rotated residual stream, or auto (default: assignment)")
+                        "map that also undoes a rotated residual stream, or auto: the permutation unless the pair "
+                        f"is a rotated copy (default: {DEFAULT_ALIGNMENT})")
     p.add_argument("--norm-gains", default=DEFAULT_NORM_GAINS, choices=NORM_GAIN_MODES,
                    help="fold: multiply each pre-norm gain into the matrices reading the norm before the Grams, so "
                         "norm folding cannot change a score; ignore: the stored matrices, the paper's computation "
                         f"(default: {DEFAULT_NORM_GAINS})")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's computation, as its reference implementation scores: "
+                        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in PAPER.items()) + " (overrides both)")
     p.add_argument("--mlp", action="store_true",
                    help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
+
+
+def pair_options(args: argparse.Namespace) -> dict:
+    """The parsed :func:`add_pair_options` as keyword arguments of ``compare``/``audit``."""
+    values = {"layer_match": args.layer_match, "alignment": args.alignment, "norm_gains": args.norm_gains,
+              "mlp": args.mlp}
+    return {**values, **PAPER} if args.paper else values
 
 
 def add_version(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, write_json
+from awm_jax.cli.common import (FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, pair_options,
+                                write_json)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -77,9 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     for a, b in pairs:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
             r = compare(
-                a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
-                cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,
-                alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains,
+                a, b, device=args.device, cache=not args.no_cache, cache_dir=args.cache_dir,
+                layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout, **pair_options(args),
             )
         results.append(r)
         if to_stdout:

@@ -11,7 +11,7 @@ import sys
 
 from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_version, finding_exit, json_target, write_json
 from awm_jax.errors import OneLineArgumentParser
-from awm_jax.options import ALIGNMENT_MODES, DEVICES, LAYER_MATCH_MODES
+from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEVICES, LAYER_MATCH_MODES
 
 __all__ = ["FOUND_EXIT", "build_parser", "main"]
 
@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, metavar="N", help="matches to show (default: 10)")
     p.add_argument("--json", metavar="PATH", help="write the scan as JSON to PATH ('-': to stdout, instead of the text)")
     add_fail_on(p, "an entry matches")
-    p.add_argument("--alignment", default="assignment", choices=ALIGNMENT_MODES,
-                   help="hidden-dimension alignment (default: assignment)")
+    p.add_argument("--alignment", default=DEFAULT_ALIGNMENT, choices=ALIGNMENT_MODES,
+                   help=f"hidden-dimension alignment (default: {DEFAULT_ALIGNMENT})")
     p.add_argument("--layer-match", default="assignment", choices=LAYER_MATCH_MODES,
                    help="pairing of layers when depths differ (default: assignment)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="JAX device (default: auto)")

@@ -1,7 +1,8 @@
 """A pair's hidden-dimension alignment (docs/method.md steps 1-5).
 
 Shared vocabulary -> base and target -> embedding-column cosine over the shared rows -> linear
-assignment on the host (and, for ``orthogonal``/``auto``, the Procrustes rotation) ->
+assignment on the host (and the Procrustes rotation for ``orthogonal``, and for ``auto`` when its
+screen passes: ``numerics.auto_alignment``) ->
 :class:`PairAlignment`, which aligns any stack of base Grams.
 """
 
@@ -18,12 +19,11 @@ from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embe
 from awm_jax.numerics.alignment import (
     assign_dimensions,
     check_alignment_evidence,
-    choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
     permutation_fit,
-    probe_alignments,
 )
+from awm_jax.numerics.auto_alignment import auto_alignment, probe_pairs, probe_score, token_similarity
 from awm_jax.numerics.kernels import align_grams, rotate_grams
 from awm_jax.errors import UsageError
 from awm_jax.io.vocab import shared_rows
@@ -72,7 +72,7 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
       b: model B.
       alignment: ``"assignment"``, ``"orthogonal"`` or ``"auto"`` (``awm_jax.options``).
       timings: when given, receives ``embedding_read_s``, ``embedding_cosine_s``,
-        ``assignment_s`` (and ``procrustes_s``).
+        ``assignment_s`` (and ``procrustes_s`` or ``auto_s``).
 
     Raises:
       AWMError: no shared tokens, a damaged embedding, a degenerate alignment.
@@ -89,7 +89,6 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
     timings["embedding_read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     cross = embedding_cross(emb_base, emb_target, shared.ids_a, shared.ids_b)
-    del emb_base, emb_target
     check_embedding_sums(base.resolved, cross.sq_base)
     check_embedding_sums(target.resolved, cross.sq_target)
     check_alignment_evidence(cross, base.path, target.path)
@@ -99,21 +98,37 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
     timings["assignment_s"] = time.perf_counter() - t
     diagnostics = assignment.diagnostics()
     rotation = None
-    if alignment != "assignment":
+    used, reason = "assignment", "requested assignment"
+    if alignment == "orthogonal":
         t = time.perf_counter()
         fitted = orthogonal_procrustes(cross)
-        perm_fit = permutation_fit(cross, assignment)
-        probe = probe_alignments(base.grams, target.grams, assignment, fitted) if alignment == "auto" else None
-        used, reason = choose_alignment(alignment, perm_fit, fitted.fit, probe)
         timings["procrustes_s"] = time.perf_counter() - t
-        diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
-        if probe is not None:
-            diagnostics.update(probe_layers=[list(p) for p in probe.pairs], probe_permutation=probe.permutation,
-                               probe_rotation=probe.rotation, probe_margin=probe.margin)
-        if used == "orthogonal":
-            rotation = fitted.matrix
-    else:
-        used, reason = "assignment", "requested assignment"
+        rotation, used, reason = fitted.matrix, "orthogonal", "requested orthogonal"
+        diagnostics.update(permutation_fit=permutation_fit(cross, assignment), rotation_fit=fitted.fit)
+    elif alignment == "auto":
+        t = time.perf_counter()
+        pairs = probe_pairs(base.grams.num_layers, target.grams.num_layers)
+        probed_base = base.grams.take([i for i, _ in pairs])
+        probed_target = target.grams.take([j for _, j in pairs])
+        perm, signs = jnp.asarray(assignment.perm), jnp.asarray(assignment.signs)
+        fitted = []
+
+        def rotated() -> float:  # only for pairs the screen passes: the SVD is the cost
+            fitted.append(orthogonal_procrustes(cross))
+            matrix = jnp.asarray(fitted[0].matrix)
+            return probe_score(probed_base, probed_target, lambda g: rotate_grams(g, matrix))
+
+        used, reason, probe = auto_alignment(
+            pairs, assignment.target_dims,
+            probe_score(probed_base, probed_target, lambda g: align_grams(g, perm, signs)),
+            lambda: token_similarity(emb_base, emb_target, shared.ids_a, shared.ids_b), rotated)
+        timings["auto_s"] = time.perf_counter() - t
+        diagnostics.update(permutation_fit=permutation_fit(cross, assignment), **probe.diagnostics())
+        if fitted:
+            diagnostics["rotation_fit"] = fitted[0].fit
+            if used == "orthogonal":
+                rotation = fitted[0].matrix
+    del emb_base, emb_target
     diagnostics.update(mode=alignment, used=used, reason=reason, norm_gains=a.grams.norm_gains)
     dropped_a, dropped_b = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     vocabulary = {"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped_a,

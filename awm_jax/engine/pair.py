@@ -22,7 +22,7 @@ from awm_jax.engine.models import PreparedModel, prepare_model
 from awm_jax.errors import UsageError
 from awm_jax.fingerprint import FingerprintCache
 from awm_jax.numerics.statistics import decide, verdict, z_reference
-from awm_jax.options import DEFAULT_NORM_GAINS, DEVICES, PairOptions, check_choice
+from awm_jax.options import DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, DEVICES, PairOptions, check_choice
 from awm_jax.report import CompareResult, LayerScore, PairResult
 
 __all__ = ["assemble", "compare", "environment", "score_pair", "select_device"]
@@ -137,7 +137,7 @@ def compare(
     cache_dir: str | os.PathLike | None = None,
     layout_a: str | None = None,
     layout_b: str | None = None,
-    alignment: str = "assignment",
+    alignment: str = DEFAULT_ALIGNMENT,
     mlp: bool = False,
     norm_gains: str = DEFAULT_NORM_GAINS,
 ) -> CompareResult:
@@ -154,8 +154,9 @@ def compare(
       cache_dir: cache folder (default: ``$AWM_JAX_CACHE`` or the XDG cache folder).
       layout_a: force A's layout (a registry name or a layout file), else detected.
       layout_b: likewise for B.
-      alignment: ``"assignment"`` (the paper's signed permutation), ``"orthogonal"`` (Procrustes
-        rotation) or ``"auto"``.
+      alignment: ``"auto"`` (default: the paper's signed permutation unless the pair is a rotated
+        copy, see ``numerics.auto_alignment``), ``"assignment"`` (always the signed permutation) or
+        ``"orthogonal"`` (always the Procrustes rotation).
       mlp: also score the MLP input matrices (gate and up; all experts of a mixture), reported
         beside the attention scores (not part of the verdict).
       norm_gains: ``"fold"`` (default: each pre-norm gain folded into the matrices that read the

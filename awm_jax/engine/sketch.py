@@ -37,18 +37,14 @@ from awm_jax.engine.pair import assemble
 from awm_jax.errors import CacheError, VocabularyError
 from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
 from awm_jax.numerics.alignment import (
-    AUTO_MIN_GAIN,
-    AUTO_NOISE_WIDTHS,
-    AlignmentProbe,
+    EmbeddingCross,
     assign_dimensions,
     check_alignment_evidence,
-    choose_alignment,
     embedding_cross,
     orthogonal_procrustes,
     permutation_fit,
-    probe_pairs,
-    probe_score,
 )
+from awm_jax.numerics.auto_alignment import auto_alignment, probe_pairs, probe_score, token_similarity
 from awm_jax.options import PairOptions
 from awm_jax.report import PairResult
 
@@ -110,33 +106,16 @@ def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
     return SketchRows(ids[:, 0], ids[:, 1])
 
 
-def _alignment(emb_base, emb_target, ids_base, ids_target, mode: str, base_is_model: bool,
-               model: PreparedModel, partial: bool) -> PairAlignment:
-    """The signed permutation (or rotation) of the target's dimensions onto the base's; as
-    ``engine.align.align_pair`` from the embedding sums on, except that a rotation onto a
-    ``partial`` sketch (fewer dimensions than its model has) is the least-squares one."""
+def _checked_cross(emb_base, emb_target, ids_base, ids_target, base_is_model: bool,
+                   model: PreparedModel) -> EmbeddingCross:
+    """The pair's embedding sums, checked as ``engine.align.align_pair`` checks them (the model's
+    embedding is intact; the shared rows can identify an alignment, else ``DegenerateAlignment``)."""
     cross = embedding_cross(emb_base, emb_target, ids_base, ids_target)
     check_embedding_sums(model.resolved, cross.sq_base if base_is_model else cross.sq_target)
     sketch_name = "the sketch"
     check_alignment_evidence(cross, model.path if base_is_model else sketch_name,
-                             sketch_name if base_is_model else model.path)  # as the engine refuses a pair
-    assignment = assign_dimensions(cross.cosine())
-    diagnostics = assignment.diagnostics()
-    rotation = None
-    if mode != "assignment":
-        fitted = orthogonal_procrustes(cross)
-        perm_fit = permutation_fit(cross, assignment)
-        used, reason = choose_alignment(mode, perm_fit, fitted.fit)  # "assignment" or "orthogonal": no probe
-        diagnostics.update(permutation_fit=perm_fit, rotation_fit=fitted.fit)
-        if used == "orthogonal":
-            rotation = fitted.matrix
-            if base_is_model and partial:
-                rotation = _partial_rotation(emb_base, emb_target, ids_base, ids_target)
-    else:
-        used, reason = "assignment", "requested assignment"
-    diagnostics.update(mode=mode, used=used, reason=reason)
-    return PairAlignment(base_is_model, assignment.perm, assignment.signs, rotation, assignment.base_dims,
-                         diagnostics, {})
+                             sketch_name if base_is_model else model.path)
+    return cross
 
 
 def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarray:
@@ -233,11 +212,25 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
 
-    def aligned(mode: str) -> PairAlignment:
-        if sketch_is_base:
-            return _alignment(sketch.embedding, emb, rows.sketch, rows.model, mode, False, model, False)
-        return _alignment(emb, sketch.embedding, rows.model, rows.sketch, mode, True, model,
-                          sketch.m < sketch.hidden_size)
+    # embedding rows as the engine orders them: base first
+    if sketch_is_base:
+        ordered = (sketch.embedding, emb, rows.sketch, rows.model)
+    else:
+        ordered = (emb, sketch.embedding, rows.model, rows.sketch)
+    cross = _checked_cross(*ordered, not sketch_is_base, model)
+    assignment = assign_dimensions(cross.cosine())
+    diagnostics = assignment.diagnostics()
+
+    def alignment(rotation: np.ndarray | None) -> PairAlignment:
+        return PairAlignment(not sketch_is_base, assignment.perm, assignment.signs, rotation, assignment.base_dims,
+                             diagnostics, {})
+
+    def rotation() -> np.ndarray:
+        fitted = orthogonal_procrustes(cross)
+        diagnostics.update(permutation_fit=permutation_fit(cross, assignment), rotation_fit=fitted.fit)
+        if not sketch_is_base and sketch.m < sketch.hidden_size:
+            return _partial_rotation(*ordered)
+        return fitted.matrix
 
     def scored_grams(align: PairAlignment):
         if sketch_is_base:
@@ -245,25 +238,29 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
         # the model's Grams already aligned onto D: an identity alignment scores them
         return _gathered(model.grams, align), sketch.grams(), _identity(align.matched_dims, align)
 
-    if options.alignment == "auto":  # as the engine decides: by which alignment makes probed layers agree
-        candidates = {mode: aligned(mode) for mode in ("assignment", "orthogonal")}
-        grams = {mode: scored_grams(a) for mode, a in candidates.items()}
-        gb0, gt0, _ = grams["assignment"]
-        pairs = probe_pairs(gb0.num_layers, gt0.num_layers)
-        score = {mode: probe_score(g[0].take([b for b, _ in pairs]), g[1].take([t for _, t in pairs]), g[2].apply)
-                 for mode, g in grams.items()}
-        probe = AlignmentProbe(pairs, score["assignment"], score["orthogonal"],
-                               max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / candidates["assignment"].matched_dims))
-        fits = candidates["orthogonal"].diagnostics
-        used, reason = choose_alignment("auto", fits["permutation_fit"], fits["rotation_fit"], probe)
-        align = candidates[used]
-        align = dataclasses.replace(align, diagnostics=dict(
-            fits, mode="auto", used=used, reason=reason, probe_layers=[list(p) for p in pairs],
-            probe_permutation=probe.permutation, probe_rotation=probe.rotation, probe_margin=probe.margin))
-        gb, gt, scored = grams[used]
+    used, reason = options.alignment, f"requested {options.alignment}"
+    if options.alignment == "auto":  # as the engine decides (numerics.auto_alignment)
+        permuted = scored_grams(alignment(None))
+        pairs = probe_pairs(permuted[0].num_layers, permuted[1].num_layers)
+
+        def probed(grams) -> float:
+            gb_, gt_, scored_ = grams
+            return probe_score(gb_.take([i for i, _ in pairs]), gt_.take([j for _, j in pairs]), scored_.apply)
+
+        rotated = []
+
+        def rotated_probe() -> float:
+            rotated.append(scored_grams(alignment(rotation())))
+            return probed(rotated[0])
+
+        used, reason, probe = auto_alignment(pairs, assignment.target_dims, probed(permuted),
+                                             lambda: token_similarity(*ordered), rotated_probe)
+        diagnostics.update(probe.diagnostics())
+        diagnostics.setdefault("permutation_fit", permutation_fit(cross, assignment))
+        gb, gt, scored = rotated[0] if used == "orthogonal" else permuted
     else:
-        align = aligned(options.alignment)
-        gb, gt, scored = scored_grams(align)
+        gb, gt, scored = scored_grams(alignment(rotation() if options.alignment == "orthogonal" else None))
+    diagnostics.update(mode=options.alignment, used=used, reason=reason)
     del emb
     timings["alignment_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -273,7 +270,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
         pairing = layer_pairing(options.layer_match, grids=score_grid(gb, gt, scored))
     timings["scores_s"] = time.perf_counter() - t
     n_model, n_sketch = model.hidden_size, sketch.hidden_size
-    diagnostics = dict(align.diagnostics, sketch_dims=sketch.m, scored_dims=align.matched_dims)
+    diagnostics = dict(diagnostics, sketch_dims=sketch.m, scored_dims=scored.matched_dims)
     vocabulary = {"shared_tokens": int(rows.model.size), "sketch_tokens": len(sketch.tokens),
                   "vocab_a": len(model.vocab)}
     result = assemble(pairing, not sketch_is_base, min(n_model, n_sketch), max(n_model, n_sketch),

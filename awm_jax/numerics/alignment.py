@@ -6,9 +6,8 @@ total ``|cos|`` on the host with ``scipy.optimize.linear_sum_assignment``: every
 ``j`` gets a distinct base dimension ``p(j)`` and a sign ``s_j``. A dense rotation of the
 residual stream (function-preserving once the normalisation gains are folded into the
 neighbouring matrices) defeats any permutation; ``orthogonal`` fits an orthogonal map instead
-(Procrustes, an SVD of the same ``E_b^T E_t``), and ``auto`` picks between the two by which makes
-a few of the pair's layers agree (``probe_alignments``: the embedding fits alone cannot tell a
-rotated real model from a permuted one).
+(Procrustes, an SVD of the same ``E_b^T E_t``), and ``auto`` picks between the two
+(:mod:`awm_jax.numerics.auto_alignment`).
 
 The sums are scale invariant by construction: each embedding is multiplied by a power of two
 (exact) chosen from the largest magnitude seen so far, so an embedding multiplied by ``2^70`` or
@@ -48,24 +47,15 @@ from awm_jax.errors import NumericalError
 from awm_jax.numerics import host_blas
 from awm_jax.numerics.kernels import (
     MIN_SAMPLES,
-    align_grams,
     column_cosine_accumulate,
     default_platform,
-    paired_cka,
     range_shift,
-    rotate_grams,
 )
 
 __all__ = [
     "DegenerateAlignment",
     "ALIGNMENT_MODES",
-    "AUTO_MAX_PERMUTATION_SHARE",
-    "AUTO_MIN_GAIN",
-    "AUTO_MIN_ROTATION_CKA",
-    "AUTO_NOISE_WIDTHS",
-    "AUTO_PROBE_LAYERS",
     "Alignment",
-    "AlignmentProbe",
     "EmbeddingCross",
     "MIN_RANK",
     "RANK_COLUMNS",
@@ -77,14 +67,10 @@ __all__ = [
     "assign_dimensions",
     "block_rows",
     "check_alignment_evidence",
-    "choose_alignment",
     "column_cosine",
     "embedding_cross",
     "orthogonal_procrustes",
     "permutation_fit",
-    "probe_alignments",
-    "probe_score",
-    "probe_pairs",
     "sampled_rank",
 ]
 
@@ -422,120 +408,3 @@ def permutation_fit(cross: EmbeddingCross, alignment: Alignment) -> float:
     denom = cross.norm_product
     matched = np.abs(cross.cross[alignment.perm, np.arange(alignment.target_dims)]).sum()
     return float(matched / denom) if denom > 0 else 0.0
-
-
-#: Layer pairs ``auto`` scores under both alignments (evenly spaced over the depth).
-AUTO_PROBE_LAYERS = 4
-#: ``auto`` takes the rotation only when all three hold for the probed layers' mean CKA:
-#:
-#: * the rotation makes them agree like a derived pair's do: at least ``AUTO_MIN_ROTATION_CKA``.
-#:   A rotation has far more freedom than a signed permutation and, on real models' anisotropic
-#:   weights, raises unrelated pairs' CKA too (small real models of ../shared/wild: independent
-#:   pairs probe up to 0.18 rotated against 0.14 permuted, one pair of 105/361-token models 0.53
-#:   against 0.40), but not to a derived pair's level;
-#: * the permutation explains at most ``AUTO_MAX_PERMUTATION_SHARE`` of it (a rotated copy probes
-#:   near 0 permuted; an unrelated pair's two probes are of one size);
-#: * the difference exceeds the probe's noise, ``max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / n_t)``: an
-#:   unrelated pair's difference spreads as about ``1 / n_t`` (random anisotropic models: standard
-#:   deviation 0.020 at ``n_t = 48``, 0.007 at 128), so this is 4 standard deviations or more.
-AUTO_MIN_ROTATION_CKA = 0.3
-AUTO_MAX_PERMUTATION_SHARE = 0.5
-AUTO_MIN_GAIN = 0.05
-AUTO_NOISE_WIDTHS = 4.0
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignmentProbe:
-    """How well each alignment makes a few of the pair's layers agree (the evidence of ``auto``).
-
-    Attributes:
-      pairs: the probed ``(base layer, target layer)`` pairs, at the same relative depth.
-      permutation: mean unbiased CKA of the probed Q and K Grams aligned by the signed permutation.
-      rotation: the same, aligned by the orthogonal (Procrustes) map.
-      margin: how much higher ``rotation`` must be than ``permutation`` for ``auto`` to take it
-        (the probe's noise, see ``AUTO_MIN_GAIN``).
-    """
-
-    pairs: tuple[tuple[int, int], ...]
-    permutation: float
-    rotation: float
-    margin: float = AUTO_MIN_GAIN
-
-
-def probe_pairs(base_layers: int, target_layers: int, count: int = AUTO_PROBE_LAYERS) -> tuple[tuple[int, int], ...]:
-    """Up to ``count`` layer pairs evenly spaced over the depth, base and target at the same
-    relative depth (layer ``i`` with layer ``i`` at equal depth), first and last layers included."""
-    k = max(1, min(count, base_layers, target_layers))
-    if k == 1:
-        return ((0, 0),)
-    steps = [j / (k - 1) for j in range(k)]
-    return tuple(dict.fromkeys((round(f * (base_layers - 1)), round(f * (target_layers - 1))) for f in steps))
-
-
-def probe_score(base: tuple[np.ndarray, ...], target: tuple[np.ndarray, ...], aligned) -> float:
-    """Mean unbiased CKA of probed ``base`` Q and K Gram stacks, aligned by ``aligned``, against
-    the ``target`` ones (the measure :class:`AlignmentProbe` reports)."""
-    scores = [np.asarray(paired_cka(aligned(jnp.asarray(b)), jnp.asarray(t))) for b, t in zip(base, target)]
-    return float(np.mean(np.concatenate(scores)))
-
-
-def probe_alignments(base_grams, target_grams, permutation: Alignment, rotation: Rotation,
-                     count: int = AUTO_PROBE_LAYERS) -> AlignmentProbe:
-    """Scores a few layer pairs under the signed permutation and under the rotation.
-
-    Why the layers and not the embeddings: on a real model's embedding (a few dominant columns and
-    a shared mean direction) a signed permutation fits a rotated copy's embedding half as well as
-    the rotation does, so no threshold on the embedding fits separates "permuted" from "rotated";
-    the right alignment is the one under which the layers' Grams agree as a derived pair's do. An
-    unrelated pair's layers agree under neither, though the rotation, with far more freedom,
-    flatters them somewhat (the rule in :func:`choose_alignment` allows for it). Cost: the
-    alignments of ``2 * count`` base Grams, one compilation per probe shape.
-
-    Args:
-      base_grams: the base model's Q/K fingerprint (``GramSet``: ``num_layers`` and ``take``).
-      target_grams: the target's.
-      permutation: the signed permutation (``assign_dimensions``).
-      rotation: the orthogonal map (``orthogonal_procrustes``).
-      count: layer pairs probed (:func:`probe_pairs`).
-
-    Returns:
-      The probe: mean CKA over the probed layers' Q and K Grams under each alignment.
-    """
-    pairs = probe_pairs(base_grams.num_layers, target_grams.num_layers, count)
-    base = base_grams.take([b for b, _ in pairs])
-    target = target_grams.take([t for _, t in pairs])
-    perm, signs = jnp.asarray(permutation.perm), jnp.asarray(permutation.signs)
-    matrix = jnp.asarray(rotation.matrix)
-    return AlignmentProbe(
-        pairs=pairs,
-        permutation=probe_score(base, target, lambda g: align_grams(g, perm, signs)),
-        rotation=probe_score(base, target, lambda g: rotate_grams(g, matrix)),
-        margin=max(AUTO_MIN_GAIN, AUTO_NOISE_WIDTHS / permutation.target_dims),
-    )
-
-
-def choose_alignment(mode: str, perm_fit: float, rotation_fit: float,
-                     probe: AlignmentProbe | None = None) -> tuple[str, str]:
-    """Resolves ``assignment`` / ``orthogonal`` / ``auto`` to the alignment used, with the reason.
-
-    ``auto`` keeps the paper's signed permutation unless the rotation makes the probed layers'
-    Grams agree like a derived pair's (mean CKA at least :data:`AUTO_MIN_ROTATION_CKA`), the
-    permutation explains at most :data:`AUTO_MAX_PERMUTATION_SHARE` of that, and the difference
-    exceeds the probe's noise margin; the embedding fits are reported beside it but do not decide
-    (see :func:`probe_alignments`).
-
-    Raises:
-      ValueError: ``auto`` without a probe.
-    """
-    if mode != "auto":
-        return mode, f"requested {mode}"
-    if probe is None:
-        raise ValueError("auto alignment needs the layer probe (probe_alignments)")
-    layers = ", ".join(f"{b}->{t}" for b, t in probe.pairs)
-    evidence = (f"probed layers {layers}: mean CKA {probe.rotation:.3f} rotated vs {probe.permutation:.3f} permuted, "
-                f"margin {probe.margin:.3f}; embedding fits {rotation_fit:.3f} vs {perm_fit:.3f}")
-    if (probe.rotation >= AUTO_MIN_ROTATION_CKA and probe.permutation <= AUTO_MAX_PERMUTATION_SHARE * probe.rotation
-            and probe.rotation - probe.permutation >= probe.margin):
-        return "orthogonal", f"the residual basis looks rotated: {evidence}"
-    return "assignment", (f"the paper's alignment: the rotation does not make the layers agree as a rotated copy's "
-                          f"would ({evidence})")

@@ -120,3 +120,19 @@ def test_fail_on_gates_ci_on_the_verdict():
     assert main([base, derived, "--quiet", "--fail-on", "derived"]) == FOUND_EXIT
     assert main([base, independent, "--quiet", "--fail-on", "derived"]) == 0
     assert main([base, derived, "--quiet"]) == 0
+
+
+def test_paper_flag_is_the_papers_computation(capsys):
+    from awm_jax.cli.compare import EXAMPLES
+
+    base, derived = str(EXAMPLES / "base"), str(EXAMPLES / "derived")
+    records = {}
+    for name, flags in {"default": [], "paper": ["--paper"], "spelled": ["--alignment", "assignment",
+                                                                         "--norm-gains", "ignore"]}.items():
+        assert main([base, derived, "--no-cache", "--json", "-", *flags]) == 0
+        records[name] = json.loads(capsys.readouterr().out)  # one pair: its record
+    assert records["default"]["alignment"]["mode"] == "auto"
+    assert records["default"]["alignment"]["norm_gains"] == "fold"
+    paper = records["paper"]["alignment"]
+    assert paper["mode"] == "assignment" and paper["norm_gains"] == "ignore"
+    assert records["paper"]["mean"] == records["spelled"]["mean"]

@@ -22,7 +22,9 @@ import awm_jax
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts import REGISTRY, detect
 from awm_jax.layouts._mlp import Experts
+from awm_jax.options import PAPER
 from layouts._fixtures import CASES, case_dir, rewrite
+
 
 #: Fixtures without a per-dimension gain in front of the attention (docs/layouts.md says why).
 NO_GAINS = {"olmo": "parameter-free LayerNorm", "olmo2": "norms after the sublayers",
@@ -124,17 +126,17 @@ def test_norm_folded_copy_scores_one(case, tmp_path, plans):
     r = _compare(base, folded)
     assert r.alignment["norm_gains"] == "fold"
     np.testing.assert_allclose([r.wq, r.wk, r.mean, r.mlp], 1.0, atol=1e-5)
-    paper = _compare(base, folded, norm_gains="ignore")
+    paper = _compare(base, folded, **PAPER)
     assert paper.mean < 1.0 - 1e-3, "the folded copy should defeat the paper's computation"
 
 
 @pytest.mark.parametrize("case", FOLDED)
-def test_norm_folded_and_rotated_copy_scores_one_with_auto(case, tmp_path, plans):
+def test_norm_folded_and_rotated_copy_scores_one_by_default(case, tmp_path, plans):
     base, rotated = _models(case, tmp_path, plans, rotate=True)
-    r = _compare(base, rotated, alignment="auto")
-    assert r.alignment["used"] == "orthogonal", r.alignment["reason"]
+    r = _compare(base, rotated)  # the default alignment, auto
+    assert r.alignment["mode"] == "auto" and r.alignment["used"] == "orthogonal", r.alignment["reason"]
     np.testing.assert_allclose([r.wq, r.wk, r.mean, r.mlp], 1.0, atol=1e-5)
-    assert _compare(base, rotated).mean < 0.5  # the paper's alignment is defeated
+    assert _compare(base, rotated, alignment="assignment").mean < 0.5  # the paper's alignment is defeated
 
 
 @pytest.mark.parametrize("case", sorted(NO_GAINS))

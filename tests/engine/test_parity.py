@@ -1,15 +1,15 @@
 """The paper reference implementation's printed scores for ../shared/parity (within 1e-4), in the
-paper's mode (``norm_gains="ignore"``: the stored projections, no norm gains folded)."""
+paper's mode (``awm_jax.options.PAPER``: the signed permutation on the stored projections, no norm
+gains folded)."""
 
 import json
 
 import pytest
 
 import awm_jax
+from awm_jax.options import PAPER
 
 TOL = 1e-4
-#: The reference implementation scores the stored Wq/Wk: the paper's mode.
-PAPER = dict(norm_gains="ignore")
 
 
 def parity_pairs():

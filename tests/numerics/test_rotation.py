@@ -6,13 +6,17 @@ import pytest
 from scipy.stats import ortho_group
 
 import awm_jax
-from awm_jax.numerics.alignment import (
+from awm_jax.numerics.auto_alignment import (
     AUTO_MAX_PERMUTATION_SHARE,
     AUTO_MIN_GAIN,
     AUTO_MIN_ROTATION_CKA,
+    AUTO_MIN_TOKEN_SIMILARITY,
     AlignmentProbe,
+    auto_alignment,
     choose_alignment,
     probe_pairs,
+    token_sample_size,
+    token_similarity,
 )
 from conftest import random_model, save_llama
 
@@ -61,7 +65,7 @@ def pair(tmp_path):
 
 def test_rotation_defeats_assignment_but_not_orthogonal_or_auto(pair):
     base, rotated, _ = pair
-    paper = awm_jax.compare(base, rotated, cache=False)
+    paper = awm_jax.compare(base, rotated, cache=False, alignment="assignment")
     assert paper.mean < 0.3 and paper.alignment["used"] == "assignment"
     for mode in ("orthogonal", "auto"):
         r = awm_jax.compare(base, rotated, cache=False, alignment=mode)
@@ -124,8 +128,9 @@ def test_auto_undoes_fold_and_rotate_on_an_anisotropic_embedding(anisotropic):
     assert al["probe_rotation"] >= AUTO_MIN_ROTATION_CKA and al["probe_permutation"] < 0.1
     assert al["probe_rotation"] - al["probe_permutation"] >= al["probe_margin"] >= AUTO_MIN_GAIN
     np.testing.assert_allclose([r.wq, r.wk, r.mean], 1.0, atol=1e-5)
-    paper = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False)
+    paper = awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False, alignment="assignment")
     assert paper.mean < 0.5
+    assert awm_jax.compare(anisotropic["base"], anisotropic["folded_rotated"], cache=False).mean == r.mean  # default
 
 
 def test_auto_follows_a_fine_tuned_rotated_copy_and_keeps_a_permuted_one(anisotropic):
@@ -147,8 +152,8 @@ def test_auto_probes_layers_at_the_same_relative_depth_for_a_pruned_copy(anisotr
 
 
 def test_auto_leaves_independent_pairs_where_the_paper_puts_them(anisotropic):
-    """No independent pair moves towards derived: auto picks the permutation (the probe's gap is
-    below the margin) and the mean score is the paper alignment's."""
+    """No independent pair moves towards derived: auto picks the permutation (the screen keeps it,
+    or the probe's gap is below the margin) and the mean score is the paper alignment's."""
     names = ["base", "folded_rotated"] + [n for n in anisotropic if n.startswith("independent")]
     changes = []
     for i, a in enumerate(names):
@@ -156,9 +161,13 @@ def test_auto_leaves_independent_pairs_where_the_paper_puts_them(anisotropic):
             if {a, b} == {"base", "folded_rotated"}:
                 continue
             auto = awm_jax.compare(anisotropic[a], anisotropic[b], cache=False, alignment="auto")
-            paper = awm_jax.compare(anisotropic[a], anisotropic[b], cache=False)
-            gap = auto.alignment["probe_rotation"] - auto.alignment["probe_permutation"]
-            assert abs(gap) < auto.alignment["probe_margin"] / 2
+            paper = awm_jax.compare(anisotropic[a], anisotropic[b], cache=False, alignment="assignment")
+            if auto.alignment["probe_rotation"] is None:  # screened: the rotation was not computed
+                assert auto.alignment["token_similarity"] < AUTO_MIN_TOKEN_SIMILARITY
+                assert "rotation_fit" not in auto.alignment
+            else:
+                gap = auto.alignment["probe_rotation"] - auto.alignment["probe_permutation"]
+                assert abs(gap) < auto.alignment["probe_margin"] / 2
             assert auto.alignment["used"] == "assignment"
             changes.append(abs(auto.mean - paper.mean))
             assert abs(auto.mean) < 0.1
@@ -173,29 +182,92 @@ def test_probe_pairs_are_evenly_spaced_at_the_same_relative_depth():
 
 
 def test_choose_alignment_rule():
-    assert choose_alignment("assignment", 0.1, 0.9)[0] == "assignment"
-    assert choose_alignment("orthogonal", 0.9, 0.1)[0] == "orthogonal"
     probe = lambda p, r, margin=AUTO_MIN_GAIN: AlignmentProbe(((0, 0),), p, r, margin)  # noqa: E731
-    # The embedding fits do not decide; the layers do.
-    assert choose_alignment("auto", 0.9, 1.0, probe(0.01, 1.0))[0] == "orthogonal"
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.98, 0.99))[0] == "assignment"
+    assert choose_alignment(probe(0.01, 1.0))[0] == "orthogonal"
+    assert choose_alignment(probe(0.98, 0.99))[0] == "assignment"
     # The rotation must reach a derived pair's agreement ...
     low = AUTO_MIN_ROTATION_CKA
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, low * 0.99))[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, low * 1.01))[0] == "orthogonal"
+    assert choose_alignment(probe(0.0, low * 0.99))[0] == "assignment"
+    assert choose_alignment(probe(0.0, low * 1.01))[0] == "orthogonal"
     # ... that the permutation does not half explain (real unrelated pairs: both probes of one size) ...
     share = AUTO_MAX_PERMUTATION_SHARE
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.6 * share * 1.01, 0.6))[0] == "assignment"
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.6 * share * 0.99, 0.6))[0] == "orthogonal"
+    assert choose_alignment(probe(0.6 * share * 1.01, 0.6))[0] == "assignment"
+    assert choose_alignment(probe(0.6 * share * 0.99, 0.6))[0] == "orthogonal"
     # ... by more than the probe's noise (wide for narrow models).
-    assert choose_alignment("auto", 0.1, 0.9, probe(0.0, 0.35, margin=0.4))[0] == "assignment"
-    with pytest.raises(ValueError, match="probe"):
-        choose_alignment("auto", 0.1, 0.9)
+    assert choose_alignment(probe(0.0, 0.35, margin=0.4))[0] == "assignment"
+    with pytest.raises(ValueError, match="rotation"):
+        choose_alignment(probe(0.0, None))
 
 
-@pytest.mark.parametrize("a,b", [("stories260K", "owngpt_pretrained"), ("babyllama_tok105", "babyllama_tok361")])
-def test_auto_keeps_the_permutation_for_real_independent_models_the_rotation_flatters(a, b):
-    """Independent small real models (../shared/wild): the rotation raises their probe well past its
+def test_auto_computes_the_rotation_only_when_the_screen_passes():
+    calls = []
+
+    def rotation():
+        calls.append(1)
+        return 0.9
+
+    pairs = ((0, 0),)
+    # the permutation already agrees: no rotation could be preferred, nothing else is computed
+    used, reason, probe = auto_alignment(pairs, 64, AUTO_MAX_PERMUTATION_SHARE + 0.01,
+                                         lambda: pytest.fail("similarity computed"), rotation)
+    assert used == "assignment" and not calls and probe.rotation is None and probe.token_similarity is None
+    assert "not tried" in reason
+    # the embeddings are not rotations of each other
+    used, reason, probe = auto_alignment(pairs, 64, 0.0, lambda: AUTO_MIN_TOKEN_SIMILARITY - 0.01, rotation)
+    assert used == "assignment" and not calls and probe.rotation is None and "token similarity" in reason
+    # both conditions of a rotated copy hold: the rotation is fitted and the probe decides
+    used, reason, probe = auto_alignment(pairs, 64, 0.0, lambda: AUTO_MIN_TOKEN_SIMILARITY, rotation)
+    assert used == "orthogonal" and calls == [1] and probe.rotation == 0.9
+
+
+def _hsic_u(k, l):
+    """Unbiased HSIC (Song et al. 2012) straight from its formula, float64."""
+    n = k.shape[0]
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    ones = np.ones(n)
+    return (np.trace(k @ l) + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (ones @ k @ l @ ones)) / (n * (n - 3))
+
+
+def _token_cka_reference(ea, eb, count):
+    """Unbiased CKA of the token Grams over the rows ``token_similarity`` samples (seed 0)."""
+    pick = np.sort(np.random.default_rng(0).choice(ea.shape[0], size=count, replace=False))
+    a, b = ea[pick].astype(np.float64), eb[pick].astype(np.float64)
+    k, l = a @ a.T, b @ b.T
+    return _hsic_u(k, l) / np.sqrt(_hsic_u(k, k) * _hsic_u(l, l))
+
+
+def test_token_similarity_matches_the_formula_and_ignores_rotation_permutation_and_scale():
+    rng = np.random.default_rng(5)
+    emb, _, _, _ = anisotropic_model(4)
+    other, _, _, _ = anisotropic_model(9)
+    ids = np.arange(emb.shape[0])
+    assert token_sample_size(emb.shape[0]) == 256 and token_sample_size(70) == 64 and token_sample_size(5000) == 2048
+    got = token_similarity(emb, other, ids, ids)
+    assert got == pytest.approx(np.clip(_token_cka_reference(emb, other, 256), 0, 1), abs=1e-4)
+    assert got < AUTO_MIN_TOKEN_SIMILARITY
+    half = emb.copy()  # a half-related embedding scores in between
+    half[:, : HIDDEN // 2] = other[:, : HIDDEN // 2]
+    assert token_similarity(emb, half, ids, ids) == pytest.approx(_token_cka_reference(emb, half, 256), abs=1e-4)
+    rot = ortho_group.rvs(HIDDEN, random_state=2)
+    perm = rng.permutation(HIDDEN)
+    for copy in (emb @ rot, emb[:, perm] * -1.0, emb * 2.0**60, emb * 2.0**-60, emb + 100.0):
+        assert token_similarity(emb, copy.astype(np.float32), ids, ids) == pytest.approx(1.0, abs=1e-5)
+    # the same tokens on both sides, wherever their rows are
+    shuffled = rng.permutation(ids)
+    assert token_similarity(emb[shuffled], emb, np.argsort(shuffled), ids) == pytest.approx(1.0, abs=1e-5)
+    # unrelated wide embeddings over fewer rows than dimensions: near 0 (a plain RV coefficient is not)
+    wide_a, wide_b = rng.standard_normal((300, 1024)), rng.standard_normal((300, 1024))
+    assert token_similarity(wide_a, wide_b, np.arange(300), np.arange(300)) < 0.1
+
+
+@pytest.mark.parametrize("a,b,screened", [("stories260K", "owngpt_pretrained", True),
+                                          ("babyllama_tok105", "babyllama_tok361", False)])
+def test_auto_keeps_the_permutation_for_real_independent_models(a, b, screened):
+    """Independent small real models (../shared/wild): either their token similarity is too low for
+    rotated copies (the rotation is not computed), or the rotation raises their probe well past its
     noise margin (a rule on the difference alone would switch, and move them towards derived), yet
     not to a derived pair's agreement, or not beyond the permutation's own share of it."""
     from conftest import SHARED
@@ -205,6 +277,10 @@ def test_auto_keeps_the_permutation_for_real_independent_models_the_rotation_fla
         pytest.skip("../shared/wild is not present")
     r = awm_jax.compare(wild / a, wild / b, cache=False, alignment="auto")
     al = r.alignment
-    assert al["probe_rotation"] - al["probe_permutation"] > al["probe_margin"]
     assert al["used"] == "assignment"
-    assert r.mean == awm_jax.compare(wild / a, wild / b, cache=False).mean
+    if screened:
+        assert al["probe_rotation"] is None and al["token_similarity"] < AUTO_MIN_TOKEN_SIMILARITY
+    else:
+        assert al["token_similarity"] >= AUTO_MIN_TOKEN_SIMILARITY
+        assert al["probe_rotation"] - al["probe_permutation"] > al["probe_margin"]
+    assert r.mean == awm_jax.compare(wild / a, wild / b, cache=False, alignment="assignment").mean
