@@ -19,7 +19,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +28,9 @@ import numpy as np
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
 from awm_jax.fingerprint._checksum import BlockDigest
-from awm_jax.layouts import ResolvedLayout, check_norm_gains
+from awm_jax.layouts import ResolvedLayout, check_norm_gains, fold_gain
 from awm_jax.options import DEFAULT_NORM_GAINS
-from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
+from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host, range_shift
 
 if TYPE_CHECKING:
     from awm_jax.fingerprint.cache import FingerprintCache
@@ -211,33 +211,54 @@ class GramSet:
         return self.padded(layers, len(layers))
 
 
+def _stored_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
+    """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``, as stored."""
+    if kind == "qk":
+        return tuple(resolved.read_qk(layer))
+    rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
+    return (np.concatenate(rows).astype(np.float32, copy=False),)
+
+
+def _gain(resolved: ResolvedLayout, layer: int, kind: str, norm_gains: str) -> np.ndarray | None:
+    """The norm gain folded into layer ``layer``'s matrices of ``kind`` (``None``: nothing to fold)."""
+    return resolved.gain(layer, "attention" if kind == "qk" else "mlp") if norm_gains == "fold" else None
+
+
 def layer_matrices(resolved: ResolvedLayout, layer: int, kind: str, norm_gains: str) -> tuple[np.ndarray, ...]:
     """The weight matrices ``[rows, n]`` whose Grams make one layer's fingerprint of ``kind``
-    (with the pre-norm gains folded in when ``norm_gains`` is ``"fold"``)."""
-    if kind == "qk":
-        mats = tuple(resolved.read_qk(layer))
-    else:
-        rows = [m for mlp in resolved.read_mlp(layer) for m in (mlp.gate, mlp.up) if m is not None]
-        mats = (np.concatenate(rows).astype(np.float32, copy=False),)
-    if norm_gains == "fold":
-        return tuple(resolved.fold_gains(layer, "attention" if kind == "qk" else "mlp", *mats))
-    return mats
+    (``W diag(g)``, the pre-norm gain folded in, when ``norm_gains`` is ``"fold"``)."""
+    mats = _stored_matrices(resolved, layer, kind)
+    gain = _gain(resolved, layer, kind, norm_gains)
+    return mats if gain is None else tuple(fold_gain(w, gain) for w in mats)
+
+
+class _Chunk(NamedTuple):
+    """Layers ``[start, stop)`` as read: per file of the kind a zero-padded ``[chunk, rows, n]``
+    stack of the stored matrices, and each layer's gain to fold (``None``: none)."""
+
+    stacks: list[np.ndarray]
+    gains: list[np.ndarray | None]
 
 
 def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, hasher, kind: str,
-                norm_gains: str) -> list[np.ndarray]:
-    """Reads layers ``[start, stop)``: per file of ``kind`` a ``[chunk, rows, n]`` stack, zero-padded
-    (zero rows and zero layers add nothing to a Gram)."""
-    layers = [layer_matrices(resolved, i, kind, norm_gains) for i in range(start, stop)]
-    for i, mats in zip(range(start, stop), layers):
+                norm_gains: str) -> _Chunk:
+    """Reads layers ``[start, stop)`` (zero rows and zero layers add nothing to a Gram). The gains
+    are folded into the Grams (:func:`_grams`), not into the matrices: the stored bf16 values then
+    reach the CPU's bf16 matrix units exactly, and ``diag(g) W^T W diag(g)`` is ``(W diag(g))^T (W
+    diag(g))``."""
+    layers = [_stored_matrices(resolved, i, kind) for i in range(start, stop)]
+    gains = [_gain(resolved, i, kind, norm_gains) for i in range(start, stop)]
+    for i, mats, gain in zip(range(start, stop), layers, gains):
         for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
-            if not w.any():
+            if not (w.any() if gain is None else (w.any(axis=0) & (gain != 0)).any()):  # W diag(g) all zeros
                 raise NumericalError(
                     f"{resolved.ckpt.root}: layer {i} {name} projection is all zeros; the checkpoint is damaged "
                     "or a placeholder: fetch the real weights"
                 )
             if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
                 hasher.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+        if hasher is not None and gain is not None:
+            hasher.update(memoryview(np.ascontiguousarray(gain, np.float32)).cast("B"))
     stacks = []
     for f in range(len(layers[0])):
         rows = max(mats[f].shape[0] for mats in layers)
@@ -245,18 +266,37 @@ def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, has
         for j, mats in enumerate(layers):
             stack[j, : mats[f].shape[0]] = mats[f]
         stacks.append(stack)
-    return stacks
+    return _Chunk(stacks, gains)
 
 
-def _grams(stack: np.ndarray, count: int) -> np.ndarray:
-    """Grams of the first ``count`` layers of a zero-padded ``[c, d, n]`` stack.
+def fold_into_gram(gram: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """``diag(g) K diag(g)`` in place (float32, each entry ``K_ij g_i g_j``). Gains outside the
+    ordinary float range are first scaled by a power of two (exact; CKA is scale free) so that
+    ``g_i g_j`` cannot overflow."""
+    g = gain.astype(np.float32)
+    shift = int(range_shift(np.asarray(np.abs(g).max())))
+    if shift:
+        g = np.ldexp(g, shift).astype(np.float32)
+    gram *= g[:, None]
+    gram *= g[None, :]
+    return gram
+
+
+def _grams(stack: np.ndarray, count: int, gains: list[np.ndarray | None]) -> np.ndarray:
+    """Grams of the first ``count`` layers of a zero-padded ``[c, d, n]`` stack, each layer's gain
+    folded in (:func:`fold_into_gram`).
 
     On the CPU backend the host BLAS computes them (see ``gram_layers_host``); elsewhere the
     jitted kernel runs on the whole padded chunk, so every chunk has one compiled shape.
     """
     if default_platform() == "cpu":
-        return gram_layers_host(stack[:count])
-    return np.asarray(jax.block_until_ready(gram_layers(jnp.asarray(stack))))[:count]
+        grams = gram_layers_host(stack[:count])
+    else:
+        grams = np.array(jax.block_until_ready(gram_layers(jnp.asarray(stack))))[:count]
+    for gram, gain in zip(grams, gains):
+        if gain is not None:
+            fold_into_gram(gram, gain)
+    return grams
 
 
 def _store(files: list, digests: list[BlockDigest], grams: list[np.ndarray]) -> None:
@@ -331,13 +371,13 @@ def model_grams(
                 pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind, norm_gains)
                 written = None
                 for i, (start, stop) in enumerate(bounds):
-                    stacks = pending.result()
+                    read = pending.result()
                     if i + 1 < len(bounds):
                         pending = reader.submit(_read_chunk, resolved, *bounds[i + 1], chunk, hasher, kind,
                                                 norm_gains)
                     t1 = time.perf_counter()
                     read_s += t1 - t
-                    grams = [_grams(stack, stop - start) for stack in stacks]
+                    grams = [_grams(stack, stop - start, read.gains) for stack in read.stacks]
                     t = time.perf_counter()
                     gram_s += t - t1
                     if folder is None:
