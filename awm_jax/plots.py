@@ -12,6 +12,7 @@ Pictures:
   pair's mismatched layer pairs (the calibrated null behind the verdict), ``compare --plot``.
 * :func:`audit_heatmap`: the mean-score matrix of an audit with the verdict marked in each cell.
 * :func:`lineage_figure`: the audit's single-linkage lineage tree, leaves coloured by family.
+* :func:`roc_axes`: ROC curves on a log false-positive-rate axis (the lineage benchmark).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ __all__ = [
     "format_p",
     "layer_figure",
     "lineage_figure",
+    "new_figure",
+    "roc_axes",
     "write_figure",
 ]
 
@@ -44,7 +47,8 @@ _NO_STAMPS = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
               "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """An empty :class:`matplotlib.figure.Figure` of ``width x height`` inches (Agg canvas, no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
@@ -127,7 +131,7 @@ def layer_figure(pairs: Sequence[tuple[str, object]]):
     Returns:
       A :class:`matplotlib.figure.Figure`.
     """
-    fig = _figure(8.0, 4.2 * len(pairs))
+    fig = new_figure(8.0, 4.2 * len(pairs))
     axes = fig.subplots(len(pairs), 1, squeeze=False)[:, 0]
     for ax, (label, r) in zip(axes, pairs):
         _layer_axes(ax, label, r)
@@ -151,7 +155,7 @@ def audit_heatmap(rows: Sequence[str], columns: Sequence[str], mean: np.ndarray,
     from matplotlib.colors import to_rgb
 
     size = max(4.0, 0.18 * max(len(rows), len(columns)) + 2.5)
-    fig = _figure(size + 1.6, size + 0.4)
+    fig = new_figure(size + 1.6, size + 0.4)
     ax = fig.subplots()
     vmin = min(0.0, float(np.nanmin(mean))) if np.isfinite(mean).any() else 0.0
     im = ax.imshow(np.ma.masked_invalid(mean), vmin=vmin, vmax=1.0, cmap="viridis")
@@ -205,7 +209,7 @@ def lineage_figure(names: Sequence[str], link: np.ndarray, families: Sequence[Se
         return matplotlib.colors.to_hex(palette(fam % 10)) if fam >= 0 else "grey"
 
     fontsize = max(4, min(9, int(400 / max(len(names), 1))))
-    fig = _figure(8.0, max(3.0, 0.2 * len(names) + 1.5))
+    fig = new_figure(8.0, max(3.0, 0.2 * len(names) + 1.5))
     ax = fig.subplots()
     dendrogram(link, labels=list(names), orientation="left", ax=ax, leaf_font_size=fontsize, link_color_func=link_colour)
     for label in ax.get_ymajorticklabels():
@@ -219,3 +223,32 @@ def lineage_figure(names: Sequence[str], link: np.ndarray, families: Sequence[Se
     ax.set_title(f"Lineage tree: {sum(len(f) > 1 for f in families)} families")
     fig.tight_layout()
     return fig
+
+
+def roc_axes(ax, curves: dict[str, dict], negatives: int, title: str) -> None:
+    """ROC curves on a log false-positive-rate axis, where the low-FPR end a verdict lives at is
+    readable (on a linear axis every good method hugs the corner).
+
+    An FPR of 0 has no place on a log axis: it is drawn at ``1 / (2 * negatives)``, half the
+    smallest FPR the negatives can give, and marked so; the dotted line is one false positive.
+
+    Args:
+      ax: the axes to draw on.
+      curves: label -> ``{"fpr": [...], "tpr": [...]}`` (thresholds descending, steps).
+      negatives: how many negative pairs are behind the curves.
+      title: the axes title.
+    """
+    floor = 1.0 / (2 * max(1, negatives))
+    for label, roc in curves.items():
+        fpr = np.maximum(np.asarray(roc["fpr"], float), floor)
+        ax.plot(fpr, roc["tpr"], drawstyle="steps-post", label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 1.3, 1.0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.axvline(1.0 / max(1, negatives), color="grey", ls=":", lw=1)
+    ax.set_xlabel(f"false positive rate (log; {negatives} negatives, dotted: one false positive, "
+                  "FPR 0 drawn at the left edge)", fontsize=8)
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.grid(True, which="major", lw=0.5, alpha=0.5)
+    ax.legend(loc="lower right", fontsize=8)
