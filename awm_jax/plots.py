@@ -103,6 +103,17 @@ def _layer_axes(ax, label: str, r) -> None:
     if null is not None:
         ax.axhline(null, color="tab:grey", ls="--", lw=1, label=f"mismatched layer pairs, mean {null:.4f}")
     ax.axhline(r.mean, color="black", ls=":", lw=1, label=f"matched layers, mean of Wq and Wk {r.mean:.4f}")
+    null_mean, null_std = _finite(c, "null_mean"), _finite(c, "null_std")
+    bounds = None
+    if null_mean is not None and null_std is not None:  # the verdict's thresholds for that mean
+        from awm_jax.numerics.statistics import (CALIBRATED_ALPHA, CALIBRATED_INDEPENDENT_P, CALIBRATED_MIN_EFFECT,
+                                                 verdict_bounds)
+
+        bounds = verdict_bounds(null_mean, null_std)
+        ax.axhline(bounds.derived_above, color="tab:red", ls="-.", lw=1,
+                   label=f"mean above this: derived (p < {CALIBRATED_ALPHA:g}, effect >= {CALIBRATED_MIN_EFFECT:g})")
+        ax.axhline(bounds.independent_below, color="tab:green", ls="-.", lw=1,
+                   label=f"mean below this: independent (p > {CALIBRATED_INDEPENDENT_P:g})")
     ax.plot(xs, [l.wq for l in r.layers], "o-", color="tab:blue", ms=4, label="Wq, matched layers")
     ax.plot(xs, [l.wk for l in r.layers], "s-", color="tab:orange", ms=4, label="Wk, matched layers")
     if any(l.mlp is not None for l in r.layers):
@@ -114,7 +125,8 @@ def _layer_axes(ax, label: str, r) -> None:
         ax.set_xticks(xs)
         ax.tick_params(axis="x", labelsize=7)
     scores = [v for l in r.layers for v in (l.wq, l.wk, l.mlp) if v is not None and math.isfinite(v)]
-    ax.set_ylim(min(0.0, *scores, *(x for x in (low,) if x is not None)) - 0.05, 1.05)
+    lines = [x for x in (low, *(bounds or ())) if x is not None]
+    ax.set_ylim(min(0.0, *scores, *lines) - 0.05, min(1.5, max(1.0, *lines)) + 0.05)
     ax.grid(True, axis="y", lw=0.5, alpha=0.5)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
 

@@ -150,6 +150,17 @@ def _figure_pairs(result) -> set[int]:
     return set(scored[:MAX_PAIR_FIGURES])
 
 
+def _bounds(c: dict) -> str:
+    """Where the matched mean changes the verdict, for a test with a null (``verdict_bounds``)."""
+    from awm_jax.numerics.statistics import verdict_bounds
+
+    mean, std = c.get("null_mean"), c.get("null_std")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (mean, std)):
+        return ""
+    b = verdict_bounds(mean, std)
+    return f"; the matched mean is derived above {b.derived_above:.4f}, independent below {b.independent_below:.4f}"
+
+
 def _facts(p) -> list[str]:
     c, al, vo = p.calibrated, p.alignment, p.vocabulary
     facts = [("verdict", f'<span class="v-{_e(p.verdict)}">{_e(p.verdict.upper())}</span>'),
@@ -161,7 +172,7 @@ def _facts(p) -> list[str]:
             ("mean / Wq / Wk", f"{_num(p.mean, 6)} / {_num(p.wq, 6)} / {_num(p.wk, 6)}"),
             *([("MLP inputs", _num(p.mlp, 6))] if p.mlp is not None else []),
             ("calibrated p", f"{_e(format_p(p.p_value))} (z {_num(c.get('z'), 2)}; {_e(c.get('method', ''))})"),
-            ("null of the mean", f"{_num(c.get('null_mean'))} &#177; {_num(c.get('null_std'))}"),
+            ("null of the mean", f"{_num(c.get('null_mean'))} &#177; {_num(c.get('null_std'))}" + _bounds(c)),
             ("mismatched layer pairs", f"mean {_num(c.get('mismatched_mean'))}, 5-95% band "
                                        f"{_num(c.get('mismatched_low'))} .. {_num(c.get('mismatched_high'))} "
                                        f"({_e(c.get('mismatched_pairs', 'n/a'))} pairs)"),

@@ -38,6 +38,8 @@ __all__ = [
     "CALIBRATED_RULE",
     "CALIBRATED_MIN_EFFECT",
     "MISMATCHED_BAND",
+    "VerdictBounds",
+    "verdict_bounds",
     "Decision",
     "decide",
 ]
@@ -208,6 +210,25 @@ def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str
         g = rng.permutation(grid.ravel()).reshape(grid.shape)
         draws[d] = np.mean([g[i, j] for i, j in match_layers(g, mode)])
     return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched)
+
+
+class VerdictBounds(NamedTuple):
+    """Where the matched layers' mean score (the statistic) changes the calibrated verdict:
+    ``derived`` above ``derived_above``, ``independent`` below ``independent_below``,
+    ``inconclusive`` between (the same decisions as the p-value rule, as scores to draw)."""
+
+    independent_below: float
+    derived_above: float
+
+
+def verdict_bounds(null_mean: float, null_std: float) -> VerdictBounds:
+    """The scores of the statistic at which the calibrated verdict changes, for a test with this
+    null (``CalibratedTest.null_mean`` and ``null_std``): p > ``CALIBRATED_INDEPENDENT_P`` below
+    the first; p < ``CALIBRATED_ALPHA`` and an effect of at least ``CALIBRATED_MIN_EFFECT`` above
+    the second."""
+    independent = null_mean + float(special.ndtri(1.0 - CALIBRATED_INDEPENDENT_P)) * null_std
+    derived = max(null_mean + float(special.ndtri(1.0 - CALIBRATED_ALPHA)) * null_std, null_mean + CALIBRATED_MIN_EFFECT)
+    return VerdictBounds(independent, derived)
 
 
 class Decision(NamedTuple):

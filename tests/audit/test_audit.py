@@ -646,3 +646,30 @@ def test_html_report_draws_the_strongest_evidence_first_when_capped(reference, m
     derived = sorted((k for k, p in enumerate(result.pairs) if p.verdict == "derived"), key=lambda k: -result.pairs[k].mean)
     assert drawn == sorted(derived[:2])
     assert "Layer pictures for 2 pairs" in root.text
+
+
+def test_html_report_in_a_headless_browser(reference):
+    """report.html opened in a real headless Chromium: every picture decodes, every in-page link has
+    its target, the styles apply, and the page makes no request but its own file and data: URIs.
+    Skipped when no Chromium is installed (Debian: ``apt-get install chromium-headless-shell``)."""
+    from headless_browser import find_browser, open_page
+
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (apt-get install chromium-headless-shell)")
+    result, out, _ = reference
+    page = out / "report.html"
+    value, requests = open_page(browser, page, """JSON.stringify({
+        images: Array.from(document.images).map(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0),
+        cells: document.querySelectorAll('table.matrix td').length,
+        unresolved: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))
+            .filter(h => !h.startsWith('#') || !document.getElementById(h.slice(1))),
+        cellColour: getComputedStyle(document.querySelector('table.matrix td:not(.self)')).backgroundColor,
+        pairSections: document.querySelectorAll('section.pair').length,
+        scripts: document.scripts.length})""")
+    seen = json.loads(value)
+    assert seen["images"] and all(seen["images"]), seen["images"]
+    assert seen["cells"] == len(result.rows) * len(result.columns) and seen["unresolved"] == []
+    assert seen["cellColour"] not in ("", "rgba(0, 0, 0, 0)", "transparent")
+    assert seen["pairSections"] == len(result.pairs) and seen["scripts"] == 0
+    assert requests and all(u == page.resolve().as_uri() or u.startswith("data:") for u in requests), requests

@@ -161,9 +161,14 @@ def test_plot_draws_the_layers_the_null_band_and_the_verdict(tmp_path, pair):
     np.testing.assert_allclose(wk.get_ydata(), [l.wk for l in r.layers], rtol=0, atol=0)
     band = [p for p in ax.patches if p.get_label().startswith("mismatched layer pairs, 5-95%")]
     assert len(band) == 1
-    low, height = band[0].get_y(), band[0].get_height()  # a Rectangle spanning the axes' width
-    np.testing.assert_allclose([low, low + height], [r.calibrated["mismatched_low"], r.calibrated["mismatched_high"]],
+    ys = band[0].get_patch_transform().transform(band[0].get_path().vertices)[:, 1]  # data y (a Rectangle or Polygon)
+    np.testing.assert_allclose([ys.min(), ys.max()], [r.calibrated["mismatched_low"], r.calibrated["mismatched_high"]],
                                rtol=0, atol=1e-12)
+    from awm_jax.numerics.statistics import verdict_bounds
+
+    derived_above = [l for l in ax.get_lines() if l.get_label().startswith("mean above this: derived")]
+    bound = verdict_bounds(r.calibrated["null_mean"], r.calibrated["null_std"]).derived_above
+    assert len(derived_above) == 1 and derived_above[0].get_ydata()[0] == bound and r.mean > bound
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("mismatched layer pairs, mean") for t in legend)
     assert main([str(a), str(b), "--no-cache", "--quiet", "--plot", str(tmp_path / "p.svg")]) == 0

@@ -86,3 +86,25 @@ def test_the_mismatched_band_is_stored_with_the_test():
     off = np.array([grid[i, j] for i in range(4) for j in range(3) if (i, j) not in set(pairs)])
     assert t.mismatched_mean == pytest.approx(off.mean(), abs=1e-12) and t.mismatched_mean != t.null_mean
     assert t.mismatched_low == pytest.approx(np.sort(off)[0] + 0.05 * (off.size - 1) * (np.sort(off)[1] - np.sort(off)[0]), abs=1e-12)
+
+
+def test_verdict_bounds_give_the_verdict_of_the_p_value_rule():
+    """A statistic above ``derived_above`` is derived, below ``independent_below`` independent, as
+    the p-value rule decides (random nulls, statistics on both sides of each bound)."""
+    from awm_jax.numerics.statistics import verdict_bounds
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        layers = int(rng.integers(3, 12))
+        mismatched = rng.uniform(-0.1, 0.5) + rng.uniform(0.001, 0.2) * rng.standard_normal(layers * 2)
+        matched = rng.uniform(-0.1, 1.0) + 0.01 * rng.standard_normal(layers)
+        t = cross_layer_test(matched, mismatched)
+        b = verdict_bounds(t.null_mean, t.null_std)
+        assert b.independent_below < b.derived_above
+        margin = 1e-9 * max(1.0, abs(t.statistic))
+        if t.statistic > b.derived_above + margin:
+            assert t.verdict == "derived"
+        elif t.statistic < b.independent_below - margin:
+            assert t.verdict == "independent"
+        elif b.independent_below + margin < t.statistic < b.derived_above - margin:
+            assert t.verdict == "inconclusive"
