@@ -98,8 +98,9 @@ def _layer_axes(ax, label: str, r) -> None:
     c = r.calibrated
     low, high, null = (_finite(c, k) for k in ("mismatched_low", "mismatched_high", "mismatched_mean"))
     if low is not None and high is not None:
+        role = ": the verdict's null" if r.layer_match == "equal-depth" and math.isfinite(r.p_value) else ""
         ax.axhspan(low, high, color="tab:grey", alpha=0.25, lw=0,
-                   label=f"mismatched layer pairs, 5-95% ({c.get('mismatched_pairs', 0)} pairs: the null)")
+                   label=f"mismatched layer pairs, 5-95% ({c.get('mismatched_pairs', 0)} pairs{role})")
     if null is not None:
         ax.axhline(null, color="tab:grey", ls="--", lw=1, label=f"mismatched layer pairs, mean {null:.4f}")
     ax.axhline(r.mean, color="black", ls=":", lw=1, label=f"matched layers, mean of Wq and Wk {r.mean:.4f}")
@@ -231,7 +232,6 @@ def lineage_figure(names: Sequence[str], link: np.ndarray, families: Sequence[Se
         ax.axvline(1.0 - threshold, color="red", linestyle="--", linewidth=1)
     ax.set_xlabel("1 - mean score (single linkage); labels coloured by family"
                   + ("; dashed: family cut" if threshold is not None else ""))
-    ax.set_ylabel("model")
     ax.set_title(f"Lineage tree: {sum(len(f) > 1 for f in families)} families")
     fig.tight_layout()
     return fig
