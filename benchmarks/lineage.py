@@ -1,7 +1,8 @@
 """Lineage benchmark: awm_jax and rival signals on the lineage zoo and the optional wild set (../shared/wild).
 
     python -m benchmarks.lineage --zoo DIR [--wild ../shared/wild] [--out benchmarks/results/lineage.json]
-                                 [--docs docs/lineage.md] [--plots docs/img] [--prefix lineage]
+                                 [--docs docs/lineage.md] [--plots docs/img]
+    python -m benchmarks.lineage --replot [--out benchmarks/results/lineage.json]   # redraw the plots only
 
 Every labelled pair of the zoo's ``MANIFEST.json`` (built by ``python -m awm_jax.zoo build``) and
 of the wild set is scored by AWM (the default, the signed permutation, the paper's computation,
@@ -10,7 +11,8 @@ in ``benchmarks/rivals.py``. Derived pairs are the positives, independent pairs 
 ``shared-init`` and ``distilled`` pairs are reported apart. Per method: ROC AUC, partial AUC over
 FPR <= 5% (normalised to [0, 1]), TPR at FPR <= 1% and at FPR = 0, the lowest derived against the
 highest independent score; for AWM, z-scores per derivation category. Writes a JSON of every
-pair's scores, a Markdown table and PNG plots.
+pair's scores, a Markdown table and PNG plots (ROC on a log false-positive-rate axis, where the
+low-FPR end that matters for a verdict is readable).
 """
 
 from __future__ import annotations
@@ -211,23 +213,20 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict, folder: Path, prefix: str = "lineage") -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plots(results: dict, folder: Path, stem: str = "lineage") -> list[str]:
+    """Per set: the ROC curves on a log FPR axis (``awm_jax.plots.roc_axes``) and the scores by pair label."""
+    from awm_jax.plots import new_figure, roc_axes, write_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for set_name, res in results["sets"].items():
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-        for m, v in res["metrics"].items():
-            if v:
-                axes[0].plot(v["roc"]["fpr"], v["roc"]["tpr"], drawstyle="steps-post", label=f"{m} (AUC {v['auc']:.3f})")
-        axes[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {set_name}")
-        axes[0].legend(loc="lower right", fontsize=8)
+        fig = new_figure(13, 5)
+        axes = fig.subplots(1, 2)
+        curves = {f"{m} (AUC {v['auc']:.3f})": v["roc"] for m, v in res["metrics"].items() if v}
+        negatives = next((v["negatives"] for v in res["metrics"].values() if v), 0)
+        roc_axes(axes[0], curves, negatives, f"ROC, {set_name}")
         labels = ["derived", "independent", "shared-init", "distilled"]
-        similarity = [m for m in METHODS if m != "awm_neglog10p"]  # -log10 p is on another scale
+        similarity = [m for m in METHODS if m != "awm_neglog10p" and m in res["metrics"]]  # -log10 p: another scale
         colors = {"derived": "tab:red", "independent": "tab:blue", "shared-init": "tab:orange", "distilled": "tab:purple"}
         for i, m in enumerate(similarity):
             for lab in labels:
@@ -236,13 +235,12 @@ def plots(results: dict, folder: Path, prefix: str = "lineage") -> list[str]:
                     xs = i + (labels.index(lab) - 1.5) * 0.18 + np.random.default_rng(i).uniform(-0.05, 0.05, len(ys))
                     axes[1].scatter(xs, ys, s=9, color=colors[lab], label=lab if i == 0 else None, alpha=0.7)
         axes[1].set_xticks(range(len(similarity)), similarity, rotation=20)
-        axes[1].set(ylabel="score", title=f"score by pair label, {set_name}")
+        axes[1].set(xlabel="method", ylabel="score", title=f"score by pair label, {set_name}")
         axes[1].axhline(0, color="grey", lw=0.5)
         axes[1].legend(fontsize=8)
         fig.tight_layout()
-        path = folder / f"{prefix}-{set_name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = folder / f"{stem}-{set_name}.png"
+        write_figure(fig, path)
         written.append(str(path))
     return written
 
@@ -253,9 +251,13 @@ def main(argv=None) -> int:
     p.add_argument("--wild", default=str(Path(__file__).resolve().parents[2] / "shared" / "wild"))
     p.add_argument("--out", default="benchmarks/results/lineage.json")
     p.add_argument("--docs", default="docs/lineage.md")
-    p.add_argument("--plots", default="docs/img")
-    p.add_argument("--prefix", default="lineage", help="plot file names: PREFIX-zoo.png, PREFIX-wild.png")
+    p.add_argument("--plots", default="docs/img", help="folder of the plots, named after --out: STEM-SET.png")
+    p.add_argument("--replot", action="store_true", help="only redraw the plots from the results in --out")
     args = p.parse_args(argv)
+    if args.replot:
+        for path in plots(json.loads(Path(args.out).read_text()), Path(args.plots), Path(args.out).stem):
+            print(f"wrote {path}")
+        return 0
     sets = {}
     if args.zoo:
         manifest = json.loads((Path(args.zoo) / "MANIFEST.json").read_text())
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
     if docs.is_file() and GENERATED in docs.read_text():  # keep the prose written above the tables
         text = docs.read_text().split(GENERATED)[0] + text[text.index(GENERATED):]
     docs.write_text(text)
-    for path in plots(results, Path(args.plots), args.prefix):
+    for path in plots(results, Path(args.plots), Path(args.out).stem):
         print(f"wrote {path}")
     print(f"wrote {args.out} and {args.docs}")
     return 0

@@ -6,10 +6,13 @@ Files written to the audit folder (each atomically: a temporary name, then ``os.
     matrix_<what>.csv     the R x C matrix of mean | wq | wk | z | p | verdict, names on both axes
                           (z: against the published reference; p: the calibrated cross-layer test)
     pairs.csv             one line per pair: scores, verdict, alignment and vocabulary figures
-    heatmap.png           the mean-score matrix (a full audit in lineage-tree order)
+    heatmap.png           the mean-score matrix with the verdict marked in each cell (a full audit
+                          in lineage-tree order)
     lineage.png           the single-linkage tree on 1 - score, leaves coloured by family, the
                           cut marked when families come from a score threshold (full audits)
     summary.txt           families found, closest pair across families, weakest link within
+    report.html           all of it on one self-contained page (matrix, families, pictures, every
+                          pair with its per-layer scores): ``awm_jax.audit.html``
     run.json              timings, devices and versions of the last run (changes run to run)
 
 Everything but ``run.json`` depends on the inputs only, so a resumed audit writes the same
@@ -31,7 +34,7 @@ import numpy as np
 __all__ = ["write_outputs", "write_run_info", "render_summary", "write_label_check", "OUTPUT_FILES"]
 
 OUTPUT_FILES = ("audit.json", "matrix_mean.csv", "matrix_wq.csv", "matrix_wk.csv", "matrix_z.csv", "matrix_p.csv",
-                "matrix_verdict.csv", "pairs.csv", "heatmap.png", "lineage.png", "summary.txt", "run.json")
+                "matrix_verdict.csv", "pairs.csv", "heatmap.png", "lineage.png", "summary.txt", "report.html", "run.json")
 
 
 def _num(v: float) -> str:
@@ -115,69 +118,24 @@ def render_summary(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
-    return buf.getvalue()
-
-
 def _plots(result) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``heatmap.png`` and, for a full audit of 2+ models, ``lineage.png`` (:mod:`awm_jax.plots`)."""
     from awm_jax.audit.lineage_tree import leaf_order, lineage_linkage
+    from awm_jax.plots import audit_heatmap, figure_bytes, lineage_figure
 
     out = {}
-    rows, cols, mean = list(result.rows), list(result.columns), result.mean.copy()
+    rows, cols, mean, verdict = list(result.rows), list(result.columns), result.mean.copy(), result.verdict
     link = None
     if not result.against and len(rows) >= 2:
         link = lineage_linkage(mean)
         order = leaf_order(link)[::-1]  # top to bottom as the tree draws its leaves
         rows = cols = [rows[i] for i in order]
-        mean = mean[np.ix_(order, order)]
+        mean, verdict = mean[np.ix_(order, order)], verdict[np.ix_(order, order)]
         np.fill_diagonal(mean, 1.0)
-    size = max(4.0, 0.18 * max(len(rows), len(cols)) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    im = ax.imshow(np.ma.masked_invalid(mean), vmin=min(0.0, float(np.nanmin(mean))), vmax=1.0, cmap="viridis")
-    fontsize = max(4, min(9, int(400 / max(len(rows), len(cols), 1))))
-    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=fontsize)
-    ax.set_yticks(range(len(rows)), rows, fontsize=fontsize)
-    ax.set_title("AWM mean score")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    out["heatmap.png"] = _png(fig)
-    plt.close(fig)
+    out["heatmap.png"] = figure_bytes(audit_heatmap(rows, cols, mean, verdict, result.against))
     if link is not None:
-        from scipy.cluster.hierarchy import dendrogram
-
         threshold = None if isinstance(result.family_rule, str) else float(result.family_rule)
-        palette = plt.get_cmap("tab10")
-        family_of = {name: i for i, fam in enumerate(f for f in result.families if len(f) > 1) for name in fam}
-        names = list(result.rows)
-        members = {i: {names[i]} for i in range(len(names))}
-        for c, (a, b, _, _) in enumerate(link, start=len(names)):
-            members[c] = members[int(a)] | members[int(b)]
-
-        def link_colour(c: int) -> str:  # a link inside one family takes the family's colour
-            fams = {family_of.get(name, -1 - hash(name) % 1000) for name in members[c]}
-            fam = fams.pop() if len(fams) == 1 else -1
-            return matplotlib.colors.to_hex(palette(fam % 10)) if fam >= 0 else "grey"
-
-        fig, ax = plt.subplots(figsize=(8, max(3.0, 0.2 * len(result.rows) + 1.5)))
-        dendrogram(link, labels=names, orientation="left", ax=ax, leaf_font_size=fontsize, link_color_func=link_colour)
-        for label in ax.get_ymajorticklabels():
-            if label.get_text() in family_of:
-                label.set_color(palette(family_of[label.get_text()] % 10))
-        if threshold is not None:
-            ax.axvline(1.0 - threshold, color="red", linestyle="--", linewidth=1)
-        ax.set_xlabel("1 - mean score (single linkage); labels coloured by family"
-                      + ("; dashed: family cut" if threshold is not None else ""))
-        ax.set_title(f"Lineage tree: {sum(len(f) > 1 for f in result.families)} families")
-        fig.tight_layout()
-        out["lineage.png"] = _png(fig)
-        plt.close(fig)
+        out["lineage.png"] = figure_bytes(lineage_figure(list(result.rows), link, result.families, threshold))
     return out
 
 
@@ -190,8 +148,13 @@ def write_outputs(result, out_dir: str | os.PathLike) -> None:
         files[f"matrix_{what}.csv"] = _matrix_csv(result.rows, result.columns, getattr(result, what), _num)
     files["matrix_verdict.csv"] = _matrix_csv(result.rows, result.columns, result.verdict, str)
     files["pairs.csv"] = _pairs_csv(result)
-    files["summary.txt"] = render_summary(result).encode()
-    files.update(_plots(result))
+    from awm_jax.audit.html import render_html
+
+    summary = render_summary(result)
+    files["summary.txt"] = summary.encode()
+    images = _plots(result)
+    files.update(images)
+    files["report.html"] = render_html(result, images, summary).encode()
     for name, data in files.items():
         atomic_write(folder / name, data)
 

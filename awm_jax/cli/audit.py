@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog="python -m awm_jax.audit",
         description="AWM lineage audit of many models: score matrix, per-pair detail, families, lineage tree.",
-        epilog="Outputs in --out: audit.json, matrix_{mean,wq,wk,z,verdict}.csv, pairs.csv, heatmap.png, lineage.png, "
-               "summary.txt, run.json, progress.jsonl (resume file). Exit codes: 0 ok, 2 usage, 3 checkpoint, "
+        epilog="Outputs in --out: audit.json, matrix_{mean,wq,wk,z,p,verdict}.csv, pairs.csv, heatmap.png (verdicts marked), "
+               "lineage.png, summary.txt, report.html (all of it on one self-contained page), run.json, progress.jsonl "
+               "(resume file). Exit codes: 0 ok, 2 usage, 3 checkpoint, "
                "4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, 130 interrupted. See docs/audit.md.",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="model folders or hub ids (owner/name[@revision])")

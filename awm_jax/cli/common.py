@@ -9,7 +9,7 @@ import sys
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES, PAPER
 
 __all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "pair_options",
-           "write_json"]
+           "plot_target", "write_json", "write_plot"]
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -94,3 +94,32 @@ def write_json(path: str, payload: object) -> None:
         atomic_write(path, text.encode(), follow_symlinks=True)
     except OSError as e:
         raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None
+
+
+def plot_target(path: str, flag: str = "--plot") -> None:
+    """Checks, before any work, the picture ``--plot PATH`` will write: a suffix naming a format
+    (``awm_jax.plots.PLOT_FORMATS``) and a file that may be replaced in a writable folder."""
+    from awm_jax.errors import UsageError
+    from awm_jax.io.atomic import write_target
+    from awm_jax.plots import PLOT_FORMATS
+
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if suffix not in PLOT_FORMATS:
+        raise UsageError(f"{flag} {path}: {'no file suffix' if not suffix else f'unknown picture format .{suffix}'}; "
+                         f"name a .{', .'.join(PLOT_FORMATS)} file")
+    try:
+        write_target(path, follow_symlinks=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: {e.strerror}; choose a file path in a writable folder") from None
+
+
+def write_plot(path: str, pairs: list, flag: str = "--plot") -> None:
+    """``--plot PATH``: the layer profile of each ``(label, result)`` pair (``awm_jax.plots.layer_figure``),
+    one panel per pair, written atomically in the format the suffix names."""
+    from awm_jax.errors import UsageError
+    from awm_jax.plots import layer_figure, write_figure
+
+    try:
+        write_figure(layer_figure(pairs), path)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from awm_jax.cli.common import (FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, pair_options,
-                                write_json)
+                                plot_target, write_json, write_plot)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_pair_options(p)
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH ('-': to stdout, instead of "
                                                   "the text report)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the per-layer Wq and Wk scores against the band of the pair's mismatched layers (the "
+                        "null behind the verdict), with the verdict: .png, .svg or .pdf (one panel per pair)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
     p.add_argument("--layout", metavar="NAME_OR_FILE",
@@ -74,6 +77,8 @@ def _run(args: argparse.Namespace) -> int:
     to_stdout = args.json == "-"  # the JSON record on stdout, instead of the text report
     if args.json:
         json_target(args.json)
+    if args.plot:
+        plot_target(args.plot)
     results = []
     for a, b in pairs:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
@@ -90,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(r.render_text())
             print()
+    if args.plot:
+        write_plot(args.plot, [(f"A {Path(a).name} vs B {Path(b).name}", r) for (a, b), r in zip(pairs, results)])
     if args.json:
         write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
     return finding_exit(args.fail_on, [r.verdict for r in results])

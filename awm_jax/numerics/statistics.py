@@ -37,6 +37,9 @@ __all__ = [
     "CALIBRATED_ALPHA",
     "CALIBRATED_RULE",
     "CALIBRATED_MIN_EFFECT",
+    "MISMATCHED_BAND",
+    "VerdictBounds",
+    "verdict_bounds",
     "Decision",
     "decide",
 ]
@@ -110,6 +113,11 @@ class CalibratedTest:
       verdict: ``derived`` / ``independent`` / ``inconclusive`` / ``undetermined``.
       method: how the null was obtained.
       mismatched_pairs: number of mismatched layer pairs behind the null.
+      mismatched_mean: mean score of the mismatched layer pairs themselves (NaN when there are
+        none); at equal depth it is ``null_mean``.
+      mismatched_low: their 5th percentile: with ``mismatched_high`` (the 95th), the band where
+        the layers that inherit nothing from one another score (the reports draw it).
+      mismatched_high: their 95th percentile.
     """
 
     statistic: float
@@ -120,13 +128,28 @@ class CalibratedTest:
     verdict: str
     method: str
     mismatched_pairs: int
+    mismatched_mean: float = float("nan")
+    mismatched_low: float = float("nan")
+    mismatched_high: float = float("nan")
 
     def to_dict(self) -> dict:
         """Plain JSON: NaN (no p-value) becomes ``None``."""
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _finish(stat: float, mean: float, std: float, method: str, count: int) -> CalibratedTest:
+#: Percentiles of the mismatched layer pairs' scores that bound the band the reports draw.
+MISMATCHED_BAND = (5.0, 95.0)
+
+
+def _band(mismatched: np.ndarray) -> dict[str, float]:
+    """Mean and :data:`MISMATCHED_BAND` percentiles of the mismatched layer pairs' scores."""
+    if mismatched.size == 0:
+        return {}
+    low, high = np.percentile(mismatched, MISMATCHED_BAND)
+    return {"mismatched_mean": float(mismatched.mean()), "mismatched_low": float(low), "mismatched_high": float(high)}
+
+
+def _finish(stat: float, mean: float, std: float, method: str, mismatched: np.ndarray) -> CalibratedTest:
     if not np.isfinite(std) or std <= 0:
         std = max(float(np.finfo(np.float32).eps), abs(stat - mean) * 1e-6)
     z = (stat - mean) / std
@@ -137,12 +160,13 @@ def _finish(stat: float, mean: float, std: float, method: str, count: int) -> Ca
         verdict = "independent"
     else:
         verdict = "inconclusive"
-    return CalibratedTest(float(stat), float(mean), float(std), float(z), p, verdict, method, count)
+    return CalibratedTest(float(stat), float(mean), float(std), float(z), p, verdict, method, mismatched.size,
+                          **_band(mismatched))
 
 
-def _undetermined(stat: float, method: str, count: int) -> CalibratedTest:
+def _undetermined(stat: float, method: str, mismatched: np.ndarray) -> CalibratedTest:
     nan = float("nan")
-    return CalibratedTest(float(stat), nan, nan, nan, nan, "undetermined", method, count)
+    return CalibratedTest(float(stat), nan, nan, nan, nan, "undetermined", method, mismatched.size, **_band(mismatched))
 
 
 def cross_layer_test(matched: np.ndarray, mismatched: np.ndarray) -> CalibratedTest:
@@ -155,10 +179,10 @@ def cross_layer_test(matched: np.ndarray, mismatched: np.ndarray) -> CalibratedT
     matched, mismatched = np.asarray(matched, float), np.asarray(mismatched, float)
     method = f"cross-layer null: {matched.size} matched vs {mismatched.size} mismatched layer pairs"
     if matched.size < MIN_LAYERS_FOR_NULL or mismatched.size < 2:
-        return _undetermined(matched.mean(), method + " (too few layers for a p-value)", mismatched.size)
+        return _undetermined(matched.mean(), method + " (too few layers for a p-value)", mismatched)
     spread = mismatched.std(ddof=1)
     std = spread * np.sqrt(1.0 / matched.size + 1.0 / mismatched.size)
-    return _finish(matched.mean(), mismatched.mean(), std, method, mismatched.size)
+    return _finish(matched.mean(), mismatched.mean(), std, method, mismatched)
 
 
 def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str, seed: int = 0) -> CalibratedTest:
@@ -179,13 +203,32 @@ def matching_null_test(grid: np.ndarray, pairs: list[tuple[int, int]], mode: str
     mismatched = grid[~matched]
     method = f"shuffled-grid null of the {mode} matching ({MATCHING_NULL_DRAWS} shuffles of {grid.size} layer pairs)"
     if len(pairs) < MIN_LAYERS_FOR_NULL or mismatched.size < 2:
-        return _undetermined(stat, method + " (too few layers for a p-value)", mismatched.size)
+        return _undetermined(stat, method + " (too few layers for a p-value)", mismatched)
     rng = np.random.default_rng(seed)
     draws = np.empty(MATCHING_NULL_DRAWS)
     for d in range(MATCHING_NULL_DRAWS):
         g = rng.permutation(grid.ravel()).reshape(grid.shape)
         draws[d] = np.mean([g[i, j] for i, j in match_layers(g, mode)])
-    return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched.size)
+    return _finish(stat, draws.mean(), draws.std(ddof=1), method, mismatched)
+
+
+class VerdictBounds(NamedTuple):
+    """Where the matched layers' mean score (the statistic) changes the calibrated verdict:
+    ``derived`` above ``derived_above``, ``independent`` below ``independent_below``,
+    ``inconclusive`` between (the same decisions as the p-value rule, as scores to draw)."""
+
+    independent_below: float
+    derived_above: float
+
+
+def verdict_bounds(null_mean: float, null_std: float) -> VerdictBounds:
+    """The scores of the statistic at which the calibrated verdict changes, for a test with this
+    null (``CalibratedTest.null_mean`` and ``null_std``): p > ``CALIBRATED_INDEPENDENT_P`` below
+    the first; p < ``CALIBRATED_ALPHA`` and an effect of at least ``CALIBRATED_MIN_EFFECT`` above
+    the second."""
+    independent = null_mean + float(special.ndtri(1.0 - CALIBRATED_INDEPENDENT_P)) * null_std
+    derived = max(null_mean + float(special.ndtri(1.0 - CALIBRATED_ALPHA)) * null_std, null_mean + CALIBRATED_MIN_EFFECT)
+    return VerdictBounds(independent, derived)
 
 
 class Decision(NamedTuple):

@@ -349,7 +349,7 @@ def test_killed_audit_resumes_to_identical_files(zoo, reference, tmp_path, kill_
     computed = sum(1 for r in records if r["kind"] == "pair")
     assert computed == len(full.pairs), "each pair is recorded once, none redone"
     for name in ("audit.json", "matrix_mean.csv", "matrix_wq.csv", "matrix_wk.csv", "matrix_z.csv",
-                 "matrix_verdict.csv", "pairs.csv", "summary.txt"):
+                 "matrix_verdict.csv", "pairs.csv", "summary.txt", "heatmap.png", "lineage.png", "report.html"):
         assert (out / name).read_bytes() == (ref_out / name).read_bytes(), name
 
 
@@ -465,3 +465,211 @@ def test_summary_says_why_a_high_scoring_pair_is_not_joined(zoo, reference):
     line = next(l for l in summary.splitlines() if l.strip().startswith("a0 / a3"))
     assert f"p {pair.p_value:.3g}" in line and "not below 0.001" in line
     assert "c0" not in summary.split("and why:")[1]  # independent pairs score low: no explanation owed
+
+
+class _Node:
+    """An element of a parsed HTML page: tag, attributes, children, text."""
+
+    def __init__(self, tag: str, attrs: dict):
+        self.tag, self.attrs, self.children, self.parts = tag, attrs, [], []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts) + "".join(c.text for c in self.children)
+
+    def find_all(self, tag: str, cls: str | None = None) -> list["_Node"]:
+        found = []
+        for c in self.children:
+            if c.tag == tag and (cls is None or cls in c.attrs.get("class", "").split()):
+                found.append(c)
+            found += c.find_all(tag, cls)
+        return found
+
+
+def _parse_page(text: str) -> tuple[_Node, list[_Node]]:
+    """The page's element tree (html.parser; void elements closed at once) and all its elements."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "img", "br", "hr", "link", "input", "base", "col", "source", "wbr"}
+    root = _Node("document", {})
+    every: list[_Node] = []
+
+    class Builder(HTMLParser):
+        stack = [root]
+
+        def handle_starttag(self, tag, attrs):
+            node = _Node(tag, {k: v or "" for k, v in attrs})
+            self.stack[-1].children.append(node)
+            every.append(node)
+            if tag not in void:
+                self.stack.append(node)
+
+        def handle_endtag(self, tag):
+            assert self.stack[-1].tag == tag, f"</{tag}> closes <{self.stack[-1].tag}>"
+            self.stack.pop()
+
+        def handle_data(self, data):
+            self.stack[-1].parts.append(data)
+
+    builder = Builder(convert_charrefs=True)
+    builder.feed(text)
+    builder.close()
+    assert builder.stack == [root], "unclosed elements"
+    return root, every
+
+
+def _check_self_contained(text: str, every: list[_Node]) -> None:
+    """No script, no external resource, no link leaving the page; images are embedded PNGs."""
+    import base64
+
+    assert text.startswith("<!DOCTYPE html>")
+    assert not {n.tag for n in every} & {"script", "link", "iframe", "object", "embed", "base", "frame"}
+    assert not [k for n in every for k in n.attrs if k.startswith("on")]  # no event handlers
+    assert "http://" not in text and "https://" not in text and "url(" not in text and "@import" not in text
+    ids = {n.attrs["id"] for n in every if "id" in n.attrs}
+    for n in every:
+        if "href" in n.attrs:
+            assert n.attrs["href"].startswith("#") and n.attrs["href"][1:] in ids, n.attrs["href"]
+        if n.tag == "img":
+            src = n.attrs["src"]
+            assert src.startswith("data:image/png;base64,") and n.attrs.get("alt")
+            assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_report(result, out: Path) -> _Node:
+    """report.html of an audit holds its matrix (scores and verdict marks), families and every pair
+    with its per-layer scores."""
+    from awm_jax.audit.html import MAX_PAIR_FIGURES
+    from awm_jax.plots import VERDICT_MARKS
+
+    text = (out / "report.html").read_text()
+    root, every = _parse_page(text)
+    _check_self_contained(text, every)
+    (matrix,) = root.find_all("table", "matrix")
+    body = matrix.find_all("tbody")[0].find_all("tr")
+    header = [th.text for th in matrix.find_all("th", "col")]
+    assert sorted(header) == sorted(result.columns) and len(body) == len(result.rows)
+    for tr in body:
+        a = tr.find_all("th")[0].text
+        cells = tr.find_all("td")
+        assert len(cells) == len(result.columns)
+        for b, td in zip(header, cells):
+            if a == b:
+                assert "self" in td.attrs["class"]
+                continue
+            p = result.pair(a, b)
+            assert td.find_all("a")[0].attrs["href"] == f"#pair-{result.pairs.index(p)}"
+            mark = td.find_all("span", "mark")[0].text.strip()
+            assert mark == VERDICT_MARKS[p.verdict] and (f"{p.mean:.3f}" in td.text or p.error)
+    families = [li.text for li in root.find_all("section")[1].find_all("li")]
+    assert families == [", ".join(f) for f in result.families if len(f) > 1]
+    figures = 0
+    for k, p in enumerate(result.pairs):
+        (section,) = [n for n in every if n.attrs.get("id") == f"pair-{k}"]
+        assert f"{p.a} / {p.b}" in section.find_all("h3")[0].text and p.verdict in section.find_all("h3")[0].text
+        if p.error:
+            assert p.error in section.text and not section.find_all("table", "layers")
+            continue
+        (layers,) = section.find_all("table", "layers")
+        rows = [[td.text for td in tr.find_all("td")] for tr in layers.find_all("tbody")[0].find_all("tr")]
+        assert rows == [[str(l.a_layer), str(l.b_layer), f"{l.wq:.4f}", f"{l.wk:.4f}", f"{l.mean:.4f}"]
+                        + ([f"{l.mlp:.4f}"] if l.mlp is not None else []) for l in p.layers]
+        figures += len(section.find_all("img"))
+    assert figures == min(MAX_PAIR_FIGURES, sum(1 for p in result.pairs if not p.error))
+    return root
+
+
+def test_html_report_of_a_full_audit(reference):
+    result, out, _ = reference
+    root = _check_report(result, out)
+    pictures = [n for n in root.find_all("figure") if n.find_all("figcaption")]
+    assert [f.find_all("figcaption")[0].text.split("(")[-1] for f in pictures] == ["heatmap.png)", "lineage.png)"]
+
+
+def test_heatmap_marks_verdicts_and_titles_axes(reference, zoo, tmp_path):
+    """Each cell's verdict is marked (D / ? / x, independent blank) and both axes are titled, in N x N
+    and in N x M mode (through the audit command); the files are valid PNGs."""
+    from awm_jax.audit.outputs import _plots
+    from awm_jax.cli.audit import main
+    from awm_jax.plots import audit_heatmap
+
+    full, out, cache = reference
+    fig = audit_heatmap(list(full.rows), list(full.columns), full.mean, full.verdict, False)
+    ax = fig.axes[0]
+    marks = sorted(t.get_text() for t in ax.texts)
+    want = sorted({"derived": "D", "inconclusive": "?", "unscored": "x"}[v] for v in full.verdict.ravel()
+                  if v in ("derived", "inconclusive", "unscored"))
+    assert marks == want and "D" in marks and "x" in marks
+    assert ax.get_xlabel().startswith("model B") and ax.get_ylabel().startswith("model A")
+    assert _plots(full)["heatmap.png"] == (out / "heatmap.png").read_bytes()  # what the audit wrote
+
+    args = [str(zoo[k]) for k in ("a2", "b1", "c0")] + ["--against", str(zoo["a0"]), str(zoo["b0"]),
+                                                         "--out", str(tmp_path), "--cache-dir", str(cache),
+                                                         "--family-threshold", str(FAMILY_THRESHOLD), "--quiet"]
+    assert main(args) == 0
+    png = (tmp_path / "heatmap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "report.html").is_file()
+    data = json.loads((tmp_path / "audit.json").read_text())
+    verdict = np.array(data["matrices"]["verdict"])
+    mean = np.array([[np.nan if v is None else v for v in row] for row in data["matrices"]["mean"]])
+    ax = audit_heatmap(data["rows"], data["columns"], mean, verdict, True).axes[0]
+    assert ax.get_xlabel().startswith("reference models (--against)") and ax.get_ylabel().startswith("audited models")
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["D"] * int((verdict == "derived").sum())
+                                                            + ["?"] * int((verdict == "inconclusive").sum()))
+
+
+def test_html_report_of_an_against_audit_through_the_cli(zoo, reference, tmp_path):
+    from awm_jax.audit.core import audit
+    from awm_jax.cli.audit import main
+
+    _, _, cache = reference
+    args = [str(zoo[k]) for k in ("a2", "b1", "c0", "e0")] + ["--against", str(zoo["a0"]), str(zoo["b0"]),
+                                                               "--out", str(tmp_path), "--cache-dir", str(cache),
+                                                               "--family-threshold", str(FAMILY_THRESHOLD), "--quiet"]
+    assert main(args) == 0
+    result = audit({k: zoo[k] for k in ("a2", "b1", "c0", "e0")}, against={k: zoo[k] for k in ("a0", "b0")},
+                   cache_dir=cache, family_rule=FAMILY_THRESHOLD)
+    root = _check_report(result, tmp_path)
+    assert root.find_all("table", "matrix")[0].find_all("th")[0].text == "audited \\ reference"
+    pictures = [n for n in root.find_all("figure") if n.find_all("figcaption")]
+    assert len(pictures) == 1 and "heatmap.png" in pictures[0].text  # no lineage tree in N x M mode
+
+
+def test_html_report_draws_the_strongest_evidence_first_when_capped(reference, monkeypatch):
+    """Past ``MAX_PAIR_FIGURES`` pairs, the layer pictures go to derived pairs first, by mean score."""
+    import awm_jax.audit.html as report
+
+    result, _, _ = reference
+    monkeypatch.setattr(report, "MAX_PAIR_FIGURES", 2)
+    root, every = _parse_page(report.render_html(result, {}, "summary"))
+    drawn = [int(n.attrs["id"].split("-")[1]) for n in root.find_all("section", "pair") if n.find_all("img")]
+    derived = sorted((k for k, p in enumerate(result.pairs) if p.verdict == "derived"), key=lambda k: -result.pairs[k].mean)
+    assert drawn == sorted(derived[:2])
+    assert "Layer pictures for 2 pairs" in root.text
+
+
+def test_html_report_in_a_headless_browser(reference):
+    """report.html opened in a real headless Chromium: every picture decodes, every in-page link has
+    its target, the styles apply, and the page makes no request but its own file and data: URIs.
+    Skipped when no Chromium is installed (Debian: ``apt-get install chromium-headless-shell``)."""
+    from headless_browser import find_browser, open_page
+
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (apt-get install chromium-headless-shell)")
+    result, out, _ = reference
+    page = out / "report.html"
+    value, requests = open_page(browser, page, """JSON.stringify({
+        images: Array.from(document.images).map(i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0),
+        cells: document.querySelectorAll('table.matrix td').length,
+        unresolved: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))
+            .filter(h => !h.startsWith('#') || !document.getElementById(h.slice(1))),
+        cellColour: getComputedStyle(document.querySelector('table.matrix td:not(.self)')).backgroundColor,
+        pairSections: document.querySelectorAll('section.pair').length,
+        scripts: document.scripts.length})""")
+    seen = json.loads(value)
+    assert seen["images"] and all(seen["images"]), seen["images"]
+    assert seen["cells"] == len(result.rows) * len(result.columns) and seen["unresolved"] == []
+    assert seen["cellColour"] not in ("", "rgba(0, 0, 0, 0)", "transparent")
+    assert seen["pairSections"] == len(result.pairs) and seen["scripts"] == 0
+    assert requests and all(u == page.resolve().as_uri() or u.startswith("data:") for u in requests), requests

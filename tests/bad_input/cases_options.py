@@ -191,6 +191,27 @@ def _json_missing_folder(root):
     return _pair(good_model(root), root) + ["--json", str(root / "nowhere" / "result.json")]
 
 
+# -- compare --plot -----------------------------------------------------------------------------------
+
+
+@_case("plot_suffix", "compare --plot naming a file whose suffix is no picture format (checked before any work)", 2,
+       "unknown picture format .txt", "layers.txt")
+def _plot_suffix(root):
+    return _pair(good_model(root), root) + ["--plot", str(root / "layers.txt")]
+
+
+@_case("plot_folder", "compare --plot naming a folder", 2, "is a folder", "layers.png")
+def _plot_folder(root):
+    (root / "layers.png").mkdir()
+    return _pair(good_model(root), root) + ["--plot", str(root / "layers.png")]
+
+
+@_case("plot_missing_folder", "compare --plot in a folder that does not exist (checked before any work)", 2,
+       "does not exist", "nowhere/layers.png")
+def _plot_missing_folder(root):
+    return _pair(good_model(root), root) + ["--plot", str(root / "nowhere" / "layers.png")]
+
+
 @_case("out_holds_a_folder", "audit --out whose audit.json is a folder (checked before any work)", 2,
        "audit.json is a folder", "results", command="audit")
 def _out_holds_a_folder(root):

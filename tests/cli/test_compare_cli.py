@@ -136,3 +136,91 @@ def test_paper_flag_is_the_papers_computation(capsys):
     paper = records["paper"]["alignment"]
     assert paper["mode"] == "assignment" and paper["norm_gains"] == "ignore"
     assert records["paper"]["mean"] == records["spelled"]["mean"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_of_the_example_pairs_through_the_package_command(tmp_path):
+    """``python -m awm_jax compare --example --plot``: one panel per pair, a valid PNG."""
+    out = subprocess.run([sys.executable, "-m", "awm_jax", "compare", "--example", "--no-cache", "--quiet",
+                          "--plot", "layers.png"], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert out.returncode == 0, out.stderr
+    width, height = _png_size((tmp_path / "layers.png").read_bytes())
+    assert height > width  # two panels stacked
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "layers.png"]  # no temporary file left
+
+
+def test_plot_draws_the_layers_the_null_band_and_the_verdict(tmp_path, pair):
+    """The figure ``--plot`` writes holds each matched layer's Wq and Wk, the band of the mismatched
+    layer pairs, and the verdict, p and mean in the title (checked on the figure, then the file)."""
+    from awm_jax.engine import compare
+    from awm_jax.plots import layer_figure
+
+    a, b = pair
+    r = compare(a, b, cache=False)
+    fig = layer_figure([("A a vs B b", r)])
+    (ax,) = fig.axes
+    assert "DERIVED" in ax.get_title() and f"{r.mean:.4f}" in ax.get_title() and "p " in ax.get_title()
+    assert ax.get_xlabel() == "layer of model A" and ax.get_ylabel() == "unbiased CKA"
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    wq, wk = lines["Wq, matched layers"], lines["Wk, matched layers"]
+    assert list(wq.get_xdata()) == [l.a_layer for l in r.layers]
+    np.testing.assert_allclose(wq.get_ydata(), [l.wq for l in r.layers], rtol=0, atol=0)
+    np.testing.assert_allclose(wk.get_ydata(), [l.wk for l in r.layers], rtol=0, atol=0)
+    band = [p for p in ax.patches if p.get_label().startswith("mismatched layer pairs, 5-95%")]
+    assert len(band) == 1
+    ys = band[0].get_patch_transform().transform(band[0].get_path().vertices)[:, 1]  # data y (a Rectangle or Polygon)
+    np.testing.assert_allclose([ys.min(), ys.max()], [r.calibrated["mismatched_low"], r.calibrated["mismatched_high"]],
+                               rtol=0, atol=1e-12)
+    from awm_jax.numerics.statistics import verdict_bounds
+
+    derived_above = [l for l in ax.get_lines() if l.get_label().startswith("mean above this: derived")]
+    bound = verdict_bounds(r.calibrated["null_mean"], r.calibrated["null_std"]).derived_above
+    assert len(derived_above) == 1 and derived_above[0].get_ydata()[0] == bound and r.mean > bound
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("mismatched layer pairs, mean") for t in legend)
+    assert main([str(a), str(b), "--no-cache", "--quiet", "--plot", str(tmp_path / "p.svg")]) == 0
+    svg = (tmp_path / "p.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "DERIVED" in svg
+
+
+@pytest.mark.parametrize(
+    "plot, text",
+    [
+        ("layers.txt", "unknown picture format .txt"),
+        ("layers", "no file suffix"),
+        ("nodir/layers.png", "does not exist"),
+        ("afile/layers.png", "Not a directory"),
+        ("adir.png", "is a folder"),
+    ],
+)
+def test_bad_plot_paths_fail_before_any_work(tmp_path, capsys, monkeypatch, plot, text):
+    """A bad --plot path is a usage error (exit 2, one line) found before the models are read:
+    the missing model B would otherwise be the error (exit 3)."""
+    from awm_jax.cli.compare import EXAMPLES
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir.png").mkdir()
+    assert main([str(EXAMPLES / "base"), "missing", "--no-cache", "--plot", plot]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("awm_jax: error: --plot") and text in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.png", "afile"]
+
+
+def test_failing_input_with_plot_writes_no_picture(tmp_path, capsys):
+    """A pair that cannot be scored fails with its own clean error and leaves no picture behind."""
+    rng = np.random.default_rng(1)
+    emb, qs, ks = random_model(rng)
+    a = save_llama(tmp_path / "a", emb, qs, ks)
+    b = save_llama(tmp_path / "b", emb, qs, ks, tokens=[f"other{i}" for i in range(emb.shape[0])])
+    assert main([str(a), str(b), "--no-cache", "--plot", str(tmp_path / "p.png")]) == 5
+    err = capsys.readouterr().err
+    assert "share no tokens" in err and err.count("\n") == 1
+    assert not (tmp_path / "p.png").exists()

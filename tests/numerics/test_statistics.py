@@ -68,3 +68,43 @@ def test_small_but_significant_layer_structure_is_not_called_derived():
     np.fill_diagonal(grid, 0.07)  # models trained alike: position-specific structure, no inheritance
     t = cross_layer_test(np.diag(grid), grid[~np.eye(8, dtype=bool)])
     assert t.p_value < 1e-6 and t.verdict == "inconclusive"
+
+
+def test_the_mismatched_band_is_stored_with_the_test():
+    """Reports draw the band where the mismatched layer pairs score: their mean and 5-95th percentiles."""
+    mismatched = np.linspace(0.0, 1.0, 101)[::-1]  # percentiles of 0, 0.01, ..., 1 are exact
+    t = cross_layer_test(np.array([0.9, 0.8, 0.95]), mismatched)
+    assert (t.mismatched_mean, t.mismatched_low, t.mismatched_high) == pytest.approx((0.5, 0.05, 0.95), abs=1e-12)
+    assert t.mismatched_mean == t.null_mean and t.to_dict()["mismatched_high"] == pytest.approx(0.95, abs=1e-12)
+    few = cross_layer_test(np.array([0.9, 0.9]), np.array([0.3, 0.5]))
+    assert few.verdict == "undetermined" and few.mismatched_mean == pytest.approx(0.4, abs=1e-12)
+    none = cross_layer_test(np.array([0.9]), np.empty(0)).to_dict()
+    assert none["mismatched_low"] is None and none["mismatched_mean"] is None
+    grid = np.arange(12.0).reshape(4, 3) / 12
+    pairs = match_layers(grid, "assignment")
+    t = matching_null_test(grid, pairs, "assignment")
+    off = np.array([grid[i, j] for i in range(4) for j in range(3) if (i, j) not in set(pairs)])
+    assert t.mismatched_mean == pytest.approx(off.mean(), abs=1e-12) and t.mismatched_mean != t.null_mean
+    assert t.mismatched_low == pytest.approx(np.sort(off)[0] + 0.05 * (off.size - 1) * (np.sort(off)[1] - np.sort(off)[0]), abs=1e-12)
+
+
+def test_verdict_bounds_give_the_verdict_of_the_p_value_rule():
+    """A statistic above ``derived_above`` is derived, below ``independent_below`` independent, as
+    the p-value rule decides (random nulls, statistics on both sides of each bound)."""
+    from awm_jax.numerics.statistics import verdict_bounds
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        layers = int(rng.integers(3, 12))
+        mismatched = rng.uniform(-0.1, 0.5) + rng.uniform(0.001, 0.2) * rng.standard_normal(layers * 2)
+        matched = rng.uniform(-0.1, 1.0) + 0.01 * rng.standard_normal(layers)
+        t = cross_layer_test(matched, mismatched)
+        b = verdict_bounds(t.null_mean, t.null_std)
+        assert b.independent_below < b.derived_above
+        margin = 1e-9 * max(1.0, abs(t.statistic))
+        if t.statistic > b.derived_above + margin:
+            assert t.verdict == "derived"
+        elif t.statistic < b.independent_below - margin:
+            assert t.verdict == "independent"
+        elif b.independent_below + margin < t.statistic < b.derived_above - margin:
+            assert t.verdict == "inconclusive"
