@@ -49,15 +49,15 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def resolver(download: bool) -> Callable[[object], Path]:
-    """Resolves a model spec (folder or hub id) to a local folder."""
+def resolver(download: bool, fetch: str = "partial") -> Callable[[object], Path]:
+    """Resolves a model spec (folder or hub id) to a local folder (``fetch``: how hub weights are fetched)."""
     def resolve(spec) -> Path:
         path = Path(os.fspath(spec)).expanduser()
         if path.is_dir():
             return path.resolve()
         from awm_jax.io.hub import resolve_model
 
-        return Path(resolve_model(spec, download=download))
+        return Path(resolve_model(spec, download=download, fetch=fetch))
 
     return resolve
 
