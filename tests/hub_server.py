@@ -81,6 +81,7 @@ class Request:
 class _Interruption:
     after_bytes: int
     then_status: int | None
+    from_byte: int = 0  # only range requests starting at or after this byte
     stage: int = 0  # 0: next GET is cut short; 1: next GET answers then_status; 2: done
 
 
@@ -186,10 +187,11 @@ class StandInHub:
         if delay > 0:
             time.sleep(delay)
 
-    def interrupt(self, name: str, after_bytes: int, then_status: int | None = None) -> None:
+    def interrupt(self, name: str, after_bytes: int, then_status: int | None = None, from_byte: int = 0) -> None:
         """The next download of file ``name`` stops after ``after_bytes`` bytes; the one after
-        answers ``then_status`` if given (e.g. 503), later ones are served normally."""
-        self._interruptions[name] = _Interruption(after_bytes, then_status)
+        answers ``then_status`` if given (e.g. 503), later ones are served normally. With
+        ``from_byte``, only requests for a range starting at or after that byte count."""
+        self._interruptions[name] = _Interruption(after_bytes, then_status, from_byte)
 
     def stall(self, name: str, how: str) -> None:
         """Every download of file ``name`` from the CDN stalls: ``"silent"`` (the request is read
@@ -355,6 +357,8 @@ class StandInHub:
             start = int(first)
             end = min(size, int(last) + 1) if last.strip() else size
         plan = self._interruptions.get(name) if not head else None
+        if plan is not None and start < plan.from_byte:
+            plan = None
         if plan is not None and plan.stage == 1:
             plan.stage = 2
             if plan.then_status is not None:

@@ -295,7 +295,7 @@ def audit(
             r = prepared.resolved
             info = r.ckpt.info(r.embedding_name)
             entry.emb_bytes = int(info.nbytes * r.hidden_size // max(info.shape[-1], 1))  # a projection widens it
-            entry.info = AuditModel(**dataclasses.asdict(prepared.info()), name=entry.name,
+            entry.info = AuditModel(**prepared.info().fields(), name=entry.name,
                                     fingerprint=prepared.grams.key)
         return prepared
 

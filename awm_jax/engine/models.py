@@ -58,16 +58,21 @@ class PreparedModel:
 
     def info(self) -> ModelInfo:
         """What was read of the model, for reports."""
+        from awm_jax.io.origin import model_origin
+
         r = self.resolved
+        root = Path(r.ckpt.root)
+        read = [*r.ckpt.files, root / "config.json", root / "model.safetensors.index.json", self.vocab.source]
         return ModelInfo(
             path=self.path, layout=r.name, hidden_size=r.hidden_size, num_layers=r.num_layers, q_dim=r.q_dim,
             k_dim=r.k_dim, vocab_size=len(self.vocab), vocab_source=self.vocab.source, embedding_rows=r.vocab_rows,
             dtype=r.ckpt.info(r.embedding_name).dtype.lower(), form=getattr(r.ckpt, "form", "safetensors"),
+            origin=model_origin(root, read),
         )
 
     def summary(self) -> ModelSummary:
         """:meth:`info` and whether the fingerprint came from the cache."""
-        return ModelSummary(**dataclasses.asdict(self.info()), fingerprint_cached=self.cached)
+        return ModelSummary(**self.info().fields(), fingerprint_cached=self.cached)
 
 
 def locate_model(spec: str | os.PathLike, fetch: str = "partial") -> Path:

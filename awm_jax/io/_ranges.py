@@ -33,7 +33,7 @@ __all__ = ["CHUNK_BYTES", "MERGE_GAP_BYTES", "WORKERS", "RemoteFile", "remote_fi
 #: Largest single range request (a failed request loses at most this much).
 CHUNK_BYTES = 16 * 1024 * 1024
 #: Two needed ranges closer than this are fetched as one (fewer requests, few extra bytes).
-MERGE_GAP_BYTES = 64 * 1024
+MERGE_GAP_BYTES = 16 * 1024
 #: Concurrent range requests.
 WORKERS = 8
 #: First request for a header: most safetensors headers fit (the rest of it is kept as data).
