@@ -248,3 +248,23 @@ def test_help_names_hub_ids(capsys):
         text = " ".join(out.split())
         assert "owner/name or owner/name@revision" in text and "--download {partial,full}" in text
 
+
+
+@pytest.mark.parametrize("how, match", [
+    ("drip", r"stalled: \d+ bytes in the last 1 s|took longer than"),
+    ("silent", r"did not answer within 0.5 s|took longer than|stalled"),
+])
+def test_a_stalled_range_request_fails_in_one_line_within_the_deadline(repos, capsys, monkeypatch, how, match):
+    import re
+    import time
+
+    hub, a, _ = repos
+    for name, value in {"AWM_HUB_TIMEOUT": "0.5", "AWM_HUB_STALL": "1", "AWM_HUB_DEADLINE": "5",
+                        "AWM_HUB_RETRIES": "0", "AWM_HUB_MIN_RATE": "20000"}.items():
+        monkeypatch.setenv(name, value)
+    hub.stall(sorted(p.name for p in a.glob("*.safetensors"))[0], how)
+    t = time.monotonic()
+    assert compare_main(["org/base", "org/other", "--quiet"]) == 3
+    assert time.monotonic() - t < 20
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and re.search(match, err), err
