@@ -504,12 +504,12 @@ def llama_tensors(vocab: int, hidden: int, layers: int, intermediate: int, kv_di
     and MLP, final norm, LM head), in the name order transformers saves them, as ``TensorSpec`` s.
     ``tile`` fills large tensors by repeating one random block (fast, for checkpoints of real size)."""
     kv_dim = kv_dim or hidden
-    block = np.random.default_rng(seed).standard_normal(1 << 20).astype(np.float32) * 0.02
+    block = (np.random.default_rng(seed).standard_normal(1 << 20).astype(np.float32) * 0.02).astype(dtype)
 
     def make(shape, k):
         def values():
             if tile:
-                return np.resize(np.roll(block, k), shape).astype(dtype)
+                return np.resize(np.roll(block, 7919 * k), shape)
             rng = np.random.default_rng([seed, k])
             if len(shape) == 1:
                 return (1.0 + 0.1 * rng.standard_normal(shape)).astype(dtype)
@@ -533,16 +533,18 @@ def llama_tensors(vocab: int, hidden: int, layers: int, intermediate: int, kv_di
 
 
 def write_llama_model(folder: Path, *, vocab: int = 256, hidden: int = 64, layers: int = 2, intermediate: int = 128,
-                      heads: int = 4, dtype=np.float32, seed: int = 0, shard_bytes: int | None = 60_000,
-                      tile: bool = False) -> Path:
+                      heads: int = 4, kv_heads: int | None = None, dtype=np.float32, seed: int = 0,
+                      shard_bytes: int | None = 60_000, tile: bool = False) -> Path:
     """A complete Llama checkpoint (every tensor transformers saves, sharded with an index unless
     ``shard_bytes`` is None), with config and tokenizer: what a hub repository holds."""
     import ml_dtypes
 
     name = "bfloat16" if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16) else np.dtype(dtype).name
-    config = llama_config(vocab, hidden, layers, heads, heads, dtype=name)
+    kv_heads = kv_heads or heads
+    config = llama_config(vocab, hidden, layers, heads, kv_heads, dtype=name)
     config["intermediate_size"] = intermediate
-    write_model(folder, llama_tensors(vocab, hidden, layers, intermediate, dtype=dtype, seed=seed, tile=tile), config,
+    kv_dim = kv_heads * (hidden // heads)
+    write_model(folder, llama_tensors(vocab, hidden, layers, intermediate, kv_dim, dtype=dtype, seed=seed, tile=tile), config,
                 [f"tok{i}" for i in range(vocab)], shard_bytes)
     (folder / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
     return folder

@@ -9,6 +9,11 @@ tensor the method needs, never by the checkpoint size. The embedding, read once 
 and used a block of shared rows at a time, is instead memory-mapped read-only (:meth:`Checkpoint.map`):
 its pages come from the page cache and count against no allocation.
 
+A shard with a range record beside it (a partial hub download, :mod:`awm_jax.io.sparse`) holds
+only some tensors: each read and map first checks that the tensor's bytes are all present (and
+unchanged since they were fetched), and refuses a tensor that is not, never reading a hole as
+zeros.
+
 Model folders come from strangers, so every file is treated as hostile:
 
 * nothing in the folder is executed, and nothing is written to it;

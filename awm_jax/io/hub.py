@@ -21,6 +21,11 @@ reads. The partial file is named after the file's content hash, so a resumed fil
 two versions. All files come from the one commit the revision pointed to when the download
 started.
 
+With ``fetch="partial"`` (what ``compare``, ``audit`` and ``download`` use by default) the weight
+files are not fetched whole: each shard's header is read with HTTP Range requests into a sparse
+file of a partial snapshot, and the tensors a comparison reads are fetched later, as byte ranges
+(:mod:`awm_jax.io.hub_partial`). ``fetch="full"`` completes such a shard from the ranges it holds.
+
 A snapshot whose weights are complete is used without asking the hub (no network at all), so a
 second ``resolve_model`` of the same id is free; to move a branch such as ``main`` to a newer
 commit, name the commit (``owner/name@<sha>``) or delete ``refs/main`` in the cache.
