@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from pathlib import Path
 
@@ -99,22 +100,47 @@ def open_checkpoint(path: str | os.PathLike, fetch: str = "partial") -> Checkpoi
     return Checkpoint(locate_model(path, fetch))
 
 
+_LAYER = "\0"  # stands for the layer index in a name template (never in a tensor name that is read)
+
+
+def _layer_template(name: str, layer: int) -> str:
+    """``name`` with its layer index (the first ``.N.`` segment equal to ``layer``) made a placeholder."""
+    return re.sub(rf"(?<=\.){layer}(?=\.)", _LAYER, name, count=1)
+
+
 def needed_tensors(resolved: ResolvedLayout, mlp: bool, norm_gains: str) -> set[str]:
     """The tensors a fingerprint and a pair read of this model: found by a dry run of the read path
     (:meth:`~awm_jax.io.checkpoint.Checkpoint.tracing`, no byte read), so every layout and storage
     format is covered; every tensor of the checkpoint when the dry run cannot complete (a format
-    whose reading depends on the values it reads)."""
+    whose reading depends on the values it reads).
+
+    The first and last layers are traced; when they read the same tensors (up to the layer
+    index), every layer's names follow from them (all must exist), else every layer is traced.
+    """
     ckpt = resolved.ckpt
-    try:
+
+    def trace(layers) -> set[str]:
         with ckpt.tracing() as names:
-            resolved.read_embedding()
-            for layer in range(resolved.num_layers):
+            for layer in layers:
                 layer_matrices(resolved, layer, "qk", norm_gains)
                 if mlp:
                     layer_matrices(resolved, layer, "mlp", norm_gains)
+        return names
+
+    last = resolved.num_layers - 1
+    try:
+        with ckpt.tracing() as names:
+            resolved.read_embedding()
+        first, final = trace([0]), trace([last]) if last > 0 else set()
+        shared = {n for n in first | final if _layer_template(n, 0) == n and _layer_template(n, last) == n}
+        templates = {_layer_template(n, 0) for n in first - shared}
+        if last > 0 and templates == {_layer_template(n, last) for n in final - shared}:
+            layers = {t.replace(_LAYER, str(i)) for t in templates for i in range(resolved.num_layers)}
+            if layers <= ckpt.tensors.keys():
+                return names | shared | layers
+        return names | trace(range(resolved.num_layers))
     except Exception:  # noqa: BLE001 - zeros are not valid values for every format: fetch everything
         return set(ckpt.tensors)
-    return names
 
 
 def fetch_needed(resolved: ResolvedLayout, mlp: bool = False, norm_gains: str = DEFAULT_NORM_GAINS):

@@ -94,14 +94,14 @@ def _headers(remote: RemoteFile, start: int, end: int) -> dict:
 
 def _get(remote: RemoteFile, start: int, end: int, watch: Watch) -> bytes:
     """One range request, checked: exactly bytes ``[start, end)`` of the file."""
-    from huggingface_hub.utils import get_session
+    from huggingface_hub.utils import get_session, hf_raise_for_status
 
     watch.check()
     timeout = watch.limits.timeout_s
     response = get_session().get(remote.location, headers=_headers(remote, start, end), timeout=timeout,
                                  follow_redirects=True)
     try:
-        response.raise_for_status()
+        hf_raise_for_status(response)  # huggingface_hub's errors: one line each (awm_jax.io._hub_errors)
         if response.status_code != 206:
             raise CheckpointError(
                 f"{remote.repo_id}: the server answered {response.status_code} to a Range request for {remote.name}, "

@@ -238,6 +238,9 @@ def test_audit_names_hub_models_by_repo_id(repos, capsys, tmp_path):
     result = json.loads((out / "audit.json").read_text())
     assert result["rows"] == ["org/base", "org/other@v1", "base"]
     assert [m["origin"]["kind"] for m in result["models"]] == ["hub", "hub", "folder"]
+    assert audit_main(["org/base", str(a), "--against", "org/other@v1", "--out", str(tmp_path / "n"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "n" / "audit.json").read_text())
+    assert (result["rows"], result["columns"]) == (["org/base", "base"], ["org/other@v1"])
 
 
 def test_help_names_hub_ids(capsys):
@@ -268,3 +271,24 @@ def test_a_stalled_range_request_fails_in_one_line_within_the_deadline(repos, ca
     assert time.monotonic() - t < 20
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and re.search(match, err), err
+
+
+def test_a_single_file_repository_is_fetched_partially(hub, tmp_path, capsys):
+    a = write_llama_model(tmp_path / "one", vocab=512, hidden=128, layers=2, intermediate=256, seed=3, shard_bytes=None)
+    hub.add_folder("org/one", a)
+    code, d, _ = _json(capsys, ["org/one", str(a), "--json", "-", "--no-cache"])
+    assert code == 0 and d["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert hub.cdn_bytes < 0.6 * _weights_bytes(a)
+    assert not _present(_partial("org/one"))["lm_head.weight"]
+
+
+def test_a_server_error_on_a_range_is_one_line(repos, capsys, monkeypatch):
+    hub, a, _ = repos
+    monkeypatch.setenv("AWM_HUB_RETRIES", "0")
+    hub.interrupt(sorted(p.name for p in a.glob("*.safetensors"))[0], 0, then_status=503, from_byte=1)
+    assert compare_main(["org/base", "org/other", "--quiet"]) == 3  # a broken answer
+    assert compare_main(["org/base", "org/other", "--quiet"]) == 3  # then a 503
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "503" in lines[1] and "Traceback" not in err
+    assert compare_main(["org/base", "org/other", "--quiet"]) == 0
