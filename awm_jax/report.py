@@ -101,9 +101,11 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
-        """The record ``dataclasses.asdict`` wrote (this class or a subclass)."""
-        fields = {f.name: d[f.name] for f in dataclasses.fields(cls)}
-        fields["origin"] = ModelOrigin.from_dict(d["origin"])
+        """The record ``dataclasses.asdict`` wrote (this class or a subclass); a record written
+        before models had an ``origin`` gets one naming its path."""
+        fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name != "origin"}
+        origin = d.get("origin")
+        fields["origin"] = ModelOrigin.from_dict(origin) if origin else ModelOrigin("folder", d["path"])
         return cls(**fields)
 
 
