@@ -272,6 +272,15 @@ def _complete_snapshot(snapshot: Path) -> bool:
     return (snapshot / SINGLE_FILE).is_file()
 
 
+def _read_ref(cache: Path, hub_id: HubId) -> str | None:
+    """The commit the cache's ``refs/<revision>`` names, or ``None``."""
+    try:
+        commit = (_storage(cache, hub_id.repo_id) / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
 def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The cached snapshot folder of a hub id if its weights are complete, else ``None``.
 
@@ -280,33 +289,12 @@ def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = Non
     hub_id = spec if isinstance(spec, HubId) else parse_hub_id(spec)
     if hub_id is None:
         return None
-    storage = _storage(hub_cache_dir(cache_dir), hub_id.repo_id)
-    commit = hub_id.revision
-    if not _COMMIT.fullmatch(commit):
-        try:
-            commit = (storage / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        if not _COMMIT.fullmatch(commit):
-            return None
-    snapshot = storage / "snapshots" / commit
+    cache = hub_cache_dir(cache_dir)
+    commit = hub_id.revision if _COMMIT.fullmatch(hub_id.revision) else _read_ref(cache, hub_id)
+    if commit is None:
+        return None
+    snapshot = _storage(cache, hub_id.repo_id) / "snapshots" / commit
     return snapshot if _complete_snapshot(snapshot) else None
-
-
-def _partial_commit(hub_id: HubId, cache: Path) -> Path | None:
-    """The cached partial snapshot of a hub id (its ref read locally), or ``None``; no network."""
-    from awm_jax.io.hub_partial import cached_partial
-
-    storage = _storage(cache, hub_id.repo_id)
-    commit = hub_id.revision
-    if not _COMMIT.fullmatch(commit):
-        try:
-            commit = (storage / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        if not _COMMIT.fullmatch(commit):
-            return None
-    return cached_partial(storage, commit)
 
 
 def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
@@ -345,7 +333,10 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
     cache = hub_cache_dir(cache_dir)
     snapshot = cached_snapshot(hub_id, cache)
     if snapshot is None and fetch == "partial":
-        snapshot = _partial_commit(hub_id, cache)
+        from awm_jax.io.hub_partial import cached_partial
+
+        commit = hub_id.revision if _COMMIT.fullmatch(hub_id.revision) else _read_ref(cache, hub_id)
+        snapshot = cached_partial(_storage(cache, hub_id.repo_id), commit) if commit else None
     if snapshot is not None:
         _REQUESTED[str(snapshot)] = hub_id.revision
         return snapshot
@@ -486,7 +477,9 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
             headers.pop("authorization", None)  # a signed CDN address: the token stays with the hub
         with WeakFileLock(lock):
             if not blob.is_file():
-                _complete_partial(repo_id, name, commit, storage, url, meta, blob, watch)
+                from awm_jax.io.hub_partial import complete_blob
+
+                complete_blob(storage, name, commit, url, meta, blob, watch)
             if not blob.is_file():
                 partial = blob.with_name(blob.name + ".incomplete")
                 with open(partial, "ab") as f:
@@ -501,16 +494,3 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
     # The blob is in place: huggingface_hub only links snapshots/<commit>/<name> to it.
     _fetch_small(repo_id, name, commit, cache, endpoint, watch)
 
-
-def _complete_partial(repo_id: str, name: str, commit: str, storage: Path, url: str, meta, blob: Path,
-                      watch: Watch) -> None:
-    """Completes a partially downloaded shard of this commit, if there is one, into ``blob``:
-    only its missing bytes are fetched (:func:`awm_jax.io.hub_partial.complete_blob`)."""
-    from awm_jax.io import _ranges
-    from awm_jax.io.hub_partial import complete_blob, partial_folder
-
-    sparse = partial_folder(storage, commit) / name
-    if not sparse.is_file():
-        return
-    remote = _ranges.RemoteFile(repo_id, name, commit, meta.etag, int(meta.size or 0), meta.location, url)
-    complete_blob(sparse, remote, blob, watch)

@@ -12,7 +12,9 @@
 Every reader opens that folder as it opens any model folder. Once the layout is known, the
 tensors a comparison reads (found by a dry run of the read path, :func:`needed_tensors`) are
 fetched with :func:`fetch_tensors`: only their byte ranges, concurrently, resumable (ranges
-already present are never asked for again), each request under the model's deadlines. A later
+already present are never asked for again), each request under the model's deadlines. Two runs
+filling the same file at once write the same bytes; at worst one's record misses a range the
+other fetched, which is then fetched again (a range is never claimed before its bytes are on disk). A later
 request needing more tensors (``--mlp``) fetches only those; a model whose tensors are all
 present makes no request at all. The sparse files live apart from ``snapshots/`` so no other
 Hugging Face tool ever reads a hole as weights; ``--download full`` fills a sparse file's holes,
@@ -117,7 +119,7 @@ def download_partial(hub_id, storage: Path, commit: str, small: list[Path], shar
         source = {"repo_id": hub_id.repo_id, "commit": commit, "file": shard, "etag": remote.etag}
         # The record is written before the file appears under its name: a shard in this folder
         # always has a record, so a hole can never pass for data.
-        tmp = folder / f".{shard}.incomplete"
+        tmp = folder / f".{shard}.{os.getpid()}.incomplete"  # two runs at once each write their own
         sparse = SparseFile.create(tmp, remote.size, source, header)
         os.replace(ranges_path(tmp), ranges_path(final))
         os.replace(tmp, final)
@@ -182,26 +184,39 @@ def fetch_tensors(ckpt, names: set[str] | list[str]) -> FetchStats:
     return FetchStats(requested, fetched)
 
 
-def complete_blob(sparse_path: Path, remote, blob: Path, watch: Watch) -> bool:
-    """Fills every hole of a sparse shard, checks the whole file against the hub's SHA-256 and
-    moves it to ``blob`` (the standard cache blob). Returns ``False`` (and leaves it) when the
-    file's content hash is not a SHA-256 to check against."""
+def complete_blob(storage: Path, name: str, commit: str, url: str, meta, blob: Path, watch: Watch) -> bool:
+    """Completes this commit's partially downloaded shard ``name``, if there is one, into ``blob``
+    (the standard cache blob): fills its holes (only the missing bytes are fetched), checks the
+    whole file against the hub's SHA-256 and moves it. Returns whether it did; a file whose
+    content hash is not a SHA-256, or that fails the check, is left to the whole-file download
+    (a failed one is deleted).
+
+    Args:
+      storage: the repository's hub cache folder.
+      name: the shard.
+      commit: the commit.
+      url: the hub's address of the file; ``meta``: its ``HfFileMetadata``.
+      blob: where the complete file goes.
+      watch: the download's deadlines.
+    """
     import hashlib
     import re
 
-    sparse = SparseFile.load(sparse_path)
-    if sparse is None or sparse.source.get("etag") != remote.etag or not re.fullmatch(r"[0-9a-f]{64}", remote.etag):
+    path = partial_folder(storage, commit) / name
+    sparse = SparseFile.load(path) if path.is_file() else None
+    if sparse is None or sparse.source.get("etag") != meta.etag or not re.fullmatch(r"[0-9a-f]{64}", meta.etag or ""):
         return False
+    remote = _ranges.RemoteFile(sparse.source["repo_id"], name, commit, meta.etag, int(meta.size or 0), meta.location, url)
     _ranges.fill([(sparse, remote, [(0, sparse.size)])], watch)
     h = hashlib.sha256()
-    with open(sparse_path, "rb", buffering=0) as f:
+    with open(path, "rb", buffering=0) as f:
         while chunk := f.read(16 << 20):
             h.update(chunk)
-    if h.hexdigest() != remote.etag:
-        for p in (sparse_path, ranges_path(sparse_path)):
+    if h.hexdigest() != meta.etag:
+        for p in (path, ranges_path(path)):
             p.unlink(missing_ok=True)
         return False
     blob.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(sparse_path, blob)
-    ranges_path(sparse_path).unlink(missing_ok=True)
+    os.replace(path, blob)
+    ranges_path(path).unlink(missing_ok=True)
     return True
