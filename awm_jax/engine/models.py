@@ -17,7 +17,7 @@ import numpy as np
 from awm_jax.errors import NumericalError
 from awm_jax.fingerprint import FingerprintCache, GramSet, model_grams
 from awm_jax.fingerprint.grams import layer_matrices
-from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.io.checkpoint import Checkpoint, tracing
 from awm_jax.io.adapters import AdapterCheckpoint, find_adapter, open_adapter
 from awm_jax.io.gguf import GGUFCheckpoint, find_gguf
 from awm_jax.io.vocab import Vocabulary, load_vocabulary
@@ -110,7 +110,7 @@ def _layer_template(name: str, layer: int) -> str:
 
 def needed_tensors(resolved: ResolvedLayout, mlp: bool, norm_gains: str) -> set[str]:
     """The tensors a fingerprint and a pair read of this model: found by a dry run of the read path
-    (:meth:`~awm_jax.io.checkpoint.Checkpoint.tracing`, no byte read), so every layout and storage
+    (:func:`~awm_jax.io.checkpoint.tracing`, no byte read), so every layout and storage
     format is covered; every tensor of the checkpoint when the dry run cannot complete (a format
     whose reading depends on the values it reads).
 
@@ -120,7 +120,7 @@ def needed_tensors(resolved: ResolvedLayout, mlp: bool, norm_gains: str) -> set[
     ckpt = resolved.ckpt
 
     def trace(layers) -> set[str]:
-        with ckpt.tracing() as names:
+        with tracing() as names:
             for layer in layers:
                 layer_matrices(resolved, layer, "qk", norm_gains)
                 if mlp:
@@ -129,7 +129,7 @@ def needed_tensors(resolved: ResolvedLayout, mlp: bool, norm_gains: str) -> set[
 
     last = resolved.num_layers - 1
     try:
-        with ckpt.tracing() as names:
+        with tracing() as names:
             resolved.read_embedding()
         first, final = trace([0]), trace([last]) if last > 0 else set()
         shared = {n for n in first | final if _layer_template(n, 0) == n and _layer_template(n, last) == n}
@@ -144,18 +144,19 @@ def needed_tensors(resolved: ResolvedLayout, mlp: bool, norm_gains: str) -> set[
 
 
 def fetch_needed(resolved: ResolvedLayout, mlp: bool = False, norm_gains: str = DEFAULT_NORM_GAINS):
-    """Fetches the tensors :func:`needed_tensors` names that a partially downloaded checkpoint
-    lacks (no request when it has them all); ``None`` for a checkpoint with no partial files.
+    """Fetches the tensors :func:`needed_tensors` names that a partially downloaded checkpoint (or
+    the base of an adapter) lacks (no request when it has them all); ``None`` for a checkpoint with
+    no partial files.
 
     Returns:
       The :class:`~awm_jax.io.hub_partial.FetchStats`, or ``None``.
     """
-    ckpt = resolved.ckpt
+    ckpt = getattr(resolved.ckpt, "base", resolved.ckpt)  # an adapter reads its base's tensors
     if not getattr(ckpt, "sparse", None):
         return None
     from awm_jax.io.hub_partial import fetch_tensors
 
-    return fetch_tensors(ckpt, needed_tensors(resolved, mlp, norm_gains))
+    return fetch_tensors(ckpt, needed_tensors(resolved, mlp, norm_gains) & ckpt.tensors.keys())
 
 
 def prepare_model(

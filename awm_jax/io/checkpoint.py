@@ -79,10 +79,25 @@ __all__ = [
     "parse_json",
     "pickle_loading",
     "read_json",
+    "tracing",
 ]
 
 #: Tensor names read while tracing (:meth:`Checkpoint.tracing`), per thread of execution.
-_TRACE: contextvars.ContextVar[tuple[Checkpoint, set[str]] | None] = contextvars.ContextVar("awm_jax_trace", default=None)
+_TRACE: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("awm_jax_trace", default=None)
+
+@contextlib.contextmanager
+def tracing():
+    """Within the block, in this thread, :meth:`Checkpoint.read` and :meth:`Checkpoint.map` of every
+    checkpoint (a model's, and the base an adapter reads through) touch no file: they record the
+    tensor names asked for (the yielded set) and return zeros of the right shape and dtype. A dry
+    run of a computation under it names the tensors the real one will read."""
+    names: set[str] = set()
+    token = _TRACE.set(names)
+    try:
+        yield names
+    finally:
+        _TRACE.reset(token)
+
 
 #: Largest size accepted in ``config.json`` (hidden size, layer and head counts...).
 MAX_CONFIG_INT = 2**31 - 1
@@ -281,23 +296,15 @@ class Checkpoint:
             return
         self.sparse = {f: sparse for f in self.files if (sparse := SparseFile.load(f)) is not None}
 
-    @contextlib.contextmanager
     def tracing(self):
-        """Within the block, in this thread, :meth:`read` and :meth:`map` touch no file: they record
-        the tensor names asked for (the yielded set) and return zeros of the right shape and dtype.
-        A dry run of a computation under it names the tensors the real one will read."""
-        names: set[str] = set()
-        token = _TRACE.set((self, names))
-        try:
-            yield names
-        finally:
-            _TRACE.reset(token)
+        """:func:`tracing` (every checkpoint read in this thread is traced, not only this one)."""
+        return tracing()
 
     def _traced(self, info: TensorInfo, shape: list[int]) -> np.ndarray | None:
         trace = _TRACE.get()
-        if trace is None or trace[0] is not self:
+        if trace is None:
             return None
-        trace[1].add(info.name)
+        trace.add(info.name)
         return np.zeros(shape, SAFETENSORS_DTYPES[info.dtype])
 
     def _require(self, info: TensorInfo, start: int, nbytes: int) -> None:

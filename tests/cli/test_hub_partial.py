@@ -292,3 +292,20 @@ def test_a_server_error_on_a_range_is_one_line(repos, capsys, monkeypatch):
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "503" in lines[1] and "Traceback" not in err
     assert compare_main(["org/base", "org/other", "--quiet"]) == 0
+
+
+def test_an_adapter_over_a_hub_base_fetches_the_base_partially(repos, capsys, tmp_path):
+    import importlib.util
+
+    hub, a, _ = repos
+    spec = importlib.util.spec_from_file_location("adapters_test", Path(__file__).parents[1] / "io" / "test_adapters.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_adapter(a, tmp_path / "adapter", base_name="org/base")
+    code, over_hub, _ = _json(capsys, [str(tmp_path / "adapter"), "org/other", "--json", "-", "--no-cache"])
+    assert code == 0
+    present = _present(_partial("org/base"))
+    assert present["model.embed_tokens.weight"] and not present["lm_head.weight"]
+    code, over_local, _ = _json(capsys, [str(tmp_path / "adapter"), "org/other", "--json", "-", "--no-cache",
+                                         "--adapter-base", str(a)])
+    assert (over_hub["wq"], over_hub["wk"]) == (over_local["wq"], over_local["wk"])
