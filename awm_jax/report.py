@@ -7,7 +7,58 @@ import json
 import math
 from typing import Any
 
-__all__ = ["COMPARE_FORMAT", "CompareResult", "LayerScore", "ModelInfo", "ModelSummary", "PairResult"]
+__all__ = ["COMPARE_FORMAT", "CompareResult", "FileIdentity", "LayerScore", "ModelInfo", "ModelOrigin", "ModelSummary",
+           "PairResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """One file a model was read from.
+
+    Attributes:
+      name: its name in the model folder.
+      size: its size in bytes (for a partially downloaded shard, the whole file's).
+      etag: the hub's content hash of the file (empty for a local folder).
+    """
+
+    name: str
+    size: int
+    etag: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOrigin:
+    """Who a model is: a hub repository at a commit, or a local folder (or file).
+
+    Attributes:
+      kind: ``"hub"``, ``"folder"`` or ``"file"``.
+      path: the local folder (or file) read.
+      repo_id: the hub repository (``owner/name``; hub only).
+      revision: the revision asked for (a branch, tag or commit; hub only).
+      commit: the commit it resolved to (hub only).
+      download: ``"partial"`` (only the tensors read were fetched) or ``"full"`` (hub only).
+      files: the files read, with sizes (and for the hub, etags).
+    """
+
+    kind: str
+    path: str
+    repo_id: str = ""
+    revision: str = ""
+    commit: str = ""
+    download: str = ""
+    files: tuple[FileIdentity, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How the model is named to people: ``owner/name`` (``@revision`` unless ``main``), or the path."""
+        if self.kind != "hub":
+            return self.path
+        return self.repo_id if self.revision in ("", "main") else f"{self.repo_id}@{self.revision}"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelOrigin":
+        """The record ``dataclasses.asdict`` wrote."""
+        return cls(**{**d, "files": tuple(FileIdentity(**f) for f in d.get("files", ()))})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +78,8 @@ class ModelInfo:
       dtype: stored dtype of the embedding.
       form: what was read: ``"safetensors"``, a GGUF file and its quantisation types, or a LoRA
         adapter merged into its base.
+      origin: who the model is: hub repository, revision, commit and file etags, or the local
+        folder and its files' sizes.
     """
 
     path: str
@@ -40,6 +93,20 @@ class ModelInfo:
     embedding_rows: int
     dtype: str
     form: str
+    origin: ModelOrigin
+
+    def fields(self) -> dict[str, Any]:
+        """This record's :class:`ModelInfo` fields, not converted (to build a subclass record from it)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelInfo)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        """The record ``dataclasses.asdict`` wrote (this class or a subclass); a record written
+        before models had an ``origin`` gets one naming its path."""
+        fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name != "origin"}
+        origin = d.get("origin")
+        fields["origin"] = ModelOrigin.from_dict(origin) if origin else ModelOrigin("folder", d["path"])
+        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +263,13 @@ class CompareResult(PairResult):
         """A plain-JSON dict of every field, with its schema name under ``format``."""
         return {"format": COMPARE_FORMAT, **super().to_dict()}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CompareResult":
+        """The record :meth:`to_dict` wrote."""
+        return cls(**PairResult.from_dict(d).pair_fields(), model_a=ModelSummary.from_dict(d["model_a"]),
+                   model_b=ModelSummary.from_dict(d["model_b"]), timings=dict(d["timings"]),
+                   environment=dict(d["environment"]))
+
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
@@ -212,7 +286,12 @@ class CompareResult(PairResult):
         a, b = self.model_a, self.model_b
 
         def model_line(tag: str, m: ModelSummary) -> str:
-            return (f"  {tag}: {m.path}\n      layout {m.layout}, hidden {m.hidden_size}, {m.num_layers} layers, "
+            o = m.origin
+            where = m.path
+            if o.kind == "hub":
+                where = (f"{o.label} (commit {o.commit[:12]}, {o.download} download, "
+                         f"{len(o.files)} files)\n      at {m.path}")
+            return (f"  {tag}: {where}\n      layout {m.layout}, hidden {m.hidden_size}, {m.num_layers} layers, "
                     f"Q/K rows {m.q_dim}/{m.k_dim}, vocab {m.vocab_size} ({m.dtype})"
                     f"{'' if m.form == 'safetensors' else f', read as {m.form}'}"
                     f"{', fingerprint cached' if m.fingerprint_cached else ''}")

@@ -7,7 +7,12 @@ It speaks the part of the hub's HTTP API that huggingface_hub's downloads use:
   ``ETag`` (git blob sha1), ``X-Repo-Commit`` and ``Content-Length``; large files (safetensors,
   pickle, GGUF) answered like the hub's LFS files, ``302`` to a second loopback server (another
   origin, like the hub's CDN) with ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``;
-- the "CDN" serves blobs by sha256 and honours ``Range: bytes=N-`` with ``206``.
+- the "CDN" serves blobs by sha256 and honours ``Range: bytes=N-`` and ``bytes=N-M`` with ``206``.
+
+Files are held in memory (``bytes``) or served from disk (a ``Path``: ``add_folder(...,
+on_disk=True)``, for checkpoints of real size). ``StandInHub(rate=...)`` limits the CDN to that
+many bytes per second, shared by all its connections (a link's bandwidth); ``cdn_bytes`` counts
+the body bytes the CDN sent.
 
 Errors carry the headers huggingface_hub maps to its exceptions: ``X-Error-Code: RepoNotFound``
 (401), ``GatedRepo`` (401), ``RevisionNotFound`` (404), ``EntryNotFound`` (404), and
@@ -38,7 +43,8 @@ import pytest
 
 from awm_jax.synthetic import llama_config, write_model
 
-__all__ = ["HostileHub", "HubRepo", "Request", "StandInHub", "isolate_hub_client", "hub", "write_tiny_model"]
+__all__ = ["HostileHub", "HubRepo", "Request", "StandInHub", "isolate_hub_client", "hub", "llama_tensors",
+           "write_llama_model", "write_tiny_model"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -48,7 +54,7 @@ class HubRepo:
     """A repository: its files at one commit, the refs pointing to it, its access rules."""
 
     repo_id: str
-    files: dict[str, bytes]
+    files: dict[str, bytes | Path]
     refs: tuple[str, ...] = ("main",)
     gated: bool = False
     commit: str = ""
@@ -56,7 +62,7 @@ class HubRepo:
     def __post_init__(self):
         digest = hashlib.sha1()
         for name in sorted(self.files):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+            digest.update(name.encode() + b"\0" + bytes.fromhex(_sha256(self.files[name])))
         self.commit = digest.hexdigest()
 
 
@@ -75,6 +81,7 @@ class Request:
 class _Interruption:
     after_bytes: int
     then_status: int | None
+    from_byte: int = 0  # only range requests starting at or after this byte
     stage: int = 0  # 0: next GET is cut short; 1: next GET answers then_status; 2: done
 
 
@@ -82,8 +89,49 @@ def _lfs(name: str) -> bool:
     return name.endswith(_LFS_SUFFIXES)
 
 
-def _git_sha1(data: bytes) -> str:
+def _git_sha1(data: bytes | Path) -> str:
+    if isinstance(data, Path):
+        return hashlib.sha1(f"blob {data.stat().st_size}\0{data}".encode()).hexdigest()  # a stand-in id
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _sha256(data: bytes | Path) -> str:
+    """SHA-256 of a file's content (a file on disk is hashed once per size and mtime)."""
+    if not isinstance(data, Path):
+        return hashlib.sha256(data).hexdigest()
+    st = data.stat()
+    key = (str(data), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(data, "rb") as f:
+            while chunk := f.read(16 << 20):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _size(data: bytes | Path) -> int:
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
+def _slice(data: bytes | Path, start: int, end: int):
+    """The bytes ``[start, end)`` in pieces of at most 1 MiB."""
+    if not isinstance(data, Path):
+        for at in range(start, end, 1 << 20):
+            yield data[at:min(end, at + (1 << 20))]
+        return
+    with open(data, "rb") as f:
+        f.seek(start)
+        at = start
+        while at < end:
+            chunk = f.read(min(1 << 20, end - at))
+            if not chunk:
+                return
+            at += len(chunk)
+            yield chunk
 
 
 @dataclass
@@ -94,6 +142,8 @@ class StandInHub:
     """
 
     tokens: frozenset[str] = frozenset({"hf_valid_token"})
+    rate: float | None = None
+    cdn_bytes: int = 0
     repos: dict[str, HubRepo] = field(default_factory=dict)
     log: list[Request] = field(default_factory=list)
     _blobs: dict[str, tuple[str, bytes]] = field(default_factory=dict)
@@ -101,28 +151,47 @@ class StandInHub:
     _stalls: dict[str, str] = field(default_factory=dict)
     _closing: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _next_send: float = 0.0
 
     # ---- set-up ------------------------------------------------------------------------
-    def add_repo(self, repo_id: str, files: dict[str, bytes], *, refs: tuple[str, ...] = ("main",),
+    def add_repo(self, repo_id: str, files: dict[str, bytes | Path], *, refs: tuple[str, ...] = ("main",),
                  gated: bool = False) -> HubRepo:
         """Serves ``files`` (path -> bytes) as ``repo_id`` at the given refs; returns the repo."""
         repo = HubRepo(repo_id, dict(files), refs, gated)
         self.repos[repo_id] = repo
         for name, data in files.items():
             if _lfs(name):
-                self._blobs[hashlib.sha256(data).hexdigest()] = (name, data)
+                self._blobs[_sha256(data)] = (name, data)
         return repo
 
-    def add_folder(self, repo_id: str, folder: str | Path, **kwargs) -> HubRepo:
-        """Serves every file under ``folder`` (relative paths) as ``repo_id``."""
+    def add_folder(self, repo_id: str, folder: str | Path, *, on_disk: bool = False, **kwargs) -> HubRepo:
+        """Serves every file under ``folder`` (relative paths) as ``repo_id``; with ``on_disk``
+        the weight files are read from disk as they are served (not held in memory)."""
         folder = Path(folder)
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {p.relative_to(folder).as_posix(): (p if on_disk and _lfs(p.name) else p.read_bytes())
+                 for p in sorted(folder.rglob("*")) if p.is_file()}
         return self.add_repo(repo_id, files, **kwargs)
 
-    def interrupt(self, name: str, after_bytes: int, then_status: int | None = None) -> None:
+    def _throttle(self, n: int) -> None:
+        """Waits until ``n`` more bytes fit the CDN's ``rate`` (shared by all connections)."""
+        if not self.rate:
+            return
+        import time
+
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_send)
+            self._next_send = start + n / self.rate
+            until = self._next_send
+        delay = until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def interrupt(self, name: str, after_bytes: int, then_status: int | None = None, from_byte: int = 0) -> None:
         """The next download of file ``name`` stops after ``after_bytes`` bytes; the one after
-        answers ``then_status`` if given (e.g. 503), later ones are served normally."""
-        self._interruptions[name] = _Interruption(after_bytes, then_status)
+        answers ``then_status`` if given (e.g. 503), later ones are served normally. With
+        ``from_byte``, only requests for a range starting at or after that byte count."""
+        self._interruptions[name] = _Interruption(after_bytes, then_status, from_byte)
 
     def stall(self, name: str, how: str) -> None:
         """Every download of file ``name`` from the CDN stalls: ``"silent"`` (the request is read
@@ -259,9 +328,9 @@ class StandInHub:
                 return
             data = repo.files[name]
             if _lfs(name):
-                sha = hashlib.sha256(data).hexdigest()
+                sha = _sha256(data)
                 headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{_git_sha1(data)}"',
-                           "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
+                           "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(_size(data)),
                            "Location": f"{self.cdn}/blobs/{sha}"}
                 self._reply(h, 302, headers, b"", head)
             else:
@@ -280,27 +349,41 @@ class StandInHub:
         if not head and self._stalls.get(name) == "silent":
             self._closing.wait()
             return
-        start = 0
+        start, size = 0, _size(data)
+        end = size
         rng = h.headers.get("Range")
         if rng:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            start = int(first)
+            end = min(size, int(last) + 1) if last.strip() else size
         plan = self._interruptions.get(name) if not head else None
+        if plan is not None and start < plan.from_byte:
+            plan = None
         if plan is not None and plan.stage == 1:
             plan.stage = 2
             if plan.then_status is not None:
                 self._reply(h, plan.then_status, {"Content-Type": "text/plain"}, b"unavailable", head)
                 return
-        body = data[start:]
+        body = data[start:end] if not isinstance(data, Path) else None
         status = 206 if rng else 200
         h.send_response(status)
-        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Length", str(end - start))
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("ETag", f'"{parts[2]}"')
         if rng:
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         h.end_headers()
         if head:
             return
+        if body is None or self.rate:
+            for piece in _slice(data, start, end):
+                self._throttle(len(piece))
+                h.wfile.write(piece)
+                with self._lock:
+                    self.cdn_bytes += len(piece)
+            return
+        with self._lock:
+            self.cdn_bytes += len(body)
         if self._stalls.get(name) == "drip":
             for i in range(len(body)):
                 if self._closing.wait(0.25):
@@ -412,6 +495,58 @@ def write_tiny_model(folder: Path, *, seed: int = 0, shard_bytes: int | None = 4
         (folder / "original").mkdir(exist_ok=True)
         (folder / "original" / "consolidated.00.pth").write_bytes(b"meta decoy" * 1000)
         (folder / "original" / "tokenizer.model").write_bytes(b"meta tokenizer decoy")
+    return folder
+
+
+def llama_tensors(vocab: int, hidden: int, layers: int, intermediate: int, kv_dim: int | None = None,
+                  dtype=np.float32, seed: int = 0, tile: bool = False) -> list:
+    """Every tensor of a Llama ``*ForCausalLM`` checkpoint (embedding, per layer the norms, Q/K/V/O
+    and MLP, final norm, LM head), in the name order transformers saves them, as ``TensorSpec`` s.
+    ``tile`` fills large tensors by repeating one random block (fast, for checkpoints of real size)."""
+    kv_dim = kv_dim or hidden
+    block = (np.random.default_rng(seed).standard_normal(1 << 20).astype(np.float32) * 0.02).astype(dtype)
+
+    def make(shape, k):
+        def values():
+            if tile:
+                return np.resize(np.roll(block, 7919 * k), shape)
+            rng = np.random.default_rng([seed, k])
+            if len(shape) == 1:
+                return (1.0 + 0.1 * rng.standard_normal(shape)).astype(dtype)
+            return (rng.standard_normal(shape) * 0.02).astype(dtype)
+        return values
+
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+                       p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv_dim, hidden),
+                       p + "self_attn.v_proj.weight": (kv_dim, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                       p + "mlp.gate_proj.weight": (intermediate, hidden), p + "mlp.up_proj.weight": (intermediate, hidden),
+                       p + "mlp.down_proj.weight": (hidden, intermediate)})
+
+    def order(name):  # transformers writes layers in order, each layer's tensors sorted
+        parts = name.split(".")
+        return (0, int(parts[2]), name) if parts[1:2] == ["layers"] else ((-1, 0, name) if "embed" in name else (1, 0, name))
+
+    return [(name, shapes[name], dtype, make(shapes[name], k)) for k, name in enumerate(sorted(shapes, key=order))]
+
+
+def write_llama_model(folder: Path, *, vocab: int = 256, hidden: int = 64, layers: int = 2, intermediate: int = 128,
+                      heads: int = 4, kv_heads: int | None = None, dtype=np.float32, seed: int = 0,
+                      shard_bytes: int | None = 60_000, tile: bool = False) -> Path:
+    """A complete Llama checkpoint (every tensor transformers saves, sharded with an index unless
+    ``shard_bytes`` is None), with config and tokenizer: what a hub repository holds."""
+    import ml_dtypes
+
+    name = "bfloat16" if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16) else np.dtype(dtype).name
+    kv_heads = kv_heads or heads
+    config = llama_config(vocab, hidden, layers, heads, kv_heads, dtype=name)
+    config["intermediate_size"] = intermediate
+    kv_dim = kv_heads * (hidden // heads)
+    write_model(folder, llama_tensors(vocab, hidden, layers, intermediate, kv_dim, dtype=dtype, seed=seed, tile=tile), config,
+                [f"tok{i}" for i in range(vocab)], shard_bytes)
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
     return folder
 
 

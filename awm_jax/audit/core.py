@@ -214,6 +214,7 @@ def audit(
     fresh: bool = False,
     progress: bool = False,
     download: bool = True,
+    fetch: str = "partial",
     devices: list | None = None,
     log: Callable[[str], None] | None = None,
 ) -> AuditResult:
@@ -239,6 +240,7 @@ def audit(
       fresh: discard the progress of an earlier run in ``out_dir``.
       progress: show progress bars on stderr (only when it is a terminal).
       download: fetch hub ids that are not in the hub cache.
+      fetch: how hub weights are fetched: ``"partial"`` (only the tensors read) or ``"full"``.
       devices: the devices that score pairs (overrides ``device``).
       log: called with one line per stage (default: nothing).
 
@@ -263,7 +265,7 @@ def audit(
     _check_family_rule(family_rule)
     t_start = time.perf_counter()
     timings: dict = {}
-    resolve = resolver(download)
+    resolve = resolver(download, fetch)
     rows = entries(models, layouts, resolve)
     cols = entries(against, layouts, resolve, taken=[m.path for m in rows])
     is_against = against is not None
@@ -289,12 +291,12 @@ def audit(
 
     def prepare(entry: AuditEntry):
         prepared = prepare_model(entry.path, layout=entry.layout, cache=fingerprints, mlp=options.mlp,
-                                 norm_gains=options.norm_gains)
+                                 norm_gains=options.norm_gains, fetch=fetch)
         if entry.info is None:
             r = prepared.resolved
             info = r.ckpt.info(r.embedding_name)
             entry.emb_bytes = int(info.nbytes * r.hidden_size // max(info.shape[-1], 1))  # a projection widens it
-            entry.info = AuditModel(**dataclasses.asdict(prepared.info()), name=entry.name,
+            entry.info = AuditModel(**prepared.info().fields(), name=entry.name,
                                     fingerprint=prepared.grams.key)
         return prepared
 

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 from awm_jax.errors import UsageError
 
-__all__ = ["AuditEntry", "PreparedStore", "entries", "identity", "resolver", "unique_names"]
+__all__ = ["AuditEntry", "PreparedStore", "default_names", "entries", "identity", "resolver", "unique_names"]
 
 
 @dataclasses.dataclass
@@ -49,15 +49,32 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def resolver(download: bool) -> Callable[[object], Path]:
-    """Resolves a model spec (folder or hub id) to a local folder."""
+def default_names(specs: Sequence, paths: Sequence[Path], taken: Sequence[Path] = ()) -> list[str]:
+    """Names of models as the user named them: a hub id by its repository id (``owner/name``, with
+    ``@revision`` when one was given), a folder by its name (parent folders added where two
+    collide, see :func:`unique_names`); unique together with the folders in ``taken``."""
+    from awm_jax.io.hub import parse_hub_id
+
+    hub = [None if os.path.lexists(os.fspath(s)) else parse_hub_id(os.fspath(s)) for s in specs]
+    folders = unique_names(list(taken) + [p for p, h in zip(paths, hub) if h is None])[len(taken):]
+    names = [str(h) if h is not None else folders.pop(0) for h in hub]
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for nm in names:
+        seen[nm] += 1
+        out.append(nm if seen[nm] == 1 else f"{nm}#{seen[nm]}")
+    return out
+
+
+def resolver(download: bool, fetch: str = "partial") -> Callable[[object], Path]:
+    """Resolves a model spec (folder or hub id) to a local folder (``fetch``: how hub weights are fetched)."""
     def resolve(spec) -> Path:
         path = Path(os.fspath(spec)).expanduser()
         if path.is_dir():
             return path.resolve()
         from awm_jax.io.hub import resolve_model
 
-        return Path(resolve_model(spec, download=download))
+        return Path(resolve_model(spec, download=download, fetch=fetch))
 
     return resolve
 
@@ -72,7 +89,7 @@ def entries(spec: Sequence | Mapping | None, layouts: Mapping[str, str] | None, 
         raise UsageError("give the models as a list of folders or hub ids (or a mapping name -> folder)")
     items = [(str(k), v) for k, v in spec.items()] if isinstance(spec, Mapping) else [(None, v) for v in spec]
     paths = [resolve(v) for _, v in items]
-    auto = unique_names(list(taken) + paths)[len(taken):]
+    auto = default_names([v for _, v in items], paths, taken)
     out = []
     for (name, raw), path, default in zip(items, paths, auto):
         name = name or default

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_pair_options, add_version, pair_options
+from awm_jax.cli.common import MODEL_HELP, add_download, add_pair_options, add_version, pair_options
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(resume file). Exit codes: 0 ok, 2 usage, 3 checkpoint, "
                "4 layout, 5 vocabulary, 6 numerical, 7 cache, 1 internal, 130 interrupted. See docs/audit.md.",
     )
-    p.add_argument("models", nargs="*", metavar="MODEL", help="model folders or hub ids (owner/name[@revision])")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=f"each {MODEL_HELP}")
     p.add_argument("--list", metavar="FILE", help="file with one model per line (FOLDER or hub id, or NAME<TAB>MODEL); "
                                                   "lines starting with # are comments")
     p.add_argument("--suite", metavar="NAME", help="the models of a suite (configs/NAME.toml, or a path to a .toml)")
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
     p.add_argument("--layout", metavar="NAME_OR_FILE", help="force the layout of every model")
     p.add_argument("--no-download", action="store_true", help="use hub ids only from the local hub cache")
+    add_download(p)
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-host run (jax.distributed.initialize; see docs/audit.md for the launch command)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -202,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
             family_rule=args.family_rule if args.family_threshold is None else args.family_threshold,
             memory_gb=args.memory_gb, fresh=args.fresh, **pair_options(args),
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
+            fetch=args.download,
         )
     import jax
 

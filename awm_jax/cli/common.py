@@ -8,8 +8,8 @@ import sys
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES, PAPER
 
-__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "pair_options",
-           "plot_target", "write_json", "write_plot"]
+__all__ = ["FOUND_EXIT", "MODEL_HELP", "add_download", "add_fail_on", "add_pair_options", "add_version", "finding_exit",
+           "json_target", "pair_options", "plot_target", "write_json", "write_plot"]
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -94,6 +94,18 @@ def write_json(path: str, payload: object) -> None:
         atomic_write(path, text.encode(), follow_symlinks=True)
     except OSError as e:
         raise UsageError(f"--json {path}: cannot write ({e.strerror}); choose a file path in a writable folder") from None
+
+
+#: How a model may be named on every command line.
+MODEL_HELP = "a model folder, or a hub id owner/name or owner/name@revision (a branch, tag or commit)"
+
+
+def add_download(p: argparse.ArgumentParser) -> None:
+    """``--download partial|full``: how hub ids' weights are fetched (``awm_jax.io.hub.FETCH_MODES``)."""
+    p.add_argument("--download", default="partial", choices=("partial", "full"),
+                   help="for hub ids: partial fetches each shard's header and then only the byte ranges of the "
+                        "tensors read (embedding, Q/K, norm gains; MLP inputs with --mlp), kept in the hub cache "
+                        "and resumable; full fetches the whole weight files (default: partial)")
 
 
 def plot_target(path: str, flag: str = "--plot") -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awm_jax.cli.common import (FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, pair_options,
-                                plot_target, write_json, write_plot)
+from awm_jax.cli.common import (FOUND_EXIT, MODEL_HELP, add_download, add_fail_on, add_pair_options, finding_exit,
+                                json_target, pair_options, plot_target, write_json, write_plot)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                "5 vocabulary, 6 numerical, 7 cache, 1 internal, 130 interrupted. Model folders are never executed or "
                "written to; see docs/errors.md.",
     )
-    p.add_argument("model_a", nargs="?", help="folder of model A (config.json, *.safetensors, tokenizer files)")
-    p.add_argument("model_b", nargs="?", help="folder of model B")
+    p.add_argument("model_a", nargs="?", help=f"model A: {MODEL_HELP}")
+    p.add_argument("model_b", nargs="?", help="model B, likewise")
     p.add_argument("--example", action="store_true",
                    help="compare the example checkpoints shipped with the package (base vs derived, base vs independent)")
     p.add_argument("--device", default="auto", choices=DEVICES,
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-base", metavar="MODEL",
                    help="base model (folder, .gguf or hub id) of LoRA adapter folders given as models (default: the "
                         "adapter's base_model_name_or_path)")
+    add_download(p)
     add_fail_on(p, "a compared pair is")
     p.add_argument("--quiet", action="store_true",
                    help="print one line per pair: the verdict, the mean score and the calibrated p-value")
@@ -84,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
             r = compare(
                 a, b, device=args.device, cache=not args.no_cache, cache_dir=args.cache_dir,
-                layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout, **pair_options(args),
+                layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout, fetch=args.download,
+                **pair_options(args),
             )
         results.append(r)
         if to_stdout:

@@ -2,9 +2,12 @@
 
 Each target is a suite name (a file in ``configs/``, e.g. ``sft_pairs``), ``all`` (every suite),
 a path to a suite ``.toml`` file, or a hub id ``owner/name[@revision]``. Suites expand to their
-models; every distinct model is fetched with :func:`awm_jax.io.hub.resolve_model` (only config,
-tokenizer and safetensors weight files; resumable; into the standard hub cache). Models already
-complete in the cache are skipped without network access. ``--dry-run`` only reports what is
+models; every distinct model is fetched with :func:`awm_jax.io.hub.resolve_model` into the hub
+cache, resumable. ``--download partial`` (the default) fetches the config and tokenizer files,
+each shard's header and then only the byte ranges of the tensors awm_jax reads (embedding, Q/K,
+norm gains; the MLP inputs with ``--mlp``) into a partial snapshot
+(:mod:`awm_jax.io.hub_partial`); ``--download full`` fetches whole weight files into the
+standard snapshot. Models already in the cache are skipped without network access. ``--dry-run`` only reports what is
 cached. One line per model, a summary at the end; a failed model does not stop the others, and
 the exit code is that of the first failure (see :mod:`awm_jax.errors`).
 """
@@ -16,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_version
+from awm_jax.cli.common import add_download, add_version
 from awm_jax.errors import AWMError, OneLineArgumentParser, UsageError
 
 __all__ = ["build_parser", "expand_targets", "main"]
@@ -38,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
     parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
+    add_download(parser)
+    parser.add_argument("--mlp", action="store_true", help="with --download partial: also fetch the MLP input matrices "
+                                                           "(what compare --mlp reads)")
     add_version(parser)
     return parser
 
@@ -85,18 +91,53 @@ def expand_targets(targets: list[str]) -> list[tuple[str, str]]:
 
 
 def _size(folder: Path) -> str:
-    total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    from awm_jax.io.sparse import SparseFile
+
+    total = 0
+    for p in folder.iterdir():
+        if p.is_file():
+            sparse = SparseFile.load(p) if p.suffix == ".safetensors" else None
+            total += sparse.present_bytes() if sparse is not None else p.stat().st_size
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if total >= scale:
             return f"{total / scale:.1f} {unit}"
     return f"{total} B"
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _partial(spec: str, args: argparse.Namespace, fetch: bool):
+    """The partial snapshot of ``spec`` with the tensors awm_jax reads: ``(folder, stats)``, or
+    ``(None, None)`` when ``fetch`` is false and they are not all in the cache already."""
+    from awm_jax.engine.models import fetch_needed, needed_tensors
+    from awm_jax.errors import CheckpointError
+    from awm_jax.io.checkpoint import Checkpoint
+    from awm_jax.io.hub import resolve_model
+    from awm_jax.layouts import detect
+
+    try:
+        folder = resolve_model(spec, cache_dir=args.cache_dir, fetch="partial", download=fetch)
+    except CheckpointError:
+        if fetch:
+            raise
+        return None, None
+    resolved = detect(Checkpoint(folder), None)
+    if not fetch:
+        ckpt = resolved.ckpt
+        names = needed_tensors(resolved, args.mlp, "fold")
+        missing = any(ckpt.sparse[i.file].missing(i.start, i.start + i.nbytes)
+                      for i in map(ckpt.info, names) if i.file in ckpt.sparse)
+        return (None, None) if missing else (folder, None)
+    return folder, fetch_needed(resolved, args.mlp, "fold")
+
+
 def _run(args: argparse.Namespace) -> int:
     entries = expand_targets(args.targets)
 
-    from awm_jax.errors import CheckpointError
     from awm_jax.io.hub import cached_snapshot, resolve_model
+
 
     counts = {"cached": 0, "downloaded": 0, "missing": 0, "failed": 0}
     first_failure: AWMError | None = None
@@ -105,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         tag = f"[{i}/{total}] {spec}"
         note = f" ({remark})" if remark else ""
         snapshot = cached_snapshot(spec, args.cache_dir)
+        if snapshot is None and args.download == "partial":
+            snapshot, _ = _partial(spec, args, fetch=False)
         if snapshot is not None:
             counts["cached"] += 1
             print(f"{tag}: cached, {_size(snapshot)} at {snapshot}")
@@ -114,9 +157,14 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{tag}: not cached{note}")
             continue
         print(f"{tag}: downloading{note}", flush=True)
+        fetched = ""
         try:
-            snapshot = resolve_model(spec, cache_dir=args.cache_dir)
-        except CheckpointError as e:
+            if args.download == "partial":
+                snapshot, stats = _partial(spec, args, fetch=True)
+                fetched = f" (partial: {_mb(stats.fetched_bytes)} fetched now, the tensors awm_jax reads)" if stats else ""
+            else:
+                snapshot = resolve_model(spec, cache_dir=args.cache_dir)
+        except AWMError as e:
             if total == 1:
                 raise
             counts["failed"] += 1
@@ -124,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"awm_jax: error: {e}", file=sys.stderr, flush=True)
             continue
         counts["downloaded"] += 1
-        print(f"{tag}: done, {_size(snapshot)} at {snapshot}", flush=True)
+        print(f"{tag}: done, {_size(snapshot)} at {snapshot}{fetched}", flush=True)
     if args.dry_run:
         print(f"{total} model(s): {counts['cached']} cached, {counts['missing']} to download (dry run)")
     else:

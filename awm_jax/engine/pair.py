@@ -140,6 +140,7 @@ def compare(
     alignment: str = DEFAULT_ALIGNMENT,
     mlp: bool = False,
     norm_gains: str = DEFAULT_NORM_GAINS,
+    fetch: str = "partial",
 ) -> CompareResult:
     """Runs the AWM lineage test on two models.
 
@@ -162,6 +163,9 @@ def compare(
       norm_gains: ``"fold"`` (default: each pre-norm gain folded into the matrices that read the
         norm, so norm folding cannot change a score) or ``"ignore"`` (the stored matrices: the
         paper's computation).
+      fetch: for a hub id, ``"partial"`` (default: each shard's header, then only the byte ranges
+        of the tensors read, kept in a partial snapshot of the hub cache) or ``"full"`` (whole
+        weight files into the standard snapshot).
 
     Returns:
       A frozen :class:`~awm_jax.report.CompareResult`.
@@ -175,8 +179,8 @@ def compare(
     store = FingerprintCache(cache_dir) if cache else None
     timings: dict = {}
     with jax.default_device(dev):
-        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp, norm_gains=options.norm_gains)
-        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp, norm_gains=options.norm_gains)
+        a = prepare_model(model_a, layout=layout_a, cache=store, mlp=mlp, norm_gains=options.norm_gains, fetch=fetch)
+        b = prepare_model(model_b, layout=layout_b, cache=store, mlp=mlp, norm_gains=options.norm_gains, fetch=fetch)
         t = time.perf_counter()
         with _compile_timer(timings):
             pair = score_pair(a, b, options, timings)

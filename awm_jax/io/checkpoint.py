@@ -9,6 +9,11 @@ tensor the method needs, never by the checkpoint size. The embedding, read once 
 and used a block of shared rows at a time, is instead memory-mapped read-only (:meth:`Checkpoint.map`):
 its pages come from the page cache and count against no allocation.
 
+A shard with a range record beside it (a partial hub download, :mod:`awm_jax.io.sparse`) holds
+only some tensors: each read and map first checks that the tensor's bytes are all present (and
+unchanged since they were fetched), and refuses a tensor that is not, never reading a hole as
+zeros.
+
 Model folders come from strangers, so every file is treated as hostile:
 
 * nothing in the folder is executed, and nothing is written to it;
@@ -32,6 +37,8 @@ names other modules use.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import math
 import os
@@ -56,6 +63,7 @@ from awm_jax.io.pickle_weights import (
     torch_reason,
 )
 from awm_jax.io.safetensors import MAX_HEADER_BYTES, SAFETENSORS_DTYPES, TensorInfo, check_readable, read_header
+from awm_jax.io.sparse import SparseFile
 
 __all__ = [
     "Checkpoint",
@@ -71,7 +79,25 @@ __all__ = [
     "parse_json",
     "pickle_loading",
     "read_json",
+    "tracing",
 ]
+
+#: Tensor names read while tracing (:meth:`Checkpoint.tracing`), per thread of execution.
+_TRACE: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("awm_jax_trace", default=None)
+
+@contextlib.contextmanager
+def tracing():
+    """Within the block, in this thread, :meth:`Checkpoint.read` and :meth:`Checkpoint.map` of every
+    checkpoint (a model's, and the base an adapter reads through) touch no file: they record the
+    tensor names asked for (the yielded set) and return zeros of the right shape and dtype. A dry
+    run of a computation under it names the tensors the real one will read."""
+    names: set[str] = set()
+    token = _TRACE.set(names)
+    try:
+        yield names
+    finally:
+        _TRACE.reset(token)
+
 
 #: Largest size accepted in ``config.json`` (hidden size, layer and head counts...).
 MAX_CONFIG_INT = 2**31 - 1
@@ -171,6 +197,8 @@ class Checkpoint:
         self.files = self._weight_files()
         self.config = self._read_config()
         self.tensors: dict[str, TensorInfo] = {}
+        self.sparse: dict[Path, SparseFile] = {}  # partial downloads: the ranges present (awm_jax.io.sparse)
+        self.reload_ranges()
         for file in self.files:
             infos = self._load_pickle(file) if self._pickle else read_header(file)
             for name, info in infos.items():
@@ -261,6 +289,29 @@ class Checkpoint:
             raise CheckpointError(f"{path}: not a JSON object; fix or replace config.json")
         _check_config(config, path)
         return config
+
+    def reload_ranges(self) -> None:
+        """Reads the range records of the sparse (partially downloaded) weight files again."""
+        if self._pickle:
+            return
+        self.sparse = {f: sparse for f in self.files if (sparse := SparseFile.load(f)) is not None}
+
+    def tracing(self):
+        """:func:`tracing` (every checkpoint read in this thread is traced, not only this one)."""
+        return tracing()
+
+    def _traced(self, info: TensorInfo, shape: list[int]) -> np.ndarray | None:
+        trace = _TRACE.get()
+        if trace is None:
+            return None
+        trace.add(info.name)
+        return np.zeros(shape, SAFETENSORS_DTYPES[info.dtype])
+
+    def _require(self, info: TensorInfo, start: int, nbytes: int) -> None:
+        """Refuses to read bytes a partial download does not hold (:class:`~awm_jax.io.sparse.MissingRange`)."""
+        sparse = self.sparse.get(info.file)
+        if sparse is not None:
+            sparse.require(start, start + nbytes, info.name)
 
     # -- pickle weights ---------------------------------------------------------------------------
 
@@ -370,8 +421,11 @@ class Checkpoint:
             shape[0] = r1 - r0
         nbytes = math.prod(shape) * dtype.itemsize
         self._check_size(name, nbytes)
+        if (traced := self._traced(info, shape)) is not None:
+            return traced
         if name in self._pickled:
             return self._read_pickled(info, r0, r1)
+        self._require(info, start, nbytes)
         out = np.empty(nbytes, dtype=np.uint8)
         with open_regular(info.file) as f:
             try:
@@ -414,9 +468,10 @@ class Checkpoint:
         check_readable(info)
         dtype = SAFETENSORS_DTYPES[info.dtype]
         nbytes = math.prod(info.shape) * dtype.itemsize
-        if name in self._pickled or nbytes == 0:
+        if name in self._pickled or nbytes == 0 or _TRACE.get() is not None:
             return self.read(name)
         self._check_size(name, nbytes)
+        self._require(info, info.start, nbytes)
         with open_regular(info.file) as f:
             size = os.fstat(f.fileno()).st_size
             if info.start + nbytes > size:

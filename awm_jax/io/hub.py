@@ -21,6 +21,11 @@ reads. The partial file is named after the file's content hash, so a resumed fil
 two versions. All files come from the one commit the revision pointed to when the download
 started.
 
+With ``fetch="partial"`` (what ``compare``, ``audit`` and ``download`` use by default) the weight
+files are not fetched whole: each shard's header is read with HTTP Range requests into a sparse
+file of a partial snapshot, and the tensors a comparison reads are fetched later, as byte ranges
+(:mod:`awm_jax.io.hub_partial`). ``fetch="full"`` completes such a shard from the ranges it holds.
+
 A snapshot whose weights are complete is used without asking the hub (no network at all), so a
 second ``resolve_model`` of the same id is free; to move a branch such as ``main`` to a newer
 commit, name the commit (``owner/name@<sha>``) or delete ``refs/main`` in the cache.
@@ -63,6 +68,8 @@ __all__ = [
     "select_files",
     "cached_snapshot",
     "resolve_model",
+    "requested_revision",
+    "FETCH_MODES",
 ]
 
 #: Model description files fetched when the repository has them.
@@ -86,6 +93,11 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
 _HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?")
 _ETAG = re.compile(r"[A-Za-z0-9._-]+")
+
+#: How hub weights are fetched: only the tensors read (``partial``), or whole files (``full``).
+FETCH_MODES = ("partial", "full")
+#: Snapshot folder -> the revision it was asked for (this process), for reports.
+_REQUESTED: dict[str, str] = {}
 
 
 class HubId(NamedTuple):
@@ -260,6 +272,15 @@ def _complete_snapshot(snapshot: Path) -> bool:
     return (snapshot / SINGLE_FILE).is_file()
 
 
+def _read_ref(cache: Path, hub_id: HubId) -> str | None:
+    """The commit the cache's ``refs/<revision>`` names, or ``None``."""
+    try:
+        commit = (_storage(cache, hub_id.repo_id) / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
 def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The cached snapshot folder of a hub id if its weights are complete, else ``None``.
 
@@ -268,20 +289,16 @@ def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = Non
     hub_id = spec if isinstance(spec, HubId) else parse_hub_id(spec)
     if hub_id is None:
         return None
-    storage = _storage(hub_cache_dir(cache_dir), hub_id.repo_id)
-    commit = hub_id.revision
-    if not _COMMIT.fullmatch(commit):
-        try:
-            commit = (storage / "refs" / hub_id.revision).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        if not _COMMIT.fullmatch(commit):
-            return None
-    snapshot = storage / "snapshots" / commit
+    cache = hub_cache_dir(cache_dir)
+    commit = hub_id.revision if _COMMIT.fullmatch(hub_id.revision) else _read_ref(cache, hub_id)
+    if commit is None:
+        return None
+    snapshot = _storage(cache, hub_id.repo_id) / "snapshots" / commit
     return snapshot if _complete_snapshot(snapshot) else None
 
 
-def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: str | os.PathLike | None = None) -> Path:
+def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
+                  fetch: str = "full") -> Path:
     """Returns a local model folder for a folder path or a hub id.
 
     Args:
@@ -290,9 +307,12 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
       download: fetch what is missing; when false (or with ``HF_HUB_OFFLINE=1``) only the
         local cache is used.
       cache_dir: hub cache folder; default from ``HF_HUB_CACHE`` / ``HF_HOME``.
+      fetch: ``"full"`` (whole weight files into the standard snapshot) or ``"partial"`` (every
+        shard's header only, in a partial snapshot whose tensors are fetched as they are needed:
+        :mod:`awm_jax.io.hub_partial`). A complete snapshot in the cache is used either way.
 
     Returns:
-      The folder (for a hub id: its snapshot folder in the hub cache).
+      The folder (for a hub id: its snapshot folder in the hub cache, or its partial snapshot).
 
     Raises:
       CheckpointError: no such folder and not a hub id; the repository, revision or a file is
@@ -308,9 +328,17 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
     hub_id = parse_hub_id(text)
     if hub_id is None:
         raise CheckpointError(f"{text}: no such folder, and not a hub id (owner/name[@revision]); check the path")
+    if fetch not in FETCH_MODES:
+        raise UsageError(f"fetch={fetch!r}: expected one of {', '.join(FETCH_MODES)}")
     cache = hub_cache_dir(cache_dir)
     snapshot = cached_snapshot(hub_id, cache)
+    if snapshot is None and fetch == "partial":
+        from awm_jax.io.hub_partial import cached_partial
+
+        commit = hub_id.revision if _COMMIT.fullmatch(hub_id.revision) else _read_ref(cache, hub_id)
+        snapshot = cached_partial(_storage(cache, hub_id.repo_id), commit) if commit else None
     if snapshot is not None:
+        _REQUESTED[str(snapshot)] = hub_id.revision
         return snapshot
     if _offline():
         raise CheckpointError(
@@ -325,7 +353,14 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
     watch = Watch(NetworkLimits.from_environment(), str(hub_id))
     with hub_errors(hub_id, endpoint, cache, watch), watch, _hub_warnings_muted():
         track_hub_client()
-        return _download_with_retries(hub_id, cache, endpoint, watch)
+        snapshot = _download_with_retries(hub_id, cache, endpoint, watch, fetch)
+    _REQUESTED[str(snapshot)] = hub_id.revision
+    return snapshot
+
+
+def requested_revision(snapshot: str | os.PathLike) -> str | None:
+    """The revision a snapshot folder was asked for by :func:`resolve_model` in this process, if it was."""
+    return _REQUESTED.get(str(snapshot))
 
 
 @contextmanager
@@ -343,12 +378,12 @@ def _hub_warnings_muted():
         logger.setLevel(level)
 
 
-def _download_with_retries(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch) -> Path:
+def _download_with_retries(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch, fetch: str) -> Path:
     """:func:`_download`, retried after a transient failure with exponential backoff (1, 2, 4... s)
     while the model's deadline leaves time for it."""
     for attempt in range(watch.limits.retries + 1):
         try:
-            return _download(hub_id, cache, endpoint, watch)
+            return _download(hub_id, cache, endpoint, watch, fetch)
         except CheckpointError:
             raise
         except Exception as e:
@@ -359,8 +394,9 @@ def _download_with_retries(hub_id: HubId, cache: Path, endpoint: str | None, wat
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch) -> Path:
-    """Fetches the needed files of one commit into the cache and returns its snapshot folder."""
+def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch, fetch: str) -> Path:
+    """Fetches the needed files of one commit into the cache and returns its snapshot folder
+    (with ``fetch="partial"``: the small files, and the shards' headers into its partial folder)."""
     from huggingface_hub import HfApi
 
     info = HfApi(endpoint=endpoint, library_name="awm_jax", library_version=__version__).model_info(
@@ -373,22 +409,29 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch) ->
         )
     files = [s.rfilename for s in info.siblings or []]
     small, weights = select_files(hub_id.repo_id, files)
-    for name in small:
-        _fetch_small(hub_id.repo_id, name, commit, cache, endpoint, watch)
+    fetched = [_fetch_small(hub_id.repo_id, name, commit, cache, endpoint, watch) for name in small]
     if weights == INDEX_FILE:
         index = _fetch_small(hub_id.repo_id, INDEX_FILE, commit, cache, endpoint, watch)
+        fetched.append(index)
         shards = _index_shards(hub_id.repo_id, index, files)
     else:
         shards = [SINGLE_FILE]
-    for shard in shards:
-        _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint, watch)
     storage = _storage(cache, hub_id.repo_id)
+    if fetch == "partial":
+        from awm_jax.io.hub_partial import download_partial
+
+        folder = download_partial(hub_id, storage, commit, fetched, shards, endpoint, watch)
+    else:
+        for shard in shards:
+            _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint, watch)
     if hub_id.revision != commit:
         ref = storage / "refs" / hub_id.revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         tmp = ref.with_name(ref.name + ".tmp")
         tmp.write_text(commit, encoding="utf-8")
         os.replace(tmp, ref)
+    if fetch == "partial":
+        return folder
     snapshot = storage / "snapshots" / commit
     if not _complete_snapshot(snapshot):
         raise CheckpointError(f"{hub_id}: the download finished but {snapshot} is incomplete; run the command again")
@@ -434,6 +477,10 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
             headers.pop("authorization", None)  # a signed CDN address: the token stays with the hub
         with WeakFileLock(lock):
             if not blob.is_file():
+                from awm_jax.io.hub_partial import complete_blob
+
+                complete_blob(storage, name, commit, url, meta, blob, watch)
+            if not blob.is_file():
                 partial = blob.with_name(blob.name + ".incomplete")
                 with open(partial, "ab") as f:
                     have = f.tell()
@@ -446,3 +493,4 @@ def _fetch_resumable(repo_id: str, name: str, commit: str, cache: Path, endpoint
                 os.replace(partial, blob)
     # The blob is in place: huggingface_hub only links snapshots/<commit>/<name> to it.
     _fetch_small(repo_id, name, commit, cache, endpoint, watch)
+

@@ -103,7 +103,12 @@ modification times, contents). Hub endpoints appear as `http://127.0.0.1:PORT` (
   AWM_HUB_MIN_RATE`. A watchdog enforces these by shutting the connection down, wherever the
   transfer is (trickled headers included). Timeouts, broken connections and 429/5xx answers are
   retried `AWM_HUB_RETRIES` times (default 2) with backoff from 1 s, within the same deadline;
-  an interrupted weight file resumes on the next run. A malformed `HF_ENDPOINT` or `AWM_HUB_*`
+  an interrupted weight file resumes on the next run. A partial download (`--download partial`,
+  the default) runs every header and range request under the same limits, each range retried on
+  its own; ranges already fetched are kept when a run fails, and the next run asks only for the
+  rest. A tensor a partial download did not fetch is refused (`was not fetched`, exit 3), and a
+  fetched range whose bytes changed on disk fails its SHA-256 check (`checksum mismatch`). A
+  malformed `HF_ENDPOINT` or `AWM_HUB_*`
   value is a usage error (exit 2). The network cases below run with deadlines of a few seconds.
 - **Interrupts.** Ctrl-C at any moment of `python -m awm_jax ...` prints one line,
   `awm_jax: interrupted`, and exits 130 at once (even while the main thread is inside native

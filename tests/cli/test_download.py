@@ -83,13 +83,13 @@ def test_expand_targets_deduplicates_and_flags(suite_file):
 
 
 def test_hub_ids_download_then_come_from_the_cache(two_repos, capsys):
-    code, out, err = _run(capsys, ["org/a", "org/b@v1"])
+    code, out, err = _run(capsys, ["org/a", "org/b@v1", "--download", "full"])
     assert code == 0, err
     assert "[1/2] org/a: downloading" in out and "[2/2] org/b@v1: done" in out
     assert out.strip().endswith("2 model(s): 2 downloaded, 0 already cached, 0 failed")
     assert cached_snapshot("org/a") is not None and cached_snapshot("org/b@v1") is not None
     before = len(two_repos.log)
-    code, out, err = _run(capsys, ["org/a", "org/b@v1"])
+    code, out, err = _run(capsys, ["org/a", "org/b@v1", "--download", "full"])
     assert code == 0 and "[1/2] org/a: cached" in out
     assert out.strip().endswith("2 model(s): 0 downloaded, 2 already cached, 0 failed")
     assert len(two_repos.log) == before
@@ -107,11 +107,15 @@ def test_suite_file_dry_run_then_download(two_repos, suite_file, capsys, monkeyp
 
 
 def test_cache_dir_option(two_repos, tmp_path, capsys):
-    code, out, err = _run(capsys, ["org/a", "--cache-dir", str(tmp_path / "elsewhere")])
+    code, out, err = _run(capsys, ["org/a", "--cache-dir", str(tmp_path / "elsewhere"), "--download", "full"])
     assert code == 0
     assert cached_snapshot("org/a", tmp_path / "elsewhere") is not None
     assert cached_snapshot("org/a") is None
     assert str(tmp_path / "elsewhere") in out
+    code, out, err = _run(capsys, ["org/b@v1", "--cache-dir", str(tmp_path / "elsewhere")])  # partial, the default
+    assert code == 0 and "partial" in out
+    assert (tmp_path / "elsewhere" / "models--org--b" / "awm_partial").is_dir()
+    assert not (hub_cache_dir() / "models--org--b").exists()
 
 
 def test_a_failure_does_not_stop_the_batch(two_repos, capsys):
@@ -159,7 +163,7 @@ def test_command_line_end_to_end(two_repos, tmp_path):
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", LOOPBACK_ONLY, "org/a", "org/nothere"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", LOOPBACK_ONLY, "org/a", "org/nothere", "--download", "full"], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=60)
     assert "BLOCKED" not in proc.stderr
     assert proc.returncode == 3

@@ -109,13 +109,14 @@ def test_locate_model_sends_only_hub_ids_to_the_hub(tmp_path, monkeypatch):
     from awm_jax.engine import locate_model
 
     calls = []
-    monkeypatch.setattr(awm_jax.io.hub, "resolve_model", lambda spec: calls.append(spec) or tmp_path)
+    monkeypatch.setattr(awm_jax.io.hub, "resolve_model", lambda spec, fetch="full": calls.append((spec, fetch)) or tmp_path)
     (tmp_path / "owner" / "name").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert locate_model("owner/name").resolve() == tmp_path / "owner" / "name"  # an existing folder wins
     assert str(locate_model("missing")) == "missing"  # left to the checkpoint reader to report
     assert calls == []
-    assert locate_model("org/model@main") == tmp_path and calls == ["org/model@main"]
+    assert locate_model("org/model@main") == tmp_path and calls == [("org/model@main", "partial")]
+    assert locate_model("org/model", fetch="full") == tmp_path and calls[-1] == ("org/model", "full")
 
 
 def _with_mlp(folder, emb, qs, ks, gates, ups):
