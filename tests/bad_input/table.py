@@ -252,7 +252,7 @@ is dropped with one warning and its pair scored again. Tests: `tests/fingerprint
 | case | exit | stderr |
 | --- | --- | --- |
 | a value flipped in a cached Gram (times restored) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_q.f32: block 0 of 1 does not match its checksum); computing it again` |
-| a Gram file truncated, extended, deleted, or replaced by a folder, FIFO or link | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_k.f32 has 6144 bytes, expected 12288); computing it again` |
+| a Gram file truncated, extended, deleted, or replaced by a folder, FIFO or link | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_k.f32 has 3168 bytes, expected 6336); computing it again` |
 | a Gram file zero-filled and meta.json gone (power loss) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (meta.json is missing); computing it again` |
 | two models' index files swapped | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry of another checkpoint or kind); computing it again` |
 | an index naming a path (`/elsewhere`, `../x`, `<key>/../<other key>`) | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry names '/elsewhere', not a content key); computing it again` |
