@@ -8,7 +8,12 @@ import sys
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
-__all__ = ["FOUND_EXIT", "add_fail_on", "add_pair_options", "add_version", "finding_exit", "json_target", "write_json"]
+__all__ = ["FOUND_EXIT", "add_cache_cap", "add_cache_dir", "add_fail_on", "add_pair_options", "add_version", "apply_cache_cap",
+           "finding_exit", "json_target", "write_json"]
+
+#: Help of ``--cache-dir``: the one meaning the flag has in every command.
+CACHE_DIR_HELP = ("fingerprint cache folder (default: $AWM_JAX_CACHE, else $XDG_CACHE_HOME/awm_jax, else "
+                  "~/.cache/awm_jax)")
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -30,6 +35,37 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
                         f"(default: {DEFAULT_NORM_GAINS})")
     p.add_argument("--mlp", action="store_true",
                    help="also score the MLP input matrices (gate/up, all experts), reported beside the verdict")
+
+
+def add_cache_dir(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir DIR``: the fingerprint cache folder (in every command that has the flag)."""
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+
+
+def add_cache_cap(p: argparse.ArgumentParser) -> None:
+    """``--cache-max-gb N``: cap the fingerprint cache's size for this run (see :func:`apply_cache_cap`)."""
+    p.add_argument("--cache-max-gb", type=float, metavar="N",
+                   help="after each new fingerprint, evict least-recently-used fingerprints not in use until the "
+                        "cache holds at most N gigabytes (default: $AWM_JAX_CACHE_MAX_GB, else no cap)")
+
+
+def apply_cache_cap(max_gb: float | None) -> None:
+    """Makes ``--cache-max-gb`` the cap of every fingerprint cache this process opens: the same
+    as running with ``AWM_JAX_CACHE_MAX_GB=N`` (nothing when ``None``).
+
+    Raises:
+      UsageError: ``max_gb`` is negative or not finite.
+    """
+    import math
+    import os
+
+    from awm_jax.errors import UsageError
+
+    if max_gb is None:
+        return
+    if not (math.isfinite(max_gb) and max_gb >= 0):
+        raise UsageError(f"--cache-max-gb must be a number of gigabytes >= 0, got {max_gb:g}")
+    os.environ["AWM_JAX_CACHE_MAX_GB"] = repr(max_gb)
 
 
 def add_version(p: argparse.ArgumentParser) -> None:

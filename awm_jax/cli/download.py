@@ -19,7 +19,7 @@ from pathlib import Path
 from awm_jax.cli.common import add_version
 from awm_jax.errors import AWMError, OneLineArgumentParser, UsageError
 
-__all__ = ["build_parser", "expand_targets", "main"]
+__all__ = ["build_parser", "expand_targets", "hub_cache_of", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("targets", nargs="+", metavar="SUITE|REPO_ID",
                         help="suite name, 'all', suite .toml file, or hub id owner/name[@revision]")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
+    parser.add_argument("--hub-cache", type=Path, default=None, metavar="DIR",
+                        help="hub file cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else "
+                             "~/.cache/huggingface/hub)")
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="deprecated here: the hub file cache, as --hub-cache, until the next release (in every "
+                             "other command --cache-dir is the fingerprint cache)")
     parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
     add_version(parser)
     return parser
@@ -92,7 +96,25 @@ def _size(folder: Path) -> str:
     return f"{total} B"
 
 
+def hub_cache_of(args: argparse.Namespace) -> Path | None:
+    """The hub file cache folder: ``--hub-cache``, or the deprecated ``--cache-dir`` (one warning line).
+
+    Raises:
+      UsageError: both name different folders.
+    """
+    from awm_jax.errors import warn
+
+    if args.cache_dir is None:
+        return args.hub_cache
+    warn("download --cache-dir names the hub file cache only until the next release; pass --hub-cache DIR instead "
+         "(--cache-dir is the fingerprint cache in every other command)")
+    if args.hub_cache is not None and args.hub_cache != args.cache_dir:
+        raise UsageError("--cache-dir and --hub-cache name different folders; pass --hub-cache only")
+    return args.cache_dir
+
+
 def _run(args: argparse.Namespace) -> int:
+    hub_cache = hub_cache_of(args)
     entries = expand_targets(args.targets)
 
     from awm_jax.errors import CheckpointError
@@ -104,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     for i, (spec, remark) in enumerate(entries, 1):
         tag = f"[{i}/{total}] {spec}"
         note = f" ({remark})" if remark else ""
-        snapshot = cached_snapshot(spec, args.cache_dir)
+        snapshot = cached_snapshot(spec, hub_cache)
         if snapshot is not None:
             counts["cached"] += 1
             print(f"{tag}: cached, {_size(snapshot)} at {snapshot}")
@@ -115,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
             continue
         print(f"{tag}: downloading{note}", flush=True)
         try:
-            snapshot = resolve_model(spec, cache_dir=args.cache_dir)
+            snapshot = resolve_model(spec, cache_dir=hub_cache)
         except CheckpointError as e:
             if total == 1:
                 raise
