@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_pair_options, finding_exit, json_target, write_json
+from awm_jax.cli.common import (FOUND_EXIT, add_cache_cap, add_fail_on, add_pair_options, apply_cache_cap, finding_exit,
+                                json_target, write_json)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the text report)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
+    add_cache_cap(p)
     p.add_argument("--layout", metavar="NAME_OR_FILE",
                    help="force the layout of both models (a registry name or a TOML layout file)")
     p.add_argument("--layout-a", metavar="NAME_OR_FILE", help="force the layout of model A")
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "adapter's base_model_name_or_path)")
     add_fail_on(p, "a compared pair is")
     p.add_argument("--quiet", action="store_true",
-                   help="print one line per pair: the verdict, the mean score and the calibrated p-value")
+                   help="print one line per pair: the verdict, the mean score and the calibrated p-value (no progress)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (shown only when stderr is a terminal)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -61,7 +65,9 @@ def _run(args: argparse.Namespace) -> int:
     from awm_jax.io.checkpoint import pickle_loading
     from awm_jax.errors import UsageError
     from awm_jax.engine import compare
+    from awm_jax.progress import shown
 
+    apply_cache_cap(args.cache_max_gb)
     if args.example:
         if args.model_a or args.model_b:
             raise UsageError("--example takes no model folders")
@@ -75,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         json_target(args.json)
     results = []
     for a, b in pairs:
-        with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
+        with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base), \
+                shown(not (args.quiet or args.no_progress)):
             r = compare(
                 a, b, layer_match=args.layer_match, device=args.device, cache=not args.no_cache,
                 cache_dir=args.cache_dir, layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout,

@@ -33,6 +33,7 @@ from awm_jax.fingerprint._checksum import BlockDigest
 from awm_jax.fingerprint._packed import mirror_upper, pack_upper, packed_len, packed_positions, unpack_upper
 from awm_jax.layouts import ResolvedLayout, check_norm_gains
 from awm_jax.options import DEFAULT_NORM_GAINS
+from awm_jax.progress import stage
 from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host
 
 if TYPE_CHECKING:
@@ -309,9 +310,11 @@ def model_grams(
     """
     timings = timings if timings is not None else {}
     check_norm_gains(norm_gains)
+    label = f"{resolved.ckpt.root.name}{' (MLP)' if kind == 'mlp' else ''}"
     fkey = cache.identify(resolved) if cache is not None else None
     if cache is not None:
-        hit = cache.lookup(resolved, kind, fkey, norm_gains)
+        with stage(f"{label}: looking up the cached fingerprint"):
+            hit = cache.lookup(resolved, kind, fkey, norm_gains)
         if hit is not None:
             timings["cache_hit"] = True
             return hit
@@ -340,7 +343,8 @@ def model_grams(
             # One reader thread fetches (and hashes) chunk i + 1 and one writer thread stores chunk
             # i - 1 while the Grams of chunk i are computed (file I/O and hashing release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer:
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer, \
+                    stage(f"{label}: fingerprint", total=layers) as progress:
                 t = time.perf_counter()
                 pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind, norm_gains)
                 written = None
@@ -354,6 +358,7 @@ def model_grams(
                     grams = [_grams(stack, stop - start) for stack in stacks]
                     t = time.perf_counter()
                     gram_s += t - t1
+                    progress.advance(stop - start)
                     if folder is None:  # the upper triangle, mirrored: what a packed file gives back
                         for j, g in enumerate(grams):
                             arrays[j][start:stop] = g
