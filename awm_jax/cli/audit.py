@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import add_cache_cap, add_pair_options, add_version, apply_cache_cap
+from awm_jax.cli.common import add_cache_cap, add_pair_options, add_version, apply_cache_cap, enforce_cache_cap
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -204,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             alignment=args.alignment, mlp=args.mlp, norm_gains=args.norm_gains, memory_gb=args.memory_gb, fresh=args.fresh,
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
         )
+    enforce_cache_cap(args.cache_dir)
     import jax
 
     if jax.process_index() != 0:

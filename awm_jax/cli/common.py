@@ -9,7 +9,7 @@ import sys
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES
 
 __all__ = ["FOUND_EXIT", "add_cache_cap", "add_cache_dir", "add_fail_on", "add_pair_options", "add_version", "apply_cache_cap",
-           "finding_exit", "json_target", "write_json"]
+           "enforce_cache_cap", "finding_exit", "json_target", "write_json"]
 
 #: Help of ``--cache-dir``: the one meaning the flag has in every command.
 CACHE_DIR_HELP = ("fingerprint cache folder (default: $AWM_JAX_CACHE, else $XDG_CACHE_HOME/awm_jax, else "
@@ -45,8 +45,8 @@ def add_cache_dir(p: argparse.ArgumentParser) -> None:
 def add_cache_cap(p: argparse.ArgumentParser) -> None:
     """``--cache-max-gb N``: cap the fingerprint cache's size for this run (see :func:`apply_cache_cap`)."""
     p.add_argument("--cache-max-gb", type=float, metavar="N",
-                   help="after each new fingerprint, evict least-recently-used fingerprints not in use until the "
-                        "cache holds at most N gigabytes (default: $AWM_JAX_CACHE_MAX_GB, else no cap)")
+                   help="after each new fingerprint and at the end, evict least-recently-used fingerprints not in "
+                        "use until the cache holds at most N gigabytes (default: $AWM_JAX_CACHE_MAX_GB, else no cap)")
 
 
 def apply_cache_cap(max_gb: float | None) -> None:
@@ -66,6 +66,15 @@ def apply_cache_cap(max_gb: float | None) -> None:
     if not (math.isfinite(max_gb) and max_gb >= 0):
         raise UsageError(f"--cache-max-gb must be a number of gigabytes >= 0, got {max_gb:g}")
     os.environ["AWM_JAX_CACHE_MAX_GB"] = repr(max_gb)
+
+
+def enforce_cache_cap(cache_dir: str | None) -> None:
+    """At the end of a command, when nothing is in use any more: evicts least-recently-used
+    fingerprints until the cache fits its cap (``--cache-max-gb`` or ``$AWM_JAX_CACHE_MAX_GB``;
+    nothing without one)."""
+    from awm_jax.fingerprint import FingerprintCache
+
+    FingerprintCache(cache_dir).enforce_cap()
 
 
 def add_version(p: argparse.ArgumentParser) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awm_jax.cli.common import (FOUND_EXIT, add_cache_cap, add_fail_on, add_pair_options, apply_cache_cap, finding_exit,
-                                json_target, write_json)
+from awm_jax.cli.common import (FOUND_EXIT, add_cache_cap, add_fail_on, add_pair_options, apply_cache_cap,
+                                enforce_cache_cap, finding_exit, json_target, write_json)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -99,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
             print()
     if args.json:
         write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
+    if not args.no_cache:
+        enforce_cache_cap(args.cache_dir)
     return finding_exit(args.fail_on, [r.verdict for r in results])
 
 

@@ -217,13 +217,21 @@ def test_cache_max_gb_evicts_after_publishing(tmp_path, models, capsys):
                           timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert {e["source"] for e in listing(cache)["entries"]} == {str(models["a"].resolve()), str(models["b"].resolve())}
-    # a cap smaller than the entries in use: one warning line, and the run succeeds
+    # a cap smaller than the entries in use: kept while in use, evicted when the command ends
     proc = subprocess.run([sys.executable, "-m", "awm_jax", "compare", models["c"], models["b"], "--cache-dir", cache,
                            "--quiet"], capture_output=True, text=True, env={**ENV, "AWM_JAX_CACHE_MAX_GB": "0"},
                           timeout=120)
-    assert proc.returncode == 0 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("awm_jax: warning: ") and "over its cap" in proc.stderr
-    assert {e["source"] for e in listing(cache)["entries"]} <= {str(models["c"].resolve()), str(models["b"].resolve())}
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert listing(cache)["total_bytes"] == 0
+
+
+def test_audit_cache_max_gb(tmp_path, models):
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "awm_jax", "audit", models["a"], models["b"], models["c"], "--out",
+                           tmp_path / "out", "--cache-dir", cache, "--cache-max-gb", "0", "--quiet",
+                           "--family-threshold", "0.5"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "out" / "audit.json").is_file() and listing(cache)["total_bytes"] == 0
 
 
 @pytest.mark.parametrize("args, env, text", [
