@@ -243,7 +243,9 @@ The fingerprint cache (`$AWM_JAX_CACHE`, else `$XDG_CACHE_HOME/awm_jax`, else
 checkpoint, kind and norm-gain mode, content key of 64 hex digits, SHA-256 of every 32 MiB block
 of every Gram file, one layer checked against the weights). A damaged, stale, swapped or forged
 entry is not an error: it is dropped with one warning line and the fingerprint is computed again
-(the scores are those of `--no-cache`), and the entry is healed for the next run. The audit's
+(the scores are those of `--no-cache`), and the entry is healed for the next run. An entry
+evicted by `python -m awm_jax cache prune` or the size cap (`--cache-max-gb`,
+`$AWM_JAX_CACHE_MAX_GB`) is not damage: it is computed again without a warning. The audit's
 progress file is treated the same way: a damaged line, or a record that does not fit the audit,
 is dropped with one warning and its pair scored again. Tests: `tests/fingerprint/test_fingerprint.py`,
 `tests/audit/test_audit.py`, and the `cache_entry` and `audit_journal` fuzz targets
