@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -66,7 +65,6 @@ import stat
 import tempfile
 import threading
 import uuid
-import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,14 +73,15 @@ import numpy as np
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, UsageError, warn
 from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
+from awm_jax.fingerprint._entry_lock import TEMPORARY_PREFIX, EntryLock, hold_entry
 from awm_jax.fingerprint._packed import packed_len
 from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.io.atomic import atomic_write
 from awm_jax.layouts import ResolvedLayout
 
-__all__ = ["CACHE_FORMAT", "MAX_GB_ENV", "EntryLock", "FingerprintCache", "FileStamp", "VerifiedEntry", "cap_from_env",
-           "default_cache_dir", "file_key", "gram_file_bytes", "hold_entry", "is_content_key"]
+__all__ = ["CACHE_FORMAT", "MAX_GB_ENV", "FingerprintCache", "FileStamp", "VerifiedEntry", "cap_from_env",
+           "default_cache_dir", "file_key", "gram_file_bytes", "is_content_key"]
 
 #: Version of the cache's files (index, meta.json, checksums); part of every file key.
 CACHE_FORMAT = 3
@@ -247,57 +246,6 @@ def _read_json(path: Path, limit: int) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         raise _Untrusted(f"{path.name} is not valid JSON") from None
-
-
-class EntryLock:
-    """A shared ``flock`` on an entry's folder, held while its Grams may be read (released when
-    this object goes): eviction skips a folder anyone holds. Where the file system has no locks,
-    it holds nothing (best effort)."""
-
-    def __init__(self, fd: int | None):
-        self.fd = fd
-        if fd is not None:
-            weakref.finalize(self, os.close, fd)
-
-    def touch(self) -> None:
-        """Records a use: sets the folder's modification time to now (best effort: a read-only
-        cache is used without recording)."""
-        if self.fd is not None:
-            try:
-                os.utime(self.fd)
-            except OSError:
-                pass
-
-
-def hold_entry(folder: Path) -> EntryLock | None:
-    """Takes a shared lock on an entry's folder, checked to still be at its path after locking.
-
-    Returns:
-      The lock; ``None`` when there is no folder there (never was, evicted, or being evicted).
-      A link or a non-folder gives a lock holding nothing: verifying the entry says what is wrong.
-    """
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return EntryLock(None)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:  # an eviction holds it
-        os.close(fd)
-        return None
-    except OSError:
-        pass  # no locks on this file system
-    try:
-        held, now = os.fstat(fd), os.lstat(folder)
-    except OSError:
-        os.close(fd)
-        return None
-    if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):  # moved aside while we waited
-        os.close(fd)
-        return None
-    return EntryLock(fd)
 
 
 @dataclasses.dataclass
@@ -565,7 +513,7 @@ class FingerprintCache:
         a warning) when the cache folder cannot be written."""
         try:
             (self.root / "fingerprints").mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=".tmp-"))
+            tmp = Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=TEMPORARY_PREFIX))
             self._writing[tmp] = hold_entry(tmp)  # held through publishing: never taken for a leftover
             return tmp
         except OSError as e:
@@ -673,7 +621,7 @@ class FingerprintCache:
             except _Untrusted as e:
                 if not e.stale:
                     _warn_damaged(final, str(e))
-                aside = final.parent / f".tmp-damaged-{uuid.uuid4().hex}"
+                aside = final.parent / f"{TEMPORARY_PREFIX}damaged-{uuid.uuid4().hex}"
                 try:
                     os.rename(final, aside)
                 except FileNotFoundError:

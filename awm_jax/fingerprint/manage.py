@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fcntl
 import os
 import shutil
 import stat
 import time
-import uuid
 from pathlib import Path
 
 from awm_jax.errors import CacheError
+from awm_jax.fingerprint._entry_lock import TEMPORARY_PREFIX, take_aside
 from awm_jax.fingerprint.cache import (CACHE_FORMAT, MAX_INDEX_BYTES, MAX_META_BYTES, _read_json, _Untrusted,
                                        is_content_key)
 
@@ -37,8 +36,6 @@ __all__ = ["LEFTOVER_AGE_S", "CacheEntry", "CacheListing", "Leftover", "PruneRep
 
 #: A temporary folder nobody holds is a leftover of a killed run once unmodified this long.
 LEFTOVER_AGE_S = 3600.0
-#: What a temporary folder's name starts with (writers, folders moved aside for removal).
-TEMPORARY_PREFIX = ".tmp-"
 
 
 def _iso(seconds: float) -> str:
@@ -289,43 +286,6 @@ def scan_cache(root: str | os.PathLike) -> CacheListing:
 # -- removing --------------------------------------------------------------------------------------
 
 
-def _take(folder: Path, force_after: float | None) -> Path | None:
-    """Moves a folder nobody holds aside for removal (under an exclusive lock taken without
-    waiting); returns where it went, or ``None``: held by a reader or writer, gone, or not a folder.
-
-    Args:
-      folder: ``fingerprints/<name>``.
-      force_after: where the file system has no locks, take it anyway when it was not modified
-        for this many seconds (``None``: never).
-    """
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None  # in use
-        except OSError:
-            if force_after is None or time.time() - os.fstat(fd).st_mtime < force_after:
-                return None
-        try:
-            held, now = os.fstat(fd), os.lstat(folder)
-        except OSError:
-            return None
-        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
-            return None
-        aside = folder.parent / f"{TEMPORARY_PREFIX}evicted-{uuid.uuid4().hex}"
-        try:
-            os.rename(folder, aside)  # while locked: from here no reader can take it
-        except OSError:
-            return None
-        return aside
-    finally:
-        os.close(fd)
-
-
 def _unlink_index(path: Path, key: str | None) -> bool:
     """Removes an index file (a link only as itself) if it still names ``key`` and that entry's
     folder is absent (``key`` ``None``: if it is still of another format or damaged)."""
@@ -366,7 +326,7 @@ def prune(root: str | os.PathLike, max_bytes: int | None = None, dry_run: bool =
     def take(name: str, force_after: float | None) -> bool:
         if dry_run:
             return True
-        aside = _take(root / "fingerprints" / name, force_after)
+        aside = take_aside(root / "fingerprints" / name, force_after)
         if aside is not None:
             doomed.append(aside)
         return aside is not None
