@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
               "  audit     every pair of many models, or models against references\n"
               "  download  fetch only what awm_jax reads from the hub\n"
               "  scan      which catalogued base model is this one derived from? (scan MODEL --catalogue DIR)\n"
-              "  catalogue build, verify, publish or fetch a catalogue of base-model sketches\n\n"
+              "  catalogue build, verify, publish or fetch a catalogue of base-model sketches\n"
+              "  cache     list, size or prune the fingerprint cache (cache prune --max-gb N)\n\n"
               "python -m awm_jax COMMAND --help describes each command.")
         return 0 if argv else 2
     if argv[0] == "--version":

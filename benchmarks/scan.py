@@ -52,6 +52,8 @@ def _cached_fingerprint(folder: Path, cache_dir: Path) -> None:
     """Publishes random symmetric Grams of the model's shape as its cached fingerprint."""
     from awm_jax.engine.models import prepare_model  # noqa: F401  (layout detection below)
     from awm_jax.fingerprint import KINDS, FingerprintCache
+    from awm_jax.fingerprint._checksum import BlockDigest
+    from awm_jax.fingerprint._packed import pack_upper
     from awm_jax.io.checkpoint import Checkpoint
     from awm_jax.layouts import detect
 
@@ -62,12 +64,17 @@ def _cached_fingerprint(folder: Path, cache_dir: Path) -> None:
     n, layers = resolved.hidden_size, resolved.num_layers
     tmp = cache.new_folder()
     rng = np.random.default_rng(1)
+    digests = {}
     for name in KINDS["qk"]:
+        digest = BlockDigest()
         with open(tmp / name, "wb") as f:
             for _ in range(layers):
                 a = rng.standard_normal((n, n), np.float32)
-                f.write(memoryview(np.ascontiguousarray((a + a.T) * 0.5)))
-    cache.publish(tmp, resolved, hashlib.sha256(f"synthetic-{folder}".encode()).hexdigest(), "qk")
+                packed = memoryview(pack_upper(((a + a.T) * 0.5)[None])).cast("B")  # stored as upper triangles
+                f.write(packed)
+                digest.update(packed)
+        digests[name] = digest.hexdigests()
+    cache.publish(tmp, resolved, hashlib.sha256(f"synthetic-{folder}".encode()).hexdigest(), "qk", digests)
 
 
 def _catalogue(shape, model_folder: Path, folder: Path, entries: int) -> Path:

@@ -154,7 +154,7 @@ def test_installed_download_lists_the_suites(installed):
     assert re.search(r"suites in \S+[/\\]awm_jax[/\\]configs: ", text), text
     listed = text.split("configs: ", 1)[1].split(", or 'all'", 1)[0].split(", ")
     assert listed == SUITES
-    dry = run([python, "-m", "awm_jax.download", "--dry-run", "sft_pairs", "--cache-dir", work / "hub"], cwd=work, env=env)
+    dry = run([python, "-m", "awm_jax.download", "--dry-run", "sft_pairs", "--hub-cache", work / "hub"], cwd=work, env=env)
     lines = dry.stdout.splitlines()
     assert "lmsys/vicuna-7b-v1.5" in dry.stdout and "meta-llama/Llama-2-7b-hf" in dry.stdout
     assert lines[-1].endswith("(dry run)") and " 0 cached" in lines[-1]

@@ -32,7 +32,6 @@ from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.engine.models import PreparedModel, read_embedding
 from awm_jax.engine.sketch import Sketch
 from awm_jax.errors import CacheError, NumericalError
-from awm_jax.fingerprint import KINDS
 
 __all__ = [
     "BUDGET_FRACTION",
@@ -126,13 +125,8 @@ def select_tokens(tokens: dict[str, int], rows: int, count: int) -> list[str]:
 
 def _restricted(model: PreparedModel, dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``[L, m, m]`` Q and K Grams of the model restricted to ``D``."""
-    g = model.grams
-    out = []
-    for index, name in enumerate(KINDS["qk"]):
-        source = g.arrays[index] if g.folder is None else np.memmap(g.folder / name, np.float32, "r",
-                                                                    shape=(g.num_layers, g.n, g.n))
-        out.append(np.stack([np.asarray(source[l][np.ix_(dims, dims)], np.float32) for l in range(g.num_layers)]))
-    return out[0], out[1]
+    q, k = model.grams.gather(dims)
+    return q, k
 
 
 def make_sketch(model: PreparedModel, name: str = "", *, dims: int | None = None,

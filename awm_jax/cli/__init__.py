@@ -17,7 +17,7 @@ __all__ = ["COMMANDS", "launch", "run_as_main"]
 #: Command name -> module of this package holding its ``main(argv) -> int``.
 COMMANDS = {"compare": "compare", "audit": "audit", "download": "download",
             "scan": "scan",
-            "catalogue": "catalogue"}
+            "catalogue": "catalogue", "cache": "cache"}
 
 
 def _scrub_path() -> None:

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from awm_jax.cli.common import MODEL_HELP, add_download, add_pair_options, add_version, pair_options
+from awm_jax.cli.common import (MODEL_HELP, add_cache_cap, add_download, add_pair_options, add_version,
+                                apply_cache_cap, enforce_cache_cap, pair_options)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
                    help=f"memory for prepared models (embeddings, vocabularies) held at once (default: {DEFAULT_MEMORY_GB:g})")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
+    add_cache_cap(p)
     p.add_argument("--layout", metavar="NAME_OR_FILE", help="force the layout of every model")
     p.add_argument("--no-download", action="store_true", help="use hub ids only from the local hub cache")
     add_download(p)
@@ -184,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     from awm_jax.errors import UsageError
 
     _check_options(args)
+    apply_cache_cap(args.cache_max_gb)
     if args.against and args.against_list:
         raise UsageError("give the references one way: --against or --against-list")
     if args.distributed:
@@ -205,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=not (args.no_progress or args.quiet), download=not args.no_download, log=say,
             fetch=args.download,
         )
+    enforce_cache_cap(args.cache_dir)
     import jax
 
     if jax.process_index() != 0:

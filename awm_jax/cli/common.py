@@ -8,8 +8,13 @@ import sys
 
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, LAYER_MATCH_MODES, NORM_GAIN_MODES, PAPER
 
-__all__ = ["FOUND_EXIT", "MODEL_HELP", "add_download", "add_fail_on", "add_pair_options", "add_version", "finding_exit",
-           "json_target", "pair_options", "plot_target", "write_json", "write_plot"]
+__all__ = ["FOUND_EXIT", "MODEL_HELP", "add_cache_cap", "add_cache_dir", "add_download", "add_fail_on", "add_pair_options",
+           "add_version", "apply_cache_cap", "enforce_cache_cap", "finding_exit", "json_target", "pair_options",
+           "plot_target", "write_json", "write_plot"]
+
+#: Help of ``--cache-dir``: the one meaning the flag has in every command.
+CACHE_DIR_HELP = ("fingerprint cache folder (default: $AWM_JAX_CACHE, else $XDG_CACHE_HOME/awm_jax, else "
+                  "~/.cache/awm_jax)")
 
 #: Exit code of ``--fail-on`` when a pair at that verdict is found (not an error: a finding, for CI).
 FOUND_EXIT = 10
@@ -42,6 +47,46 @@ def pair_options(args: argparse.Namespace) -> dict:
     values = {"layer_match": args.layer_match, "alignment": args.alignment, "norm_gains": args.norm_gains,
               "mlp": args.mlp}
     return {**values, **PAPER} if args.paper else values
+
+
+def add_cache_dir(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir DIR``: the fingerprint cache folder (in every command that has the flag)."""
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+
+
+def add_cache_cap(p: argparse.ArgumentParser) -> None:
+    """``--cache-max-gb N``: cap the fingerprint cache's size for this run (see :func:`apply_cache_cap`)."""
+    p.add_argument("--cache-max-gb", type=float, metavar="N",
+                   help="after each new fingerprint and at the end, evict least-recently-used fingerprints not in "
+                        "use until the cache holds at most N gigabytes (default: $AWM_JAX_CACHE_MAX_GB, else no cap)")
+
+
+def apply_cache_cap(max_gb: float | None) -> None:
+    """Makes ``--cache-max-gb`` the cap of every fingerprint cache this process opens: the same
+    as running with ``AWM_JAX_CACHE_MAX_GB=N`` (nothing when ``None``).
+
+    Raises:
+      UsageError: ``max_gb`` is negative or not finite.
+    """
+    import math
+    import os
+
+    from awm_jax.errors import UsageError
+
+    if max_gb is None:
+        return
+    if not (math.isfinite(max_gb) and max_gb >= 0):
+        raise UsageError(f"--cache-max-gb must be a number of gigabytes >= 0, got {max_gb:g}")
+    os.environ["AWM_JAX_CACHE_MAX_GB"] = repr(max_gb)
+
+
+def enforce_cache_cap(cache_dir: str | None) -> None:
+    """At the end of a command, when nothing is in use any more: evicts least-recently-used
+    fingerprints until the cache fits its cap (``--cache-max-gb`` or ``$AWM_JAX_CACHE_MAX_GB``;
+    nothing without one)."""
+    from awm_jax.fingerprint import FingerprintCache
+
+    FingerprintCache(cache_dir).enforce_cap()
 
 
 def add_version(p: argparse.ArgumentParser) -> None:

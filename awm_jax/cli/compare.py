@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awm_jax.cli.common import (FOUND_EXIT, MODEL_HELP, add_download, add_fail_on, add_pair_options, finding_exit,
-                                json_target, pair_options, plot_target, write_json, write_plot)
+from awm_jax.cli.common import (FOUND_EXIT, MODEL_HELP, add_cache_cap, add_download, add_fail_on, add_pair_options,
+                                apply_cache_cap, enforce_cache_cap, finding_exit, json_target, pair_options,
+                                plot_target, write_json, write_plot)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "null behind the verdict), with the verdict: .png, .svg or .pdf (one panel per pair)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the fingerprint cache")
     p.add_argument("--cache-dir", metavar="DIR", help="fingerprint cache folder (default: $AWM_JAX_CACHE or ~/.cache/awm_jax)")
+    add_cache_cap(p)
     p.add_argument("--layout", metavar="NAME_OR_FILE",
                    help="force the layout of both models (a registry name or a TOML layout file)")
     p.add_argument("--layout-a", metavar="NAME_OR_FILE", help="force the layout of model A")
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_download(p)
     add_fail_on(p, "a compared pair is")
     p.add_argument("--quiet", action="store_true",
-                   help="print one line per pair: the verdict, the mean score and the calibrated p-value")
+                   help="print one line per pair: the verdict, the mean score and the calibrated p-value (no progress)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (shown only when stderr is a terminal)")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -66,7 +70,9 @@ def _run(args: argparse.Namespace) -> int:
     from awm_jax.io.checkpoint import pickle_loading
     from awm_jax.errors import UsageError
     from awm_jax.engine import compare
+    from awm_jax.progress import shown
 
+    apply_cache_cap(args.cache_max_gb)
     if args.example:
         if args.model_a or args.model_b:
             raise UsageError("--example takes no model folders")
@@ -82,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         plot_target(args.plot)
     results = []
     for a, b in pairs:
-        with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base):
+        with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base), \
+                shown(not (args.quiet or args.no_progress)):
             r = compare(
                 a, b, device=args.device, cache=not args.no_cache, cache_dir=args.cache_dir,
                 layout_a=args.layout_a or args.layout, layout_b=args.layout_b or args.layout, fetch=args.download,
@@ -101,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         write_plot(args.plot, [(f"A {Path(a).name} vs B {Path(b).name}", r) for (a, b), r in zip(pairs, results)])
     if args.json:
         write_json(args.json, results[0].to_dict() if len(results) == 1 else {"pairs": [r.to_dict() for r in results]})
+    if not args.no_cache:
+        enforce_cache_cap(args.cache_dir)
     return finding_exit(args.fail_on, [r.verdict for r in results])
 
 

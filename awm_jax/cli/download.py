@@ -22,7 +22,7 @@ from pathlib import Path
 from awm_jax.cli.common import add_download, add_version
 from awm_jax.errors import AWMError, OneLineArgumentParser, UsageError
 
-__all__ = ["build_parser", "expand_targets", "main"]
+__all__ = ["build_parser", "expand_targets", "hub_cache_of", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("targets", nargs="+", metavar="SUITE|REPO_ID",
                         help="suite name, 'all', suite .toml file, or hub id owner/name[@revision]")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
+    parser.add_argument("--hub-cache", type=Path, default=None, metavar="DIR",
+                        help="hub file cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else "
+                             "~/.cache/huggingface/hub)")
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="deprecated here: the hub file cache, as --hub-cache, until the next release (in every "
+                             "other command --cache-dir is the fingerprint cache)")
     parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
     add_download(parser)
     parser.add_argument("--mlp", action="store_true", help="with --download partial: also fetch the MLP input matrices "
@@ -108,7 +112,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _partial(spec: str, args: argparse.Namespace, fetch: bool):
+def _partial(spec: str, args: argparse.Namespace, hub_cache: Path | None, fetch: bool):
     """The partial snapshot of ``spec`` with the tensors awm_jax reads: ``(folder, stats)``, or
     ``(None, None)`` when ``fetch`` is false and they are not all in the cache already."""
     from awm_jax.engine.models import fetch_needed, needed_tensors
@@ -118,7 +122,7 @@ def _partial(spec: str, args: argparse.Namespace, fetch: bool):
     from awm_jax.layouts import detect
 
     try:
-        folder = resolve_model(spec, cache_dir=args.cache_dir, fetch="partial", download=fetch)
+        folder = resolve_model(spec, cache_dir=hub_cache, fetch="partial", download=fetch)
     except CheckpointError:
         if fetch:
             raise
@@ -133,7 +137,25 @@ def _partial(spec: str, args: argparse.Namespace, fetch: bool):
     return folder, fetch_needed(resolved, args.mlp, "fold")
 
 
+def hub_cache_of(args: argparse.Namespace) -> Path | None:
+    """The hub file cache folder: ``--hub-cache``, or the deprecated ``--cache-dir`` (one warning line).
+
+    Raises:
+      UsageError: both name different folders.
+    """
+    from awm_jax.errors import warn
+
+    if args.cache_dir is None:
+        return args.hub_cache
+    warn("download --cache-dir names the hub file cache only until the next release; pass --hub-cache DIR instead "
+         "(--cache-dir is the fingerprint cache in every other command)")
+    if args.hub_cache is not None and args.hub_cache != args.cache_dir:
+        raise UsageError("--cache-dir and --hub-cache name different folders; pass --hub-cache only")
+    return args.cache_dir
+
+
 def _run(args: argparse.Namespace) -> int:
+    hub_cache = hub_cache_of(args)
     entries = expand_targets(args.targets)
 
     from awm_jax.io.hub import cached_snapshot, resolve_model
@@ -145,9 +167,9 @@ def _run(args: argparse.Namespace) -> int:
     for i, (spec, remark) in enumerate(entries, 1):
         tag = f"[{i}/{total}] {spec}"
         note = f" ({remark})" if remark else ""
-        snapshot = cached_snapshot(spec, args.cache_dir)
+        snapshot = cached_snapshot(spec, hub_cache)
         if snapshot is None and args.download == "partial":
-            snapshot, _ = _partial(spec, args, fetch=False)
+            snapshot, _ = _partial(spec, args, hub_cache, fetch=False)
         if snapshot is not None:
             counts["cached"] += 1
             print(f"{tag}: cached, {_size(snapshot)} at {snapshot}")
@@ -160,10 +182,10 @@ def _run(args: argparse.Namespace) -> int:
         fetched = ""
         try:
             if args.download == "partial":
-                snapshot, stats = _partial(spec, args, fetch=True)
+                snapshot, stats = _partial(spec, args, hub_cache, fetch=True)
                 fetched = f" (partial: {_mb(stats.fetched_bytes)} fetched now, the tensors awm_jax reads)" if stats else ""
             else:
-                snapshot = resolve_model(spec, cache_dir=args.cache_dir)
+                snapshot = resolve_model(spec, cache_dir=hub_cache)
         except AWMError as e:
             if total == 1:
                 raise

@@ -23,6 +23,7 @@ from awm_jax.errors import UsageError
 from awm_jax.fingerprint import FingerprintCache
 from awm_jax.numerics.statistics import decide, verdict, z_reference
 from awm_jax.options import DEFAULT_ALIGNMENT, DEFAULT_NORM_GAINS, DEVICES, PairOptions, check_choice
+from awm_jax.progress import stage
 from awm_jax.report import CompareResult, LayerScore, PairResult
 
 __all__ = ["assemble", "compare", "environment", "score_pair", "select_device"]
@@ -118,10 +119,12 @@ def score_pair(a: PreparedModel, b: PreparedModel, options: PairOptions = PairOp
       AWMError: the pair cannot be scored (no shared tokens, a damaged embedding...).
     """
     timings = {} if timings is None else timings
-    align = align_pair(a, b, options.alignment, timings)
+    with stage("aligning hidden dimensions (embedding columns)"):
+        align = align_pair(a, b, options.alignment, timings)
     base, target = (a, b) if align.base_is_a else (b, a)
     t = time.perf_counter()
-    pairing = score_layers(base, target, align, options.layer_match, options.mlp)
+    with stage("scoring layers"):
+        pairing = score_layers(base, target, align, options.layer_match, options.mlp)
     timings["scores_s"] = time.perf_counter() - t
     return assemble(pairing, align.base_is_a, min(a.hidden_size, b.hidden_size), align.base_dims, align.matched_dims,
                     align.diagnostics, align.vocabulary)

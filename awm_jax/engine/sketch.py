@@ -22,9 +22,7 @@ pair's:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -34,8 +32,8 @@ from awm_jax.engine.align import PairAlignment
 from awm_jax.engine.layers import layer_pairing, score_equal_depth, score_grid
 from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
 from awm_jax.engine.pair import assemble
-from awm_jax.errors import CacheError, VocabularyError
-from awm_jax.fingerprint import KINDS, GramSet, chunk_layers_for
+from awm_jax.errors import VocabularyError
+from awm_jax.fingerprint import GramSet, chunk_layers_for
 from awm_jax.numerics.alignment import (
     EmbeddingCross,
     assign_dimensions,
@@ -133,17 +131,6 @@ def _partial_rotation(emb_model, emb_sketch, ids_model, ids_sketch) -> np.ndarra
     return (u @ vt).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=2)
-def _mapped(folder: Path, layers: int, n: int) -> tuple[np.ndarray, ...]:
-    """Read-only maps of a cached fingerprint's Q and K files, kept while a scan scores entry after
-    entry against the same model (a fresh map per entry would fault every page in again)."""
-    try:
-        return tuple(np.memmap(folder / name, np.float32, "r", shape=(layers, n, n)) for name in KINDS["qk"])
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{folder}: cannot read the cached fingerprint ({e}); delete {folder} and rerun "
-                         "(the fingerprint is computed again)") from None
-
-
 def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
     """The model's Grams aligned onto the sketch's ``m`` dimensions, in memory: gathered at
     ``p(D)`` with signs straight from the cached files (only the rows used are read), or rotated
@@ -157,16 +144,12 @@ def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
             for j, x in enumerate(grams.padded(list(range(start, stop)), chunk)):
                 out[j][start:stop] = np.asarray(align.apply(jax.device_put(x)))[: stop - start]
         return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
-    perm = align.perm.astype(np.int64)
     signs = align.signs.astype(np.float32)
     outer = signs[:, None] * signs[None, :]
-    out = []
-    for source in grams.arrays if grams.folder is None else _mapped(grams.folder, layers, grams.n):
-        stack = np.empty((layers, perm.size, perm.size), np.float32)
-        for l in range(layers):  # np.take: rows then columns (3x faster than an np.ix_ index here)
-            np.multiply(np.take(np.take(source[l], perm, axis=0), perm, axis=1), outer, out=stack[l])
-        out.append(stack)
-    return GramSet(layers, align.matched_dims, "qk", arrays=tuple(out))
+    out = grams.gather(align.perm.astype(np.int64))  # only the values used are read from the cache
+    for stack in out:
+        stack *= outer
+    return GramSet(layers, align.matched_dims, "qk", arrays=out)
 
 
 @dataclasses.dataclass(frozen=True)

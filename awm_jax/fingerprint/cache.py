@@ -2,9 +2,12 @@
 
 ``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
 
-    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n, n] raw float32
+    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n (n + 1) / 2] float32
     fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
     index/<file key>-<kind>-<norm gains>.json                       # -> content key
+
+Each Gram file holds, per layer, the upper triangle of the symmetric Gram row by row
+(:mod:`awm_jax.fingerprint._packed`): half the bytes of the full matrix, unpacked when read.
 
 Keys. The *content key* (64 hex digits) is the SHA-256 of the algorithm version, the layout and
 the bytes of every Q/K tensor used. The *file key* (40 hex digits) hashes the cache format, the
@@ -29,13 +32,23 @@ Trust. Nothing read from the cache is believed without a check:
   fingerprint is caught too. This reads one layer's Q/K weights on a warm run.
 
 A damaged or stale entry is dropped with one ``awm_jax: warning: ...`` line on stderr and the
-fingerprint is computed again. Publishing replaces a damaged folder (the damaged one is
+fingerprint is computed again; an index naming a folder that is gone (evicted) is a plain miss. Publishing replaces a damaged folder (the damaged one is
 renamed aside first, then removed), and keeps an existing valid folder of the same content key
 (another process got there first). Every write goes to a temporary name and is published
 with ``os.replace``, so a process killed at any point leaves either no entry or a complete one;
 the index file is fsync-ed, the Gram files are not (a power loss may damage them: the
 checksums catch it). A cache folder that cannot be written is warned about and the fingerprint
 is computed without it.
+
+Use and eviction (:mod:`awm_jax.fingerprint.manage`). A process holds a shared ``flock`` on
+the folder of every entry it reads or writes (taken before the entry is verified, released
+when its :class:`GramSet` goes), and a lookup that finds an entry sets the folder's
+modification time: its last use, which orders eviction (one ``utimensat`` call; it is not
+trusted for anything else, and the files and their checks are untouched). Eviction takes an
+exclusive lock without waiting (an entry in use is skipped), renames the folder aside and
+removes it; a reader that finds its entry gone, or moved aside while it waited, computes the
+fingerprint again. With ``$AWM_JAX_CACHE_MAX_GB`` set, every publish evicts least-recently-used
+entries until the cache fits.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -57,18 +71,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from awm_jax._version import ALGORITHM_VERSION
-from awm_jax.errors import CacheError, warn
+from awm_jax.errors import CacheError, UsageError, warn
 from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
+from awm_jax.fingerprint._entry_lock import TEMPORARY_PREFIX, EntryLock, hold_entry
+from awm_jax.fingerprint._packed import packed_len
 from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.io.atomic import atomic_write
 from awm_jax.layouts import ResolvedLayout
 
-__all__ = ["CACHE_FORMAT", "FingerprintCache", "FileStamp", "VerifiedEntry", "default_cache_dir", "file_key",
-           "is_content_key"]
+__all__ = ["CACHE_FORMAT", "MAX_GB_ENV", "FingerprintCache", "FileStamp", "VerifiedEntry", "cap_from_env",
+           "default_cache_dir", "file_key", "gram_file_bytes", "is_content_key"]
 
 #: Version of the cache's files (index, meta.json, checksums); part of every file key.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 #: Hex digits of a content key (SHA-256) and of a file key (BLAKE2b, 20 bytes).
 CONTENT_KEY_CHARS, FILE_KEY_CHARS = 64, 40
 #: Size limits of the JSON files read from the cache (a damaged file is not read without bound).
@@ -79,7 +95,33 @@ PROBE_EDGE_BYTES, PROBE_BLOCK_BYTES, PROBE_SAMPLES = 64 * 1024, 4096, 4
 #: (float32 rounding is below 1e-5; another model's Gram differs by order 1).
 WEIGHT_CHECK_RTOL = 1e-3
 
+#: Environment variable capping the cache's size (gigabytes of 10^9 bytes; unset: no cap).
+MAX_GB_ENV = "AWM_JAX_CACHE_MAX_GB"
+
 _HEX = re.compile(r"[0-9a-f]+")
+
+
+def gram_file_bytes(n: int, layers: int) -> int:
+    """Bytes of one Gram file of an entry: ``layers`` packed upper triangles of ``[n, n]`` float32."""
+    return layers * packed_len(n) * 4
+
+
+def cap_from_env() -> int | None:
+    """The size cap in bytes from ``$AWM_JAX_CACHE_MAX_GB``, or ``None`` when it is unset.
+
+    Raises:
+      UsageError: it is not a number of gigabytes >= 0.
+    """
+    raw = os.environ.get(MAX_GB_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = math.nan
+    if not (math.isfinite(gb) and gb >= 0):
+        raise UsageError(f"{MAX_GB_ENV}={raw[:40]!r} is not a size in gigabytes; set a number >= 0 or unset it")
+    return int(gb * 1e9)
 
 
 def default_cache_dir() -> Path:
@@ -215,11 +257,13 @@ class VerifiedEntry:
       folder: the entry's folder.
       digests: per file name, the block digests from ``meta.json`` (verified).
       stamps: per file name, the identity of the file that was verified.
+      lock: the shared lock on the folder (kept as long as the entry is in use).
     """
 
     folder: Path
     digests: dict[str, tuple[str, ...]]
     stamps: dict[str, FileStamp]
+    lock: EntryLock | None = dataclasses.field(default=None, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def opened(self, name: str, fd: int) -> None:
@@ -280,7 +324,7 @@ def _meta_digests(meta: Any, key: str, n: int, layers: int, kind: str, norm_gain
         if meta.get(field) != value or type(meta.get(field)) is not type(value):
             raise _Untrusted(f"meta.json {field} is {str(meta.get(field))[:80]!r}, expected {value!r}")
     files = meta.get("files")
-    size = layers * n * n * 4
+    size = gram_file_bytes(n, layers)
     if not isinstance(files, dict) or sorted(files) != sorted(KINDS[kind]):
         raise _Untrusted("meta.json does not list the Gram files")
     out = {}
@@ -295,7 +339,7 @@ def _meta_digests(meta: Any, key: str, n: int, layers: int, kind: str, norm_gain
 
 
 def verify_entry(folder: Path, key: str, n: int, layers: int, kind: str,
-                 norm_gains: str = DEFAULT_NORM_GAINS) -> VerifiedEntry:
+                 norm_gains: str = DEFAULT_NORM_GAINS, lock: EntryLock | None = None) -> VerifiedEntry:
     """Opens a cache entry and verifies every Gram file against the checksums in its ``meta.json``.
 
     Args:
@@ -305,6 +349,7 @@ def verify_entry(folder: Path, key: str, n: int, layers: int, kind: str,
       layers: layers the Grams must have.
       kind: the fingerprint kind (a key of ``KINDS``).
       norm_gains: the norm-gain mode its Grams must have been computed in.
+      lock: the shared lock on the folder (from :func:`hold_entry`), kept with the entry.
 
     Returns:
       The verified entry (the identities of the files that were hashed).
@@ -332,12 +377,12 @@ def verify_entry(folder: Path, key: str, n: int, layers: int, kind: str,
             raise _Untrusted(f"{name}: {e.strerror or e}") from None
         try:
             stamps[name] = FileStamp.of(os.fstat(fd))
-            if stamps[name].size != n * n * layers * 4:
-                raise _Untrusted(f"{name} has {stamps[name].size} bytes, expected {n * n * layers * 4}")
+            if stamps[name].size != gram_file_bytes(n, layers):
+                raise _Untrusted(f"{name} has {stamps[name].size} bytes, expected {gram_file_bytes(n, layers)}")
             _verify_file(path, fd, stamps[name], digests[name])
         finally:
             os.close(fd)
-    return VerifiedEntry(folder, digests, stamps)
+    return VerifiedEntry(folder, digests, stamps, lock)
 
 
 def check_against_weights(resolved: ResolvedLayout, grams: GramSet, fkey: str) -> None:
@@ -378,10 +423,21 @@ def _remove(path: Path) -> None:
 
 
 class FingerprintCache:
-    """The on-disk fingerprint cache (see the module docstring for its layout and checks)."""
+    """The on-disk fingerprint cache (see the module docstring for its layout and checks).
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    Args:
+      root: the cache folder (default :func:`default_cache_dir`).
+      max_bytes: size cap: after each publish, least-recently-used entries not in use are
+        evicted until the cache fits (default: ``$AWM_JAX_CACHE_MAX_GB``; ``None``: no cap).
+
+    Raises:
+      UsageError: ``$AWM_JAX_CACHE_MAX_GB`` is not a size.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.max_bytes = max_bytes if max_bytes is not None else cap_from_env()
+        self._writing: dict[Path, EntryLock | None] = {}  # temporary folders being written -> their locks
 
     def _index(self, key: str, kind: str, norm_gains: str) -> Path:
         return self.root / "index" / f"{key}-{kind}-{norm_gains}.json"
@@ -429,7 +485,10 @@ class FingerprintCache:
         try:
             key = self._content_key(index, fkey, kind, norm_gains)
             where = self.root / "fingerprints" / key
-            verified = verify_entry(where, key, resolved.hidden_size, resolved.num_layers, kind, norm_gains)
+            lock = hold_entry(where)  # before verifying: an eviction cannot take the folder away from now on
+            if lock is None:
+                return None  # evicted: computed again without a warning
+            verified = verify_entry(where, key, resolved.hidden_size, resolved.num_layers, kind, norm_gains, lock)
             grams = GramSet(resolved.num_layers, resolved.hidden_size, kind, folder=where, key=key, guard=verified,
                             norm_gains=norm_gains)
             where = index  # the entry is intact: if it is not these weights', the index is wrong
@@ -438,6 +497,7 @@ class FingerprintCache:
             except _Untrusted:
                 _WARNED.add(str(grams.folder))  # publishing replaces it (if it is under this key): one warning
                 raise
+            lock.touch()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except _Untrusted as e:
@@ -453,11 +513,18 @@ class FingerprintCache:
         a warning) when the cache folder cannot be written."""
         try:
             (self.root / "fingerprints").mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=".tmp-"))
+            tmp = Path(tempfile.mkdtemp(dir=self.root / "fingerprints", prefix=TEMPORARY_PREFIX))
+            self._writing[tmp] = hold_entry(tmp)  # held through publishing: never taken for a leftover
+            return tmp
         except OSError as e:
             _warn_once(self.root, f"{self.root}: cannot write the fingerprint cache ({e.strerror or e}); computing "
                        "without it (set AWM_JAX_CACHE to a writable folder, or pass --no-cache)")
             return None
+
+    def discard(self, tmp: Path) -> None:
+        """Removes a temporary folder from :meth:`new_folder` that will not be published."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._writing.pop(tmp, None)
 
     def publish(self, tmp: Path, resolved: ResolvedLayout, key: str, kind: str,
                 digests: dict[str, list[str]], fkey: str | None = None,
@@ -487,29 +554,47 @@ class FingerprintCache:
                 "num_layers": layers, "layout": resolved.name, "kind": kind, "norm_gains": norm_gains,
                 "source": str(resolved.ckpt.root),
                 "block_bytes": BLOCK_BYTES,
-                "files": {name: {"bytes": layers * n * n * 4, "sha256": digests[name]} for name in KINDS[kind]}}
+                "files": {name: {"bytes": gram_file_bytes(n, layers), "sha256": digests[name]} for name in KINDS[kind]}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / "fingerprints" / key
         now = self.identify(resolved)
         verified = self._place(tmp, final, resolved, key, kind, {k: tuple(v) for k, v in digests.items()},
-                               now or fkey or key, norm_gains)
+                               now or fkey or key, norm_gains, self._writing.pop(tmp, None))
+        grams = GramSet(layers, n, kind, folder=final, key=key, guard=verified, norm_gains=norm_gains)
         if now is None or (fkey is not None and now != fkey):
             warn(f"{resolved.ckpt.root}: the weight files changed while their fingerprint was computed; it is "
                  "used for this run but not indexed (run again once the files are complete)")
-            return GramSet(layers, n, kind, folder=final, key=key, guard=verified, norm_gains=norm_gains)
-        index = self._index(now, kind, norm_gains)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        if index.is_dir() and not index.is_symlink():
-            _remove(index)
-        atomic_write(index, json.dumps({"format": CACHE_FORMAT, "file_key": now, "kind": kind,
-                                        "norm_gains": norm_gains, "content_key": key}).encode())
-        return GramSet(layers, n, kind, folder=final, key=key, guard=verified, norm_gains=norm_gains)
+        else:
+            index = self._index(now, kind, norm_gains)
+            index.parent.mkdir(parents=True, exist_ok=True)
+            if index.is_dir() and not index.is_symlink():
+                _remove(index)
+            atomic_write(index, json.dumps({"format": CACHE_FORMAT, "file_key": now, "kind": kind,
+                                            "norm_gains": norm_gains, "content_key": key}).encode())
+        self.enforce_cap()
+        return grams
+
+    def enforce_cap(self) -> None:
+        """Evicts least-recently-used entries not in use until the cache fits :attr:`max_bytes`
+        (nothing without a cap; entries in use stay, so the cache may exceed the cap until they
+        are released). Never fails: a problem is one warning line."""
+        if self.max_bytes is None:
+            return
+        from awm_jax.fingerprint.manage import prune
+
+        try:
+            prune(self.root, self.max_bytes)
+        except (OSError, CacheError) as e:
+            _warn_once(self.root / "cap", f"{self.root}: cannot evict fingerprints to keep the cache under its size "
+                       f"cap ({e}); the cache may grow past it")
 
     def _place(self, tmp: Path, final: Path, resolved: ResolvedLayout, key: str, kind: str,
-               digests: dict[str, tuple[str, ...]], fkey: str, norm_gains: str) -> VerifiedEntry:
-        """Renames ``tmp`` to ``final``. An entry already at ``final`` is kept when it is intact and
-        holds the same Grams (equal checksums, or, computed elsewhere, Grams that pass the check
-        against the weights): ``tmp`` is removed. Otherwise it is renamed aside, replaced and removed."""
+               digests: dict[str, tuple[str, ...]], fkey: str, norm_gains: str,
+               lock: EntryLock | None) -> VerifiedEntry:
+        """Renames ``tmp`` (held by ``lock``) to ``final``. An entry already at ``final`` is kept
+        when it is intact and holds the same Grams (equal checksums, or, computed elsewhere, Grams
+        that pass the check against the weights): ``tmp`` is removed. Otherwise it is renamed
+        aside, replaced and removed."""
         n, layers = resolved.hidden_size, resolved.num_layers
         for _ in range(4):
             try:
@@ -524,16 +609,19 @@ class FingerprintCache:
                     stamps[name] = FileStamp.of(os.lstat(path))
                     with _VERIFIED_LOCK:
                         _VERIFIED[(str(path), stamps[name])] = digests[name]
-                return VerifiedEntry(final, dict(digests), stamps)
+                return VerifiedEntry(final, dict(digests), stamps, lock)
+            held = hold_entry(final)
+            if held is None:
+                continue  # evicted meanwhile: publish again
             try:
-                existing = verify_entry(final, key, n, layers, kind, norm_gains)
+                existing = verify_entry(final, key, n, layers, kind, norm_gains, held)
                 if existing.digests != digests:
                     check_against_weights(resolved, GramSet(layers, n, kind, folder=final, key=key, guard=existing,
                                                             norm_gains=norm_gains), fkey)
             except _Untrusted as e:
                 if not e.stale:
                     _warn_damaged(final, str(e))
-                aside = final.parent / f".tmp-damaged-{uuid.uuid4().hex}"
+                aside = final.parent / f"{TEMPORARY_PREFIX}damaged-{uuid.uuid4().hex}"
                 try:
                     os.rename(final, aside)
                 except FileNotFoundError:

@@ -1,7 +1,8 @@
 """Per-model fingerprints: the Q and K Gram matrices of every layer, and how they are computed.
 
-A model's Grams ``K_l = W_l^T W_l`` (``[n, n]``, float32) depend on that model alone; every
-comparison against it only permutes, sign-flips and compares them. They are computed by
+A model's Grams ``K_l = W_l^T W_l`` (``[n, n]``, float32, made exactly symmetric) depend on
+that model alone; every comparison against it only permutes, sign-flips and compares them. On
+disk each is stored as its upper triangle (half the bytes), unpacked when read. They are computed by
 streaming a chunk of layers at a time from the checkpoint (bounded memory whatever the depth),
 and kept either in memory (small models, ``--no-cache``), in a temporary folder (large models
 without the cache), or in the fingerprint cache (:mod:`awm_jax.fingerprint.cache`), which
@@ -10,15 +11,16 @@ checksums them as they are written and verifies them when they are read again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import mmap
 import os
-import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import jax
@@ -28,8 +30,10 @@ import numpy as np
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
 from awm_jax.fingerprint._checksum import BlockDigest
+from awm_jax.fingerprint._packed import mirror_upper, pack_upper, packed_len, packed_positions, unpack_upper
 from awm_jax.layouts import ResolvedLayout, check_norm_gains, fold_gain
 from awm_jax.options import DEFAULT_NORM_GAINS
+from awm_jax.progress import stage
 from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host, range_shift
 
 if TYPE_CHECKING:
@@ -90,7 +94,8 @@ class GramSet:
       num_layers: ``L``.
       n: hidden size.
       kind: ``"qk"`` (arrays: Q, K) or ``"mlp"`` (arrays: MLP inputs).
-      folder: folder with the kind's raw float32 files (``[L, n, n]`` each), or ``None``.
+      folder: folder with the kind's float32 files, each the packed upper triangles of its
+        Grams (``[L, n (n + 1) / 2]``, :mod:`awm_jax.fingerprint._packed`), or ``None``.
       arrays: ``[L, n, n]`` in-memory Grams, one per file of the kind (when ``folder`` is ``None``).
       key: content key (empty when not computed under the cache).
       owner: keeps a temporary folder alive as long as the set (uncached large models).
@@ -131,84 +136,93 @@ class GramSet:
         self.read_into(index, spans, out)
         return out
 
-    def read_into(self, index: int, spans: list[tuple[int, int]], out: np.ndarray) -> None:
-        """Copies the layers of the given ``[start, stop)`` spans of array ``index`` (for ``qk``:
-        0 the Q Grams, 1 the K Grams), one span after another, into the leading layers of ``out``
-        (a C-contiguous float32 ``[>= layers, n, n]`` buffer)."""
-        if self.folder is None:
-            pos = 0
-            for start, stop in spans:
-                out[pos : pos + stop - start] = self.arrays[index][start:stop]
-                pos += stop - start
-            return
-        layer_bytes = self.n * self.n * 4
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        name = KINDS[self.kind][index]
+    @contextlib.contextmanager
+    def _packed(self, name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Layers ``[start, stop)`` of one file as stored (``[stop - start, n (n + 1) / 2]``
+        packed upper triangles), memory-mapped read-only for the duration of the block. The file
+        is checked by the guard when opened; the kernel is asked to read the pages ahead.
+
+        Raises:
+          CacheError: the file cannot be read, is shorter than its layers, or changed since it
+            was verified.
+        """
         path = self.folder / name
+        layer_bytes = packed_len(self.n) * 4
+        offset, length = start * layer_bytes, (stop - start) * layer_bytes
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             with _open_gram(path) as f:
                 if self.guard is not None:
                     self.guard.opened(name, f.fileno())
-                pos = 0
-                for start, stop in spans:
-                    f.seek(start * layer_bytes)
-                    want = (stop - start) * layer_bytes
-                    got = f.readinto(view[pos : pos + want])
-                    if got != want:
-                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} and rerun "
-                                         "(the fingerprint is computed again)")
-                    pos += want
-        except OSError as e:
+                if os.fstat(f.fileno()).st_size < offset + length:
+                    raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} and rerun (the "
+                                     "fingerprint is computed again)")
+                mapped = mmap.mmap(f.fileno(), offset - base + length, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError) as e:
             raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); delete {self.folder} and rerun "
                              "(the fingerprint is computed again)") from None
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)
+        view = np.frombuffer(mapped, np.float32, length // 4, offset - base).reshape(stop - start, -1)
+        try:
+            yield view
+        finally:
+            del view
+            try:
+                mapped.close()
+            except BufferError:  # a caller kept a view: the map closes when that goes
+                pass
+
+    def read_into(self, index: int, spans: list[tuple[int, int]], out: np.ndarray) -> None:
+        """Copies the layers of the given ``[start, stop)`` spans of array ``index`` (for ``qk``:
+        0 the Q Grams, 1 the K Grams), one span after another, into the leading layers of ``out``
+        (a C-contiguous float32 ``[>= layers, n, n]`` buffer); files on disk are unpacked from
+        their upper triangles."""
+        pos = 0
+        for start, stop in spans:
+            if self.folder is None:
+                out[pos : pos + stop - start] = self.arrays[index][start:stop]
+            else:
+                with self._packed(KINDS[self.kind][index], start, stop) as packed:
+                    unpack_upper(packed, out[pos : pos + stop - start])
+            pos += stop - start
 
     def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
         """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, one array per file
-        of the kind: read-only maps of the cache files when the layers are one whole span, else
-        copies in aligned buffers; either way what the jitted kernels take without a copy on the CPU."""
-        if self.folder is None:
-            out = []
-            for a in self.arrays:
-                buf = aligned_empty((size, self.n, self.n))
-                buf[: len(layers)] = a[layers]
-                buf[len(layers):] = 0
-                out.append(buf)
-            return tuple(out)
+        of the kind, in aligned buffers (what the jitted kernels take without a copy on the CPU)."""
         spans: list[tuple[int, int]] = []
         for i in layers:  # consecutive layers become one read
             if spans and spans[-1][1] == i:
                 spans[-1] = (spans[-1][0], i + 1)
             else:
                 spans.append((i, i + 1))
-        if len(spans) == 1 and len(layers) == size:
-            return tuple(self._mapped(name, *spans[0]) for name in KINDS[self.kind])
         return tuple(self._read(i, spans, size) for i in range(len(KINDS[self.kind])))
-
-    def _mapped(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Layers ``[start, stop)`` of one file, memory-mapped read-only: no copy is made (on the
-        CPU, ``device_put`` takes the mapped pages as they are; cache files are never modified
-        once published). The kernel is asked to read the pages ahead (``MADV_WILLNEED``), so a
-        prefetching caller gets the disk reads started early."""
-        path = self.folder / name
-        layer_bytes = self.n * self.n * 4
-        offset = start * layer_bytes
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            with _open_gram(path) as f:
-                if self.guard is not None:
-                    self.guard.opened(name, f.fileno())
-                mapped = mmap.mmap(f.fileno(), offset - base + (stop - start) * layer_bytes, access=mmap.ACCESS_READ,
-                                   offset=base)
-        except (OSError, ValueError) as e:
-            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); pass --no-cache or clear the cache") from None
-        if hasattr(mmap, "MADV_WILLNEED"):
-            mapped.madvise(mmap.MADV_WILLNEED)
-        return np.frombuffer(mapped, np.float32, (stop - start) * self.n * self.n, offset - base).reshape(
-            stop - start, self.n, self.n)
 
     def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
         """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
         return self.padded(layers, len(layers))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every layer's Gram restricted to ``rows`` (rows and columns, in that order): one
+        ``[L, m, m]`` float32 array ``K_l[rows][:, rows]`` per file of the kind. From disk only
+        the values used are read.
+
+        Args:
+          rows: ``[m]`` indices in ``[0, n)``.
+        """
+        rows = np.asarray(rows, np.int64)
+        if self.folder is None:
+            return tuple(np.stack([np.take(np.take(a[l], rows, axis=0), rows, axis=1) for l in range(self.num_layers)])
+                         if self.num_layers else np.empty((0, rows.size, rows.size), np.float32) for a in self.arrays)
+        positions = packed_positions(rows, self.n)
+        out = []
+        for name in KINDS[self.kind]:
+            stack = np.empty((self.num_layers, rows.size, rows.size), np.float32)
+            with self._packed(name, 0, self.num_layers) as packed:
+                for l in range(self.num_layers):
+                    np.take(packed[l], positions, out=stack[l])
+            out.append(stack)
+        return tuple(out)
 
 
 def _stored_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:
@@ -300,9 +314,10 @@ def _grams(stack: np.ndarray, count: int, gains: list[np.ndarray | None]) -> np.
 
 
 def _store(files: list, digests: list[BlockDigest], grams: list[np.ndarray]) -> None:
-    """Appends one chunk of Grams to each file, and to its block checksums (when cached)."""
+    """Appends one chunk of Grams to each file as packed upper triangles, and to its block
+    checksums (when cached)."""
     for i, (f, g) in enumerate(zip(files, grams)):
-        data = memoryview(np.ascontiguousarray(g)).cast("B")
+        data = memoryview(pack_upper(g)).cast("B")
         f.write(data)
         if digests:
             digests[i].update(data)
@@ -335,9 +350,11 @@ def model_grams(
     """
     timings = timings if timings is not None else {}
     check_norm_gains(norm_gains)
+    label = f"{resolved.ckpt.root.name}{' (MLP)' if kind == 'mlp' else ''}"
     fkey = cache.identify(resolved) if cache is not None else None
     if cache is not None:
-        hit = cache.lookup(resolved, kind, fkey, norm_gains)
+        with stage(f"{label}: looking up the cached fingerprint"):
+            hit = cache.lookup(resolved, kind, fkey, norm_gains)
         if hit is not None:
             timings["cache_hit"] = True
             return hit
@@ -366,7 +383,8 @@ def model_grams(
             # One reader thread fetches (and hashes) chunk i + 1 and one writer thread stores chunk
             # i - 1 while the Grams of chunk i are computed (file I/O and hashing release the GIL).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-read") as reader, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer:
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="awm-write") as writer, \
+                    stage(f"{label}: fingerprint", total=layers) as progress:
                 t = time.perf_counter()
                 pending = reader.submit(_read_chunk, resolved, *bounds[0], chunk, hasher, kind, norm_gains)
                 written = None
@@ -380,9 +398,11 @@ def model_grams(
                     grams = [_grams(stack, stop - start, read.gains) for stack in read.stacks]
                     t = time.perf_counter()
                     gram_s += t - t1
-                    if folder is None:
+                    progress.advance(stop - start)
+                    if folder is None:  # the upper triangle, mirrored: what a packed file gives back
                         for j, g in enumerate(grams):
                             arrays[j][start:stop] = g
+                            mirror_upper(arrays[j][start:stop])
                         continue
                     if written is not None:
                         written.result()  # at most one chunk waits to be written: bounded memory
@@ -404,7 +424,7 @@ def model_grams(
                                  {name: d.hexdigests() for name, d in zip(names, digests)}, fkey, norm_gains)
     except OSError as e:
         if folder is not None and cache is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            cache.discard(folder)
         if cache is None:
             raise CacheError(f"{folder}: cannot write the temporary fingerprint ({e.strerror}); free disk space or "
                              "set TMPDIR to another folder") from None
@@ -414,7 +434,7 @@ def model_grams(
         ) from None
     except BaseException:
         if folder is not None and cache is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            cache.discard(folder)
         raise
     if folder is None:
         return GramSet(layers, n, kind, arrays=tuple(arrays), norm_gains=norm_gains)

@@ -707,8 +707,9 @@ def prepare(case: Case, root: Path) -> list[str]:
     """Builds ``case`` under ``root``; returns the full CLI arguments (caches inside ``root/cache``)."""
     args = [str(a) for a in case.build(root)]
     (root / "cache").mkdir(exist_ok=True)
-    cache = root / "cache" / "hub" if case.command == "download" else root / "cache"
-    return args + ["--cache-dir", str(cache)]
+    if case.command == "download":
+        return args + ["--hub-cache", str(root / "cache" / "hub")]
+    return args + ["--cache-dir", str(root / "cache")]
 
 
 @contextlib.contextmanager

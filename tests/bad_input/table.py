@@ -248,7 +248,9 @@ The fingerprint cache (`$AWM_JAX_CACHE`, else `$XDG_CACHE_HOME/awm_jax`, else
 checkpoint, kind and norm-gain mode, content key of 64 hex digits, SHA-256 of every 32 MiB block
 of every Gram file, one layer checked against the weights). A damaged, stale, swapped or forged
 entry is not an error: it is dropped with one warning line and the fingerprint is computed again
-(the scores are those of `--no-cache`), and the entry is healed for the next run. The audit's
+(the scores are those of `--no-cache`), and the entry is healed for the next run. An entry
+evicted by `python -m awm_jax cache prune` or the size cap (`--cache-max-gb`,
+`$AWM_JAX_CACHE_MAX_GB`) is not damage: it is computed again without a warning. The audit's
 progress file is treated the same way: a damaged line, or a record that does not fit the audit,
 is dropped with one warning and its pair scored again. Tests: `tests/fingerprint/test_fingerprint.py`,
 `tests/audit/test_audit.py`, and the `cache_entry` and `audit_journal` fuzz targets
@@ -257,7 +259,7 @@ is dropped with one warning and its pair scored again. Tests: `tests/fingerprint
 | case | exit | stderr |
 | --- | --- | --- |
 | a value flipped in a cached Gram (times restored) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_q.f32: block 0 of 1 does not match its checksum); computing it again` |
-| a Gram file truncated, extended, deleted, or replaced by a folder, FIFO or link | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_k.f32 has 6144 bytes, expected 12288); computing it again` |
+| a Gram file truncated, extended, deleted, or replaced by a folder, FIFO or link | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (gram_k.f32 has 3168 bytes, expected 6336); computing it again` |
 | a Gram file zero-filled and meta.json gone (power loss) | 0 | `awm_jax: warning: <cache>/fingerprints/<key>: cached fingerprint is damaged or stale (meta.json is missing); computing it again` |
 | two models' index files swapped | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry of another checkpoint or kind); computing it again` |
 | an index naming a path (`/elsewhere`, `../x`, `<key>/../<other key>`) | 0 | `awm_jax: warning: <cache>/index/<file key>-qk-fold.json: cached fingerprint is damaged or stale (index entry names '/elsewhere', not a content key); computing it again` |

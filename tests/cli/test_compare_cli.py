@@ -136,6 +136,8 @@ def test_paper_flag_is_the_papers_computation(capsys):
     paper = records["paper"]["alignment"]
     assert paper["mode"] == "assignment" and paper["norm_gains"] == "ignore"
     assert records["paper"]["mean"] == records["spelled"]["mean"]
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -224,3 +226,48 @@ def test_failing_input_with_plot_writes_no_picture(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "share no tokens" in err and err.count("\n") == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def _compare_on_a_terminal(tmp_path, *args) -> tuple[str, str, int]:
+    """Runs the compare command line with stderr on a pseudo-terminal (100 columns) and stdout on
+    a pipe; returns (what the terminal showed, stdout, exit code)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "awm_jax", "compare", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not data:
+            break
+        shown += data
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    return shown.decode(errors="replace"), out.decode(), proc.returncode
+
+
+def test_progress_on_a_terminal_only_and_never_on_stdout(tmp_path, pair):
+    shown, out, code = _compare_on_a_terminal(tmp_path, "a", "b", "--json", "-", "--cache-dir", tmp_path / "c")
+    assert code == 0
+    assert json.loads(out)["verdict"] == "derived"  # stdout is the JSON record alone
+    for stage in ("a: fingerprint", "b: fingerprint", "aligning hidden dimensions", "scoring layers"):
+        assert stage in shown, shown
+    assert "layer/s" in shown or "/3 [" in shown  # a bar over the layers
+    shown, out, code = _compare_on_a_terminal(tmp_path, "a", "b", "--cache-dir", tmp_path / "c")
+    assert code == 0 and "looking up the cached fingerprint" in shown and "a: fingerprint" not in shown
+    assert "\r" not in out and "verdict" in out
+    for quiet in ("--quiet", "--no-progress"):
+        shown, out, code = _compare_on_a_terminal(tmp_path, "a", "b", quiet, "--cache-dir", tmp_path / "c")
+        assert code == 0 and shown == "", shown
+    out = run_cli("a", "b", "--cache-dir", tmp_path / "d", cwd=tmp_path)  # stderr a pipe: no progress
+    assert out.returncode == 0 and out.stderr == "", out.stderr

@@ -106,13 +106,13 @@ def test_suite_file_dry_run_then_download(two_repos, suite_file, capsys, monkeyp
     assert code == 0 and "2 downloaded" in out
 
 
-def test_cache_dir_option(two_repos, tmp_path, capsys):
-    code, out, err = _run(capsys, ["org/a", "--cache-dir", str(tmp_path / "elsewhere"), "--download", "full"])
-    assert code == 0
+def test_hub_cache_option(two_repos, tmp_path, capsys):
+    code, out, err = _run(capsys, ["org/a", "--hub-cache", str(tmp_path / "elsewhere"), "--download", "full"])
+    assert code == 0 and err == ""
     assert cached_snapshot("org/a", tmp_path / "elsewhere") is not None
     assert cached_snapshot("org/a") is None
     assert str(tmp_path / "elsewhere") in out
-    code, out, err = _run(capsys, ["org/b@v1", "--cache-dir", str(tmp_path / "elsewhere")])  # partial, the default
+    code, out, err = _run(capsys, ["org/b@v1", "--hub-cache", str(tmp_path / "elsewhere")])  # partial, the default
     assert code == 0 and "partial" in out
     assert (tmp_path / "elsewhere" / "models--org--b" / "awm_partial").is_dir()
     assert not (hub_cache_dir() / "models--org--b").exists()
@@ -172,3 +172,23 @@ def test_command_line_end_to_end(two_repos, tmp_path):
     snapshot = hub_cache_dir(tmp_path / "cli_home" / "hub") / "models--org--a" / "snapshots" / two_repos.repos["org/a"].commit
     assert (snapshot / "model.safetensors.index.json").is_file()
     assert cached_snapshot("org/a", tmp_path / "cli_home" / "hub") == snapshot
+
+
+def test_cache_dir_keeps_its_old_meaning_with_a_deprecation_warning(two_repos, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": two_repos.endpoint, "HF_HOME": str(tmp_path / "cli_home"),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
+        env.pop(name, None)
+
+    def download(*args):
+        return subprocess.run([sys.executable, "-c", LOOPBACK_ONLY, "org/a", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    proc = download("--cache-dir", str(tmp_path / "old"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("awm_jax: warning: download --cache-dir"), proc.stderr
+    assert "--hub-cache" in proc.stderr
+    assert cached_snapshot("org/a", tmp_path / "old") is not None
+    assert cached_snapshot("org/a", tmp_path / "cli_home" / "hub") is None
+    proc = download("--cache-dir", str(tmp_path / "old"), "--hub-cache", str(tmp_path / "new"))
+    assert proc.returncode == 2 and "name different folders" in proc.stderr

@@ -91,20 +91,42 @@ def test_cached_grams_equal_computed_grams(tmp_path, models):
         np.testing.assert_array_equal(k1, mem.k[1:3])
 
 
-def test_padded_maps_whole_spans_and_copies_the_rest(tmp_path, models):
+def test_padded_unpacks_stored_upper_triangles(tmp_path, models):
     a, _ = models
     r = detect(Checkpoint(a))
     mem = model_grams(r, None)
     cached = model_grams(r, FingerprintCache(tmp_path / "c"))
-    cases = {(1, 2): True, (0, 1, 2): True, (2, 0): False, (1,): False}  # layers -> mapped (no padding, one span)
-    for layers, mapped in cases.items():
-        size = len(layers) if mapped else len(layers) + 1
-        for got, want in zip(cached.padded(list(layers), size), mem.padded(list(layers), size)):
-            assert (not got.flags.owndata and not got.flags.writeable) == mapped  # mapped read-only, or a copy
-            if mapped:  # on the CPU, JAX takes the mapped pages without a copy
-                assert jax.device_put(got, jax.devices("cpu")[0]).unsafe_buffer_pointer() == got.ctypes.data
+    n, layers = r.hidden_size, r.num_layers
+    for name in ("gram_q.f32", "gram_k.f32"):  # half the bytes of the full Grams (plus the diagonal)
+        assert (cached.folder / name).stat().st_size == layers * n * (n + 1) // 2 * 4
+    stored = np.fromfile(cached.folder / "gram_q.f32", np.float32).reshape(layers, -1)
+    rows, cols = np.triu_indices(n)
+    np.testing.assert_array_equal(stored, mem.q[:, rows, cols])  # row by row, K[i, i:]
+    for layers_, size in {(1, 2): 2, (0, 1, 2): 3, (2, 0): 3, (1,): 2}.items():
+        for got, want in zip(cached.padded(list(layers_), size), mem.padded(list(layers_), size)):
+            assert got.flags.writeable and got.ctypes.data % 64 == 0  # an aligned buffer JAX takes as it is
             np.testing.assert_array_equal(got, want)
-            assert got.ctypes.data % 64 == 0
+            np.testing.assert_array_equal(got, got.transpose(0, 2, 1))
+            assert not got[len(layers_):].any()
+
+
+def test_gather_reads_submatrices(tmp_path, models):
+    a, _ = models
+    r = detect(Checkpoint(a))
+    mem = model_grams(r, None)
+    cached = model_grams(r, FingerprintCache(tmp_path / "c"))
+    rows = np.random.default_rng(3).permutation(r.hidden_size)[:17]
+    for g in (mem, cached):
+        for got, full in zip(g.gather(rows), (mem.q, mem.k)):
+            assert got.shape == (r.num_layers, 17, 17)
+            np.testing.assert_array_equal(got, full[:, rows][:, :, rows])
+
+
+def test_computed_grams_are_exactly_symmetric(models):
+    a, _ = models
+    g = model_grams(detect(Checkpoint(a)), None)
+    for x in (g.q, g.k):
+        np.testing.assert_array_equal(x, x.transpose(0, 2, 1))
 
 
 def test_interrupted_write_leaves_no_entry(tmp_path, models, monkeypatch):
