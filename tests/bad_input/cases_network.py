@@ -30,11 +30,12 @@ def _hub_environment(root: Path, endpoint: str) -> dict[str, str]:
             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "0", "HF_TOKEN": ""}
 
 
-def _hostile(mode: str):
+def _hostile(mode: str, **limits: str):
+    """A hostile stand-in hub (``mode``), with ``limits`` overriding ``HUB_LIMITS``."""
     @contextlib.contextmanager
     def start(root: Path) -> Iterator[dict[str, str]]:
         with _hostile_hub_class()(mode) as server:
-            yield _hub_environment(root, server.endpoint)
+            yield {**_hub_environment(root, server.endpoint), **limits}
 
     return start
 
@@ -52,7 +53,7 @@ def _hub_pair(root: Path) -> list[str]:
 
 
 @_case("hub_silent", "HF_ENDPOINT at a server that accepts and never answers", 3, "did not answer within 1 s",
-       "org/tiny", environment=_hostile("silent"), subprocess=True)
+       "org/tiny", environment=_hostile("silent", AWM_HUB_DEADLINE="60"), subprocess=True)  # the timeout, not the deadline
 def _hub_silent(root):
     return _hub_pair(root)
 

@@ -184,7 +184,7 @@ def test_cache_dir_keeps_its_old_meaning_with_a_deprecation_warning(two_repos, t
         return subprocess.run([sys.executable, "-c", LOOPBACK_ONLY, "org/a", *args], capture_output=True, text=True,
                               env=env, timeout=120)
 
-    proc = download("--cache-dir", str(tmp_path / "old"))
+    proc = download("--cache-dir", str(tmp_path / "old"), "--download", "full")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("awm_jax: warning: download --cache-dir"), proc.stderr
     assert "--hub-cache" in proc.stderr
