@@ -51,6 +51,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 import awm_jax
+from awm_jax.errors import AWMError
 from awm_jax.options import PAPER
 from awm_jax.synthetic import llama_config, write_model
 from awm_jax.zoo.checkpoint import atomic_directory
@@ -274,10 +275,16 @@ def smollm2_models(work: Path, wheel: Path | None) -> dict[str, Path]:
 
 
 def score(a: Path, b: Path, cache_dir: Path) -> dict:
+    """The pair in every setting; a setting the package refuses (for instance a degenerate
+    alignment: too few shared tokens) is recorded as ``{"refused": reason}``."""
     out = {}
     for label, kwargs in SETTINGS:
         t = time.perf_counter()
-        r = awm_jax.compare(a, b, cache_dir=cache_dir, **kwargs)
+        try:
+            r = awm_jax.compare(a, b, cache_dir=cache_dir, **kwargs)
+        except AWMError as e:
+            out[label] = {"refused": f"{type(e).__name__}: {e}"}
+            continue
         al = r.alignment
         out[label] = {"mean": r.mean, "wq": r.wq, "wk": r.wk, "verdict": r.verdict, "used": al["used"],
                       "reason": al["reason"], "seconds": time.perf_counter() - t,
@@ -286,20 +293,33 @@ def score(a: Path, b: Path, cache_dir: Path) -> dict:
     return out
 
 
+def _refused(row: dict) -> bool:
+    return any("refused" in row[s] for s, _ in SETTINGS)
+
+
 def _line(name: str, row: dict) -> str:
+    if _refused(row):
+        reasons = {row[s].get("refused", "scored") for s, _ in SETTINGS}
+        return f"| {name} | refused: {'; '.join(sorted(reasons))} |"
     cells = " | ".join(f"{row[s]['mean']:.4f}" for s, _ in SETTINGS)
     auto = row["default"]
     rotated = "not fitted" if auto.get("probe_rotation") is None else f"{auto['probe_rotation']:.3f}"
-    return (f"| {name} | {cells} | {auto['used']} | {auto['token_similarity'] or 0:.3f} | "
-            f"{rotated} / {auto['probe_permutation']:.3f} |")
+    similarity = "not needed" if auto.get("token_similarity") is None else f"{auto['token_similarity']:.3f}"
+    return f"| {name} | {cells} | {auto['used']} | {similarity} | {rotated} / {auto['probe_permutation']:.3f} |"
 
 
 def wild_summary(rows: list[dict]) -> dict:
-    """How folding (permutation vs paper) and ``auto`` (default vs permutation) moved a label's pairs."""
+    """How folding (permutation vs paper) and ``auto`` (default vs permutation) moved a label's pairs
+    (pairs the package refused are counted apart)."""
+    scored = [r for r in rows if not _refused(r)]
+    refused, rows = len(rows) - len(scored), scored
+    if not rows:
+        return {"pairs": 0, "refused": refused}
     fold = [r["permutation"]["mean"] - r["paper"]["mean"] for r in rows]
     auto = [r["default"]["mean"] - r["permutation"]["mean"] for r in rows]
     return {
         "pairs": len(rows),
+        "refused": refused,
         "fold_max_abs_change": max(map(abs, fold)),
         "fold_max_rise": max(fold),
         "auto_max_abs_change": max(map(abs, auto)),
@@ -355,11 +375,14 @@ def main(argv=None) -> int:
             result["wild_summary"] = {label: wild_summary([r for r in rows if r["label"] == label])
                                       for label in sorted({r["label"] for r in rows})}
             for label, summary in result["wild_summary"].items():
+                if not summary["pairs"]:
+                    print(f"\n{label} pairs: none scored ({summary['refused']} refused)")
+                    continue
                 print(f"\n{label} pairs ({summary['pairs']}): folding vs the paper's computation: largest |change| "
                       f"{summary['fold_max_abs_change']:.2e}, largest rise {summary['fold_max_rise']:.2e}; auto vs "
                       f"the permutation: largest |change| {summary['auto_max_abs_change']:.2e} (rotation fitted for "
                       f"{summary['auto_fitted_rotation']}, chosen for {summary['auto_chose_rotation']}); verdicts "
-                      f"changed by folding or auto: {summary['verdicts_changed']}")
+                      f"changed by folding or auto: {summary['verdicts_changed']}; refused: {summary['refused']}")
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0
