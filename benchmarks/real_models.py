@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -330,6 +331,17 @@ def wild_summary(rows: list[dict]) -> dict:
     }
 
 
+def _machine() -> str:
+    """CPU model, core count, platform and load average when the run started."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return f"{cpu}, {os.cpu_count()} cores ({platform.platform()}), load average {load}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.real_models")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "awm_jax-real-models"),
@@ -343,7 +355,7 @@ def main(argv=None) -> int:
     header = ("| pair | " + " | ".join(s for s, _ in SETTINGS)
               + " | default used | token similarity | probe rotated / permuted |")
     rule = "|---" * (len(SETTINGS) + 4) + "|"
-    result: dict = {"machine": f"{platform.machine()} {platform.processor() or ''} ({platform.platform()})",
+    result: dict = {"machine": _machine(),
                     "awm_jax": awm_jax.__version__, "settings": {s: k for s, k in SETTINGS}}
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
