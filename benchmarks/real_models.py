@@ -24,15 +24,20 @@ Two real-model sets:
   forward pass: the pretrained model's held-out loss (3.98 nats) must be below 4.5 (ln 49152 is
   10.8; ``q``/``k`` rows left in llama.cpp's rotary order give 5.3). Its losses are left in
   ``finetune.json`` beside its weights. Each copy is scored against the converted model in the
-  paper's computation (``awm_jax.options.PAPER``: signed
-  permutation, gains ignored), ``permutation`` (gains folded, signed permutation), the default
-  (gains folded, ``auto`` alignment), and ``orthogonal`` (gains folded, always the rotation).
+  paper's computation (``awm_jax.options.PAPER``: signed permutation, gains ignored),
+  ``permutation`` (gains folded, signed permutation), the default (gains folded, ``auto``
+  alignment), and ``orthogonal`` (gains folded, always the rotation).
 * **../shared/wild** (small real models from public repositories, labelled pairs of equal width):
   every labelled pair in the same four settings, to show that folding and ``auto`` move no
   independent pair towards derived (the largest change of an independent pair's mean score), and
   how many pairs ``auto`` fitted the rotation for (the rest its screen kept on the permutation).
+  A pair the package refuses (``gptbyhand_v3`` shares 3 tokens with the others: a degenerate
+  alignment) is recorded with the reason and counted apart.
 
-Writes every score, each ``auto`` decision with its reason, and the machine to ``--out``.
+Writes every score, each ``auto`` decision with its reason, the fine-tunes' losses and the machine
+to ``--out``. Every model folder under ``--work`` is reused when present, so a rerun only scores.
+On the 2-core Xeon VM (shared with other work): converting and writing the copies about 1 minute,
+each fine-tune 9-10 minutes (about 6 s a step), scoring everything about 6 minutes.
 """
 
 from __future__ import annotations
