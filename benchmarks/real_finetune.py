@@ -32,6 +32,8 @@ __all__ = [
     "gguf_tokenizer",
     "zoo_config",
     "finetune",
+    "write_tokenizer",
+    "write_record",
 ]
 
 #: The pretrained model's held-out loss must be below this (nats) or the load is wrong. On the
@@ -89,6 +91,7 @@ class FinetuneRecord:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (the spec nested)."""
         return dataclasses.asdict(self)
 
 
@@ -223,4 +226,5 @@ def write_tokenizer(folder: Path, tok) -> None:
 
 
 def write_record(folder: Path, record: FinetuneRecord) -> None:
+    """Writes the record as ``finetune.json`` in the model folder (its presence marks the folder done)."""
     (Path(folder) / "finetune.json").write_text(json.dumps(record.to_dict(), indent=2) + "\n")
