@@ -280,6 +280,22 @@ def test_an_adapter_repository_is_merged_onto_its_hub_base(repos, capsys, tmp_pa
     hub.add_folder("org/lora2", tmp_path / "lora2")
     code, named, _ = _json(capsys, ["org/lora2", "org/other", "--json", "-", "--no-cache", "--adapter-base", "org/base"])
     assert code == 0 and (named["wq"], named["wk"]) == (remote["wq"], remote["wk"])
+    assert download_main(["org/lora"]) == 0  # the adapter whole, its base's tensors read (cached already)
+    out, _ = capsys.readouterr()
+    assert "org/lora: cached" in out
     assert compare_main(["org/lora2", "org/other", "--quiet"]) == 3
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and "nobody/missing-base" in err
+
+
+def test_an_adapter_over_a_gguf_hub_base(repos, capsys, tmp_path):
+    hub, files, base, _ = repos
+    helpers = _load_adapter_helpers()
+    helpers.write_adapter(base, tmp_path / "lora", base_name="org/gguf:Q8_0")
+    code, remote, err = _json(capsys, [str(tmp_path / "lora"), "org/other", "--json", "-", "--no-cache"])
+    assert code == 0, err
+    present = _present(_partial_files("org/gguf") / "llama-Q8_0.gguf")
+    assert not any(have for name, have in present.items() if name.endswith(NEVER_READ))
+    code, local, _ = _json(capsys, [str(tmp_path / "lora"), "org/other", "--json", "-", "--no-cache",
+                                    "--adapter-base", str(files / "llama-Q8_0.gguf")])
+    assert (remote["wq"], remote["wk"], remote["verdict"]) == (local["wq"], local["wk"], local["verdict"])
