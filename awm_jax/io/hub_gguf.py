@@ -177,7 +177,7 @@ def fetch_header(remote: _ranges.RemoteFile, watch: Watch) -> bytes:
     want = min(remote.size, GGUF_HEADER_GUESS)
     while True:
         if want > len(held):
-            held += _ranges._get_retried(remote, len(held), want, watch)
+            held += _ranges.read_range(remote, len(held), want, watch)
         try:
             end = header_length(held)
         except ValueError as e:

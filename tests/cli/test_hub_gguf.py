@@ -299,3 +299,14 @@ def test_an_adapter_over_a_gguf_hub_base(repos, capsys, tmp_path):
     code, local, _ = _json(capsys, [str(tmp_path / "lora"), "org/other", "--json", "-", "--no-cache",
                                     "--adapter-base", str(files / "llama-Q8_0.gguf")])
     assert (remote["wq"], remote["wk"], remote["verdict"]) == (local["wq"], local["wk"], local["verdict"])
+
+
+@pytest.mark.parametrize("cut, fragment", [(5000, "ends before its GGUF header does"),
+                                           (None, "is not a readable GGUF file (no GGUF magic bytes)")])
+def test_a_broken_gguf_header_on_the_hub_is_one_line(repos, capsys, cut, fragment):
+    hub, files, _, _ = repos
+    data = (files / "llama-Q8_0.gguf").read_bytes()
+    hub.add_repo("org/broken", {"m-Q8_0.gguf": data[:cut] if cut else b"NOPE" + data[4:]})
+    assert compare_main(["org/broken:Q8_0", "org/other", "--quiet"]) == 3
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err, err
