@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "terms accepted on the hub and a token (`hf auth login` or HF_TOKEN). HF_ENDPOINT selects a mirror.",
     )
     parser.add_argument("targets", nargs="+", metavar="SUITE|REPO_ID",
-                        help="suite name, 'all', suite .toml file, or hub id owner/name[@revision][:QUANT] (QUANT: a GGUF "
-                             "model of the repository, e.g. Q4_K_M)")
+                        help="suite name, 'all', suite .toml file, or hub id owner/name[@revision]")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="hub cache folder (default: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)")
     parser.add_argument("--dry-run", action="store_true", help="list the models and whether they are cached; fetch nothing")
