@@ -310,3 +310,19 @@ def test_a_broken_gguf_header_on_the_hub_is_one_line(repos, capsys, cut, fragmen
     assert compare_main(["org/broken:Q8_0", "org/other", "--quiet"]) == 3
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and fragment in err and "Traceback" not in err, err
+
+
+def test_gguf_norm_gains_are_folded_as_in_the_float_parent(repos, capsys, tmp_path):
+    _, _, base, other = repos
+    (f32,) = write_gguf_model(base, tmp_path / "base-F32.gguf", qtype="F32")
+    ckpt = GGUFCheckpoint(find_gguf(f32))
+    assert ckpt.info("model.layers.2.input_layernorm.weight").shape == (128,)
+    scores = {}
+    for name, model in (("gguf", f32), ("float", base)):
+        for gains in ("fold", "ignore"):
+            code, d, err = _json(capsys, [str(model), str(other), "--json", "-", "--no-cache", "--norm-gains", gains])
+            assert code == 0, err
+            scores[name, gains] = np.array([d[k][i] for k in ("per_layer_wq", "per_layer_wk") for i in sorted(d[k])])
+    for gains in ("fold", "ignore"):
+        np.testing.assert_allclose(scores["gguf", gains], scores["float", gains], rtol=0, atol=1e-6)
+    assert np.abs(scores["float", "fold"] - scores["float", "ignore"]).max() > 1e-4  # the gains matter here
