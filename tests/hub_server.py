@@ -550,6 +550,63 @@ def write_llama_model(folder: Path, *, vocab: int = 256, hidden: int = 64, layer
     return folder
 
 
+#: Hugging Face module -> llama.cpp tensor name (per layer).
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def write_gguf_model(parent: Path, path: Path, qtype: str = "Q8_0", split: int = 1) -> list[Path]:
+    """A Llama safetensors folder written as GGUF with the ``gguf`` package's writer, every tensor
+    (2-D ones as ``qtype``, norms F32), the vocabulary in the metadata; ``split`` > 1 writes a split set."""
+    import gguf
+
+    from awm_jax.io.checkpoint import Checkpoint
+
+    qtype = gguf.GGMLQuantizationType[qtype]
+    ckpt = Checkpoint(parent)
+    cfg = ckpt.config
+    tensors = []
+    for name in ckpt.tensors:
+        w = np.asarray(ckpt.read(name), np.float32)
+        parts = name.split(".")
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        else:
+            gname = f"blk.{parts[2]}.{GGUF_NAMES['.'.join(parts[3:-1])]}.weight"
+        tensors.append((gname, w))
+    paths = [path] if split == 1 else [path.with_name(f"{path.stem}-{k + 1:05d}-of-{split:05d}.gguf") for k in range(split)]
+    for k, out in enumerate(paths):
+        writer = gguf.GGUFWriter(out, "llama")
+        if k == 0:
+            writer.add_block_count(cfg["num_hidden_layers"])
+            writer.add_embedding_length(cfg["hidden_size"])
+            writer.add_head_count(cfg["num_attention_heads"])
+            writer.add_head_count_kv(cfg["num_key_value_heads"])
+            writer.add_feed_forward_length(cfg["intermediate_size"])
+            writer.add_file_type(int(qtype))
+            writer.add_tokenizer_model("gpt2")
+            writer.add_token_list([f"tok{i}" for i in range(cfg["vocab_size"])])
+        if split > 1:
+            writer.add_uint16("split.no", k)
+            writer.add_uint16("split.count", split)
+        for gname, w in tensors[k::split]:
+            if w.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(gname, w)
+            else:
+                q = gguf.quants.quantize(w, qtype)
+                writer.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return paths
+
+
 # ---- hostile endpoints ---------------------------------------------------------------------
 class HostileHub:
     """A loopback server that misbehaves the ways a broken network or a captive portal does.

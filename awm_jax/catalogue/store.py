@@ -212,7 +212,8 @@ def build_catalogue(sources: list[ModelSource], folder: str | os.PathLike, *, ca
         data = encode_sketch(sketch)
         digest = sketch_digest(data)
         r = model.resolved
-        commit = Path(model.path).name if (parse_hub_id(source.spec) and not os.path.lexists(source.spec)) else None
+        where = Path(model.path) if Path(model.path).is_dir() else Path(model.path).parent  # a GGUF model: its file
+        commit = where.name if (parse_hub_id(source.spec) and not os.path.lexists(source.spec)) else None
         entry = CatalogueEntry(
             id=source.id, source=source.spec, commit=commit, layout=r.name,
             architecture=",".join(r.ckpt.config.get("architectures") or []) or str(r.ckpt.config.get("model_type", "")),

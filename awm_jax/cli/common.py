@@ -142,7 +142,8 @@ def write_json(path: str, payload: object) -> None:
 
 
 #: How a model may be named on every command line.
-MODEL_HELP = "a model folder, or a hub id owner/name or owner/name@revision (a branch, tag or commit)"
+MODEL_HELP = ("a model folder, or a hub id owner/name or owner/name@revision (a branch, tag or commit); "
+              "owner/name[@revision]:QUANT for a GGUF model of a GGUF repository")
 
 
 def add_download(p: argparse.ArgumentParser) -> None:

@@ -78,7 +78,7 @@ def expand_targets(targets: list[str]) -> list[tuple[str, str]]:
         elif "/" in target and not target.endswith(".toml") and not Path(target).is_file():
             hub_id = parse_hub_id(target)
             if hub_id is None:
-                raise UsageError(f"{target}: not a suite name, suite file or hub id owner/name[@revision]")
+                raise UsageError(f"{target}: not a suite name, suite file or hub id owner/name[@revision][:QUANT]")
             entries.setdefault(str(hub_id), "")
             continue
         else:
@@ -98,9 +98,9 @@ def _size(folder: Path) -> str:
     from awm_jax.io.sparse import SparseFile
 
     total = 0
-    for p in folder.iterdir():
+    for p in folder.iterdir() if folder.is_dir() else [folder]:  # a GGUF model: its (first) file
         if p.is_file():
-            sparse = SparseFile.load(p) if p.suffix == ".safetensors" else None
+            sparse = SparseFile.load(p) if p.suffix in (".safetensors", ".gguf") else None
             total += sparse.present_bytes() if sparse is not None else p.stat().st_size
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if total >= scale:
@@ -115,9 +115,8 @@ def _mb(n: int) -> str:
 def _partial(spec: str, args: argparse.Namespace, hub_cache: Path | None, fetch: bool):
     """The partial snapshot of ``spec`` with the tensors awm_jax reads: ``(folder, stats)``, or
     ``(None, None)`` when ``fetch`` is false and they are not all in the cache already."""
-    from awm_jax.engine.models import fetch_needed, needed_tensors
+    from awm_jax.engine.models import fetch_needed, needed_tensors, open_checkpoint
     from awm_jax.errors import CheckpointError
-    from awm_jax.io.checkpoint import Checkpoint
     from awm_jax.io.hub import resolve_model
     from awm_jax.layouts import detect
 
@@ -127,10 +126,10 @@ def _partial(spec: str, args: argparse.Namespace, hub_cache: Path | None, fetch:
         if fetch:
             raise
         return None, None
-    resolved = detect(Checkpoint(folder), None)
+    resolved = detect(open_checkpoint(folder), None)  # a GGUF file, an adapter over its base, or a folder
     if not fetch:
-        ckpt = resolved.ckpt
-        names = needed_tensors(resolved, args.mlp, "fold")
+        ckpt = getattr(resolved.ckpt, "base", resolved.ckpt)
+        names = needed_tensors(resolved, args.mlp, "fold") & ckpt.tensors.keys()
         missing = any(ckpt.sparse[i.file].missing(i.start, i.start + i.nbytes)
                       for i in map(ckpt.info, names) if i.file in ckpt.sparse)
         return (None, None) if missing else (folder, None)

@@ -90,14 +90,18 @@ def locate_model(spec: str | os.PathLike, fetch: str = "partial") -> Path:
 
 def open_checkpoint(path: str | os.PathLike, fetch: str = "partial") -> Checkpoint | GGUFCheckpoint | AdapterCheckpoint:
     """Opens a model: a GGUF file (or ``FOLDER:QUANT``), a LoRA adapter folder over its base, or a
-    safetensors folder or hub id (``fetch`` as in :func:`locate_model`)."""
+    safetensors folder, or a hub id of any of these (``owner/name:QUANT`` for a GGUF model; ``fetch``
+    as in :func:`locate_model`)."""
     gguf = find_gguf(path)
     if gguf is not None:
         return GGUFCheckpoint(gguf)
     adapter = find_adapter(path)
     if adapter is not None:
         return open_adapter(adapter, open_checkpoint)
-    return Checkpoint(locate_model(path, fetch))
+    located = locate_model(path, fetch)
+    if located != Path(path):  # a hub id: its snapshot folder, GGUF file or adapter folder, opened as local
+        return open_checkpoint(located, fetch)
+    return Checkpoint(located)
 
 
 _LAYER = "\0"  # stands for the layer index in a name template (never in a tensor name that is read)

@@ -28,7 +28,7 @@ from awm_jax.io._network import Watch
 from awm_jax.io.safetensors import MAX_HEADER_BYTES
 from awm_jax.io.sparse import SparseFile, write_range
 
-__all__ = ["CHUNK_BYTES", "MERGE_GAP_BYTES", "WORKERS", "RemoteFile", "remote_file", "fetch_header", "fill"]
+__all__ = ["CHUNK_BYTES", "MERGE_GAP_BYTES", "WORKERS", "RemoteFile", "remote_file", "read_range", "fetch_header", "fill"]
 
 #: Largest single range request (a failed request loses at most this much).
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -134,6 +134,11 @@ def _get_retried(remote: RemoteFile, start: int, end: int, watch: Watch) -> byte
                 raise
             watch.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_range(remote: RemoteFile, start: int, end: int, watch: Watch) -> bytes:
+    """Bytes ``[start, end)`` of a remote file: one checked Range request, retried after a transient failure."""
+    return _get_retried(remote, start, end, watch)
 
 
 def fetch_header(remote: RemoteFile, watch: Watch) -> bytes:

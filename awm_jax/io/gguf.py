@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from awm_jax.errors import CheckpointError, UsageError, VocabularyError
-from awm_jax.io.checkpoint import MAX_CONFIG_INT, TensorInfo, memory_limit, open_regular
+from awm_jax.io.checkpoint import _TRACE, MAX_CONFIG_INT, TensorInfo, memory_limit, open_regular
+from awm_jax.io.sparse import SparseFile
 
 __all__ = [
     "ARCHITECTURES",
@@ -54,6 +55,7 @@ __all__ = [
     "GGUFSource",
     "find_gguf",
     "gguf_tokens",
+    "select_model",
 ]
 
 GGUF_SUFFIX = ".gguf"
@@ -83,16 +85,22 @@ _GATED = {"blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
           "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight"}
 
 
-def _llama_like(hf: str, model_type: str, mlp: Mapping[str, str] = _GATED) -> GGUFArchitecture:
-    return GGUFArchitecture((hf,), model_type, {**_EMBED, **_QK, **mlp})
+#: Pre-norm RMSNorm gains, for architectures whose converter stores them as transformers does
+#: (llama.cpp adds 1 to Gemma's, so Gemma's are not mapped: their gains are not folded).
+_NORMS = {"blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+          "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight"}
+
+
+def _llama_like(hf: str, model_type: str, mlp: Mapping[str, str] = _GATED, norms: Mapping[str, str] = {}) -> GGUFArchitecture:  # noqa: B006
+    return GGUFArchitecture((hf,), model_type, {**_EMBED, **_QK, **mlp, **norms})
 
 
 #: ``general.architecture`` -> layout mapping (llama.cpp's names).
 ARCHITECTURES: Mapping[str, GGUFArchitecture] = {
-    "llama": _llama_like("LlamaForCausalLM", "llama"),
-    "mistral": _llama_like("MistralForCausalLM", "mistral"),
-    "qwen2": _llama_like("Qwen2ForCausalLM", "qwen2"),
-    "qwen3": _llama_like("Qwen3ForCausalLM", "qwen3"),
+    "llama": _llama_like("LlamaForCausalLM", "llama", norms=_NORMS),
+    "mistral": _llama_like("MistralForCausalLM", "mistral", norms=_NORMS),
+    "qwen2": _llama_like("Qwen2ForCausalLM", "qwen2", norms=_NORMS),
+    "qwen3": _llama_like("Qwen3ForCausalLM", "qwen3", norms=_NORMS),
     "gemma": _llama_like("GemmaForCausalLM", "gemma"),
     "gemma2": _llama_like("Gemma2ForCausalLM", "gemma2"),
     "gemma3": _llama_like("Gemma3ForCausalLM", "gemma3_text"),
@@ -131,36 +139,94 @@ class GGUFSource:
     files: tuple[Path, ...]
 
 
-def _models_in(folder: Path) -> dict[str, list[str]]:
-    """GGUF models of a folder: model name (the single file, or the split set's first file) -> file names."""
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(GGUF_SUFFIX))
-    except OSError as e:
-        raise CheckpointError(f"{folder}: cannot list the folder ({e.strerror or e}); check its permissions") from None
+def _models(names: list[str]) -> dict[str, list[str]]:
+    """GGUF models among file names: model name (the single file, or the split set's first file) -> file names."""
     models: dict[str, list[str]] = {}
-    for name in names:
+    for name in sorted(n for n in names if n.endswith(GGUF_SUFFIX)):
         m = _SPLIT.match(name)
         key = f"{m['base']}-00001-of-{m['count']}.gguf" if m else name
         models.setdefault(key, []).append(name)
     return models
 
 
-def _split_files(first: Path) -> tuple[Path, ...]:
-    """All files of the split set ``first`` belongs to (any of its files may be given)."""
-    m = _SPLIT.match(first.name)
+def _models_in(folder: Path) -> dict[str, list[str]]:
+    """:func:`_models` of a folder's files."""
+    try:
+        return _models(os.listdir(folder))
+    except OSError as e:
+        raise CheckpointError(f"{folder}: cannot list the folder ({e.strerror or e}); check its permissions") from None
+
+
+def _split_names(first: str, where: str) -> list[str]:
+    """Every file name of the split set ``first`` belongs to (any of its names may be given), in order."""
+    m = _SPLIT.match(first)
     if m is None:
-        return (first,)
+        return [first]
     count = int(m["count"])
     if count == 0 or int(m["no"]) == 0:
-        raise CheckpointError(f"{first}: split number {m['no']} of {m['count']} is not a valid GGUF split name; rename it")
-    files = tuple(first.with_name(f"{m['base']}-{k:05d}-of-{m['count']}.gguf") for k in range(1, count + 1))
-    missing = [f.name for f in files if not f.exists()]
+        raise CheckpointError(f"{where}/{first}: split number {m['no']} of {m['count']} is not a valid GGUF split name; "
+                              "rename it")
+    return [f"{m['base']}-{k:05d}-of-{m['count']}.gguf" for k in range(1, count + 1)]
+
+
+def select_model(names: list[str], selector: str | None, where: str, available: str = "") -> list[str]:
+    """The file names of the GGUF model ``selector`` chooses among file names (a folder's or a hub repository's).
+
+    Args:
+      names: file names (the ``.gguf`` ones are considered).
+      selector: a file name, or a quantisation type found whole in exactly one model's name
+        (``Q4_K_M``, case-insensitive); ``None``: the only model.
+      where: the folder or repository, for messages.
+      available: what to list in messages (default: the models' names).
+
+    Returns:
+      The model's file names, first file first (a split set whole).
+
+    Raises:
+      CheckpointError: the selector names no model or several, there are several models and no
+        selector, or a split set is incomplete.
+    """
+    models = _models(names)
+    listing = available or f"models: {', '.join(list(models)[:6])}"
+    if selector is None:
+        if len(models) > 1:
+            raise CheckpointError(
+                f"{where}: holds {len(models)} GGUF models ({listing}); choose one with {where}:FILE or "
+                f"{where}:QUANT (e.g. {where}:Q4_K_M)"
+            )
+        chosen = next(iter(models))
+    elif selector in models or any(selector in files for files in models.values()):
+        chosen = selector
+    else:
+        token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(selector)}(?![A-Za-z0-9_])", re.IGNORECASE)
+        matches = [name for name in models if token.search(name.removesuffix(GGUF_SUFFIX))]
+        if len(matches) != 1:
+            what = "no" if not matches else f"{len(matches)}"
+            raise CheckpointError(
+                f"{where}: {what} GGUF model(s) match {selector!r} ({listing}); give a file name or a quantisation "
+                "type that names exactly one"
+            )
+        chosen = matches[0]
+    files = _split_names(chosen, where)
+    missing = [f for f in files if f not in names]
     if missing:
         raise CheckpointError(
-            f"{first}: belongs to a split GGUF model of {count} files but {len(missing)} of them "
+            f"{where}/{chosen}: belongs to a split GGUF model of {len(files)} files but {len(missing)} of them "
             f"{'is' if len(missing) == 1 else 'are'} missing (first: {missing[0]}); fetch them all"
         )
     return files
+
+
+def _split_files(first: Path) -> tuple[Path, ...]:
+    """All files of the split set ``first`` belongs to (any of its files may be given)."""
+    files = _split_names(first.name, str(first.parent))
+    missing = [f for f in files if not (first.parent / f).exists()]
+    if missing:
+        raise CheckpointError(
+            f"{first}: belongs to a split GGUF model of {len(files)} files but {len(missing)} of them "
+            f"{'is' if len(missing) == 1 else 'are'} missing (first: {missing[0]}); fetch them all"
+        )
+    return tuple(first.parent / f for f in files)
 
 
 def find_gguf(spec: str | os.PathLike) -> GGUFSource | None:
@@ -168,7 +234,7 @@ def find_gguf(spec: str | os.PathLike) -> GGUFSource | None:
 
     ``spec`` is a ``.gguf`` file (any file of a split set), a folder holding GGUF files and no
     safetensors weights, or ``PATH:SELECTOR`` with ``SELECTOR`` a file name in folder ``PATH`` or
-    a quantisation type in the file names (``Q4_K_M``, case-insensitive).
+    a quantisation type in the file names (``Q4_K_M``, case-insensitive; :func:`select_model`).
 
     Raises:
       CheckpointError: the folder holds several GGUF models and no selector says which, or the
@@ -193,23 +259,8 @@ def find_gguf(spec: str | os.PathLike) -> GGUFSource | None:
         names = os.listdir(path)
         if "model.safetensors" in names or "model.safetensors.index.json" in names:
             return None  # the folder's safetensors release is read; PATH:SELECTOR picks a GGUF file
-        if len(models) > 1:
-            raise CheckpointError(
-                f"{path}: holds {len(models)} GGUF models ({', '.join(list(models)[:4])}); choose one with "
-                f"{path}:FILE or {path}:QUANT (e.g. {path}:Q4_K_M)"
-            )
-        return GGUFSource(_split_files(path / next(iter(models))))
-    if selector in models or any(selector in files for files in models.values()):
-        return GGUFSource(_split_files(path / selector))
-    token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(selector)}(?![A-Za-z0-9_])", re.IGNORECASE)
-    chosen = [name for name in models if token.search(name.removesuffix(GGUF_SUFFIX))]
-    if len(chosen) != 1:
-        what = "no" if not chosen else f"{len(chosen)}"
-        raise CheckpointError(
-            f"{path}: {what} GGUF model(s) match {selector!r} (models: {', '.join(list(models)[:6])}); "
-            "give a file name or a quantisation type that names exactly one"
-        )
-    return GGUFSource(_split_files(path / chosen[0]))
+    files = select_model([f for fs in models.values() for f in fs], selector, str(path))
+    return GGUFSource(_split_files(path / files[0]))
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -302,7 +353,7 @@ class GGUFCheckpoint:
 
     def __init__(self, source: GGUFSource):
         self.files = list(source.files)
-        self.root = self.files[0].resolve()
+        self.root = Path(os.path.abspath(self.files[0]))  # not resolved: a hub snapshot links to a blob without .gguf
         readers = [_open(f) for f in self.files]
         first = readers[0]
         arch = _field(first, "general.architecture", self.root)
@@ -337,6 +388,12 @@ class GGUFCheckpoint:
                     shape = tuple(int(d) for d in reversed([int(x) for x in t.shape]))
                     dtype = "F16" if t.tensor_type.name == "F16" else "F32"
                     self.tensors[name] = TensorInfo(name, file, dtype, shape, int(t.data_offset), int(t.n_bytes))
+        self.sparse: dict[Path, SparseFile] = {}  # a partial hub download: the ranges present (awm_jax.io.sparse)
+        self.reload_ranges()
+
+    def reload_ranges(self) -> None:
+        """Reads the range records of the sparse (partially downloaded) files again."""
+        self.sparse = {f: sparse for f in self.files if (sparse := SparseFile.load(f)) is not None}
 
     def _config(self, reader: Any, arch: str, spec: GGUFArchitecture) -> dict[str, Any]:
         config: dict[str, Any] = {"architectures": list(spec.architectures), "model_type": spec.model_type}
@@ -383,6 +440,12 @@ class GGUFCheckpoint:
         info = self.info(name)
         t = self._tensors[name]
         data = t.data
+        traced = self._traced(info, rows)
+        if traced is not None:
+            return traced
+        sparse = self.sparse.get(info.file)
+        if sparse is not None:  # a hole is never read as weights
+            sparse.require(info.start, info.start + info.nbytes, t.name)
         if rows is not None:
             r0, r1, step = rows.indices(info.shape[0])
             if step != 1:
@@ -415,6 +478,19 @@ class GGUFCheckpoint:
 
     def map(self, name: str) -> np.ndarray:
         """The whole tensor: the read-only memory map for ``F32``/``F16``, else dequantised in memory."""
-        if self.types[self.info(name).name] in ("F32", "F16"):
+        info = self.info(name)
+        if self.types[name] in ("F32", "F16") and _TRACE.get() is None:
+            sparse = self.sparse.get(info.file)
+            if sparse is not None:
+                sparse.require(info.start, info.start + info.nbytes, self._tensors[name].name)
             return self._tensors[name].data
         return self.read(name)
+
+    def _traced(self, info: TensorInfo, rows: slice | None) -> np.ndarray | None:
+        """Under :func:`~awm_jax.io.checkpoint.tracing`: records the name, returns zeros of the read's shape."""
+        trace = _TRACE.get()
+        if trace is None:
+            return None
+        trace.add(info.name)
+        n = info.shape[0] if rows is None else len(range(*rows.indices(info.shape[0])))
+        return np.zeros([n, *info.shape[1:]], np.float16 if info.dtype == "F16" else np.float32)

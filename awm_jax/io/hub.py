@@ -11,7 +11,12 @@ the standard Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
 - the weights: ``model.safetensors.index.json`` and exactly the shards its ``weight_map`` names,
   or else ``model.safetensors``. Pickle weights (``*.bin``, ``*.pt``, ``*.pth``), Meta-format
   ``consolidated.*`` files, GGUF files, adapters and everything under subfolders (``original/``)
-  are never fetched.
+  are never fetched for such a repository;
+- from a GGUF repository (``owner/name:Q4_K_M``, or one holding GGUF files and no safetensors
+  weights), the chosen GGUF model's files only (:mod:`awm_jax.io.hub_gguf`);
+- from a LoRA adapter repository (``adapter_config.json``, ``adapter_model.safetensors``, no model
+  weights), those two files and its tokenizer files; its base (``base_model_name_or_path`` or
+  ``--adapter-base``, itself a hub id or a folder) is resolved like any model when it is opened.
 
 Small files go through ``huggingface_hub.hf_hub_download``. Weight files are fetched into
 ``blobs/<etag>.incomplete`` and resumed with an HTTP ``Range`` request when a run is interrupted
@@ -62,6 +67,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "INDEX_FILE",
     "SINGLE_FILE",
+    "ADAPTER_FILES",
     "HubId",
     "parse_hub_id",
     "hub_cache_dir",
@@ -87,11 +93,14 @@ TOKENIZER_FILES = (
 INDEX_FILE = "model.safetensors.index.json"
 #: Weights of an unsharded safetensors checkpoint.
 SINGLE_FILE = "model.safetensors"
+#: A LoRA adapter repository's files (config, weights), fetched whole.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?")
+_HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?"
+                     r"(?::(?P<gguf>[A-Za-z0-9][A-Za-z0-9._-]{0,199}))?")
 _ETAG = re.compile(r"[A-Za-z0-9._-]+")
 
 #: How hub weights are fetched: only the tensors read (``partial``), or whole files (``full``).
@@ -101,19 +110,23 @@ _REQUESTED: dict[str, str] = {}
 
 
 class HubId(NamedTuple):
-    """A Hugging Face Hub model repository and the revision (branch, tag or commit) to use."""
+    """A Hugging Face Hub model repository, the revision (branch, tag or commit) to use, and which
+    GGUF model of it to read (``:QUANT`` or a file name; :mod:`awm_jax.io.hub_gguf`), if one is named."""
 
     repo_id: str
     revision: str = "main"
+    gguf: str | None = None
 
     def __str__(self) -> str:
-        return self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+        text = self.repo_id if self.revision == "main" else f"{self.repo_id}@{self.revision}"
+        return text if self.gguf is None else f"{text}:{self.gguf}"
 
 
 def parse_hub_id(spec: str) -> HubId | None:
-    """Parses ``owner/name`` or ``owner/name@revision``; ``None`` if ``spec`` is not one.
+    """Parses ``owner/name[@revision][:QUANT]``; ``None`` if ``spec`` is not one.
 
-    Names follow the hub's rules (letters, digits, ``.``, ``_``, ``-``; no ``--`` or ``..``);
+    ``QUANT`` names a GGUF model of the repository (a quantisation type such as ``Q4_K_M``, or a
+    file name). Names follow the hub's rules (letters, digits, ``.``, ``_``, ``-``; no ``--`` or ``..``);
     a revision may contain ``/`` (``refs/pr/3``) but no ``..`` or empty segment.
     """
     match = _HUB_ID.fullmatch(spec.strip())
@@ -124,7 +137,7 @@ def parse_hub_id(spec: str) -> HubId | None:
         return None
     if ".." in revision or "//" in revision or revision.endswith("/"):
         return None
-    return HubId(repo, revision)
+    return HubId(repo, revision, match["gguf"])
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -269,7 +282,7 @@ def _complete_snapshot(snapshot: Path) -> bool:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
         return bool(shards) and all(isinstance(s, str) and _is_plain_name(s) and (snapshot / s).is_file() for s in shards)
-    return (snapshot / SINGLE_FILE).is_file()
+    return (snapshot / SINGLE_FILE).is_file() or all((snapshot / f).is_file() for f in ADAPTER_FILES)
 
 
 def _read_ref(cache: Path, hub_id: HubId) -> str | None:
@@ -282,7 +295,8 @@ def _read_ref(cache: Path, hub_id: HubId) -> str | None:
 
 
 def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = None) -> Path | None:
-    """The cached snapshot folder of a hub id if its weights are complete, else ``None``.
+    """The cached snapshot folder of a hub id if its weights are complete (a GGUF model: the path
+    of its first file), else ``None``.
 
     Reads only the local cache (``refs/<revision>`` -> ``snapshots/<commit>``); no network.
     """
@@ -294,7 +308,13 @@ def cached_snapshot(spec: str | HubId, cache_dir: str | os.PathLike | None = Non
     if commit is None:
         return None
     snapshot = _storage(cache, hub_id.repo_id) / "snapshots" / commit
-    return snapshot if _complete_snapshot(snapshot) else None
+    if hub_id.gguf is None and _complete_snapshot(snapshot):
+        return snapshot
+    if hub_id.gguf is not None or not (snapshot / "config.json").is_file():
+        from awm_jax.io.hub_gguf import cached_gguf
+
+        return cached_gguf(snapshot, hub_id.gguf, partial=False)  # a GGUF model: its first file
+    return None
 
 
 def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
@@ -312,7 +332,9 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
         :mod:`awm_jax.io.hub_partial`). A complete snapshot in the cache is used either way.
 
     Returns:
-      The folder (for a hub id: its snapshot folder in the hub cache, or its partial snapshot).
+      The folder (for a hub id: its snapshot folder in the hub cache, or its partial snapshot);
+      for a GGUF model of a hub repository (``owner/name:QUANT``, or a repository holding GGUF
+      files and no safetensors weights), the path of its first file there.
 
     Raises:
       CheckpointError: no such folder and not a hub id; the repository, revision or a file is
@@ -333,10 +355,15 @@ def resolve_model(spec: str | os.PathLike, *, download: bool = True, cache_dir: 
     cache = hub_cache_dir(cache_dir)
     snapshot = cached_snapshot(hub_id, cache)
     if snapshot is None and fetch == "partial":
-        from awm_jax.io.hub_partial import cached_partial
+        from awm_jax.io.hub_gguf import cached_gguf
+        from awm_jax.io.hub_partial import cached_partial, partial_folder
 
         commit = hub_id.revision if _COMMIT.fullmatch(hub_id.revision) else _read_ref(cache, hub_id)
-        snapshot = cached_partial(_storage(cache, hub_id.repo_id), commit) if commit else None
+        storage = _storage(cache, hub_id.repo_id)
+        if commit and hub_id.gguf is None:
+            snapshot = cached_partial(storage, commit)
+        if commit and snapshot is None and (hub_id.gguf is not None or not (partial_folder(storage, commit) / "config.json").is_file()):
+            snapshot = cached_gguf(partial_folder(storage, commit), hub_id.gguf, partial=True)
     if snapshot is not None:
         _REQUESTED[str(snapshot)] = hub_id.revision
         return snapshot
@@ -408,6 +435,19 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch, fe
             f"{hub_id}: the hub answered without a commit id; check that HF_ENDPOINT points to a Hugging Face Hub"
         )
     files = [s.rfilename for s in info.siblings or []]
+    storage = _storage(cache, hub_id.repo_id)
+    gguf_files = None
+    model_weights = INDEX_FILE in files or SINGLE_FILE in files
+    if hub_id.gguf is None and not model_weights and ADAPTER_FILES[0] in files:
+        return _download_adapter(hub_id, storage, commit, files, cache, endpoint, watch)
+    if hub_id.gguf is not None or not model_weights:
+        from awm_jax.io.hub_gguf import choose_files, download_gguf
+
+        gguf_files = choose_files(str(hub_id), files, hub_id.gguf)
+    if gguf_files:
+        first = download_gguf(hub_id, storage, commit, gguf_files, endpoint, watch, fetch, cache)
+        _write_ref(storage, hub_id, commit)
+        return first
     small, weights = select_files(hub_id.repo_id, files)
     fetched = [_fetch_small(hub_id.repo_id, name, commit, cache, endpoint, watch) for name in small]
     if weights == INDEX_FILE:
@@ -416,7 +456,6 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch, fe
         shards = _index_shards(hub_id.repo_id, index, files)
     else:
         shards = [SINGLE_FILE]
-    storage = _storage(cache, hub_id.repo_id)
     if fetch == "partial":
         from awm_jax.io.hub_partial import download_partial
 
@@ -424,18 +463,39 @@ def _download(hub_id: HubId, cache: Path, endpoint: str | None, watch: Watch, fe
     else:
         for shard in shards:
             _fetch_resumable(hub_id.repo_id, shard, commit, cache, endpoint, watch)
-    if hub_id.revision != commit:
-        ref = storage / "refs" / hub_id.revision
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(ref.name + ".tmp")
-        tmp.write_text(commit, encoding="utf-8")
-        os.replace(tmp, ref)
+    _write_ref(storage, hub_id, commit)
     if fetch == "partial":
         return folder
     snapshot = storage / "snapshots" / commit
     if not _complete_snapshot(snapshot):
         raise CheckpointError(f"{hub_id}: the download finished but {snapshot} is incomplete; run the command again")
     return snapshot
+
+
+def _download_adapter(hub_id: HubId, storage: Path, commit: str, files: list[str], cache: Path,
+                      endpoint: str | None, watch: Watch) -> Path:
+    """Fetches a LoRA adapter repository (:data:`ADAPTER_FILES` whole, and its tokenizer files) into
+    its snapshot; its base is resolved when the adapter is opened (:mod:`awm_jax.io.adapters`)."""
+    if ADAPTER_FILES[1] not in files:
+        raise CheckpointError(
+            f"{hub_id}: an adapter repository ({ADAPTER_FILES[0]}) without {ADAPTER_FILES[1]} (pickle adapter weights "
+            "are not loaded); use a revision with safetensors adapter weights"
+        )
+    wanted = [*ADAPTER_FILES, *(f for f in TOKENIZER_FILES if f in files)]
+    for name in wanted:
+        _fetch_small(hub_id.repo_id, name, commit, cache, endpoint, watch)
+    _write_ref(storage, hub_id, commit)
+    return storage / "snapshots" / commit
+
+
+def _write_ref(storage: Path, hub_id: HubId, commit: str) -> None:
+    """Records the commit a branch or tag pointed to (``refs/<revision>``), as huggingface_hub does."""
+    if hub_id.revision != commit:
+        ref = storage / "refs" / hub_id.revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(ref.name + ".tmp")
+        tmp.write_text(commit, encoding="utf-8")
+        os.replace(tmp, ref)
 
 
 def _fetch_small(repo_id: str, name: str, commit: str, cache: Path, endpoint: str | None, watch: Watch) -> Path:

@@ -31,13 +31,13 @@ def _hub_parts(root: Path) -> tuple[str, str, str] | None:
     return f"{parts[1]}/{parts[2]}", root.name, _HUB_PARENTS[root.parent.name]
 
 
-def _revision(root: Path, commit: str) -> str:
+def _revision(root: Path, commit: str, folder: Path) -> str:
     from awm_jax.io.hub import requested_revision
 
     asked = requested_revision(root)
     if asked:
         return asked
-    refs = root.parent.parent / "refs"
+    refs = folder.parent.parent / "refs"
     names = []
     for ref in sorted(refs.rglob("*")) if refs.is_dir() else ():
         try:
@@ -49,7 +49,7 @@ def _revision(root: Path, commit: str) -> str:
 
 
 def _hub_file(path: Path) -> FileIdentity:
-    sparse = SparseFile.load(path) if path.suffix == ".safetensors" else None
+    sparse = SparseFile.load(path) if path.suffix in (".safetensors", ".gguf") else None
     if sparse is not None:
         return FileIdentity(path.name, sparse.size, str(sparse.source.get("etag", "")))
     real = Path(os.path.realpath(path))
@@ -69,17 +69,22 @@ def model_origin(root: str | os.PathLike, files: list[str | os.PathLike] = ()) -
       A :class:`~awm_jax.report.ModelOrigin`.
     """
     root = Path(root)
-    hub = _hub_parts(root) if root.is_dir() else None
+    folder = root if root.is_dir() else root.parent  # a GGUF model is named by its first file
+    hub = _hub_parts(folder)
     if hub is not None:
         repo_id, commit, download = hub
-        listed = sorted(p for p in root.iterdir() if not p.name.endswith(RANGES_SUFFIX) and not p.name.startswith("."))
+        if root.is_dir():
+            listed = sorted(p for p in root.iterdir() if not p.name.endswith(RANGES_SUFFIX) and not p.name.startswith("."))
+        else:
+            listed = sorted({Path(f) for f in files if Path(f).parent == folder and Path(f).is_file()})
         identities = []
         for p in listed:
             try:
                 identities.append(_hub_file(p))
             except (OSError, ValueError, CheckpointError):
                 continue
-        return ModelOrigin("hub", str(root), repo_id, _revision(root, commit), commit, download, tuple(identities))
+        return ModelOrigin("hub", str(root), repo_id, _revision(root, commit, folder), commit, download,
+                           tuple(identities))
     seen = {}
     for f in files:
         p = Path(f)

@@ -1,11 +1,12 @@
-"""Sparse safetensors files: a shard of which only some byte ranges are present.
+"""Sparse weight files (safetensors shards, GGUF files): a file of which only some byte ranges are present.
 
 A partial hub download (:mod:`awm_jax.io.hub_ranges`) writes each weight shard as a file of its
 true size holding the real header and only the tensors awm_jax reads, each at its true offset;
 the other ranges are holes (they read as zeros, and take no disk space on file systems with
 sparse files). Beside it, ``<shard>.awm-ranges.json`` (the *range record*) says which byte
 ranges are present: ``[start, end, sha256]`` each, sorted, the header first. Every existing
-reader opens such a folder unchanged; :class:`~awm_jax.io.checkpoint.Checkpoint` consults the
+reader opens such a folder unchanged; :class:`~awm_jax.io.checkpoint.Checkpoint` (and
+:class:`~awm_jax.io.gguf.GGUFCheckpoint` for a GGUF file, :mod:`awm_jax.io.hub_gguf`) consults the
 range record before it reads or maps a tensor, and a tensor whose bytes are not all present is
 refused (:class:`MissingRange`), never read as the zeros of a hole.
 

@@ -99,3 +99,45 @@ def _endpoint_port(root):
        "no hub headers on its files", "org/tiny", environment=_hostile("html_files"))
 def _hub_portal_files(root):
     return _hub_pair(root)
+
+
+def _stand_in_hub(repos: dict[str, dict[str, bytes]]):
+    """A stand-in hub serving ``repos`` (repo id -> file name -> bytes) for the run."""
+    @contextlib.contextmanager
+    def start(root: Path) -> Iterator[dict[str, str]]:
+        try:
+            from hub_server import StandInHub
+        except ImportError:
+            from tests.hub_server import StandInHub
+        with StandInHub() as server:
+            for repo_id, files in repos.items():
+                server.add_repo(repo_id, files)
+            yield _hub_environment(root, server.endpoint)
+
+    return start
+
+
+#: A GGUF repository's file list (what selection reads; no byte of a model is fetched before it).
+_GGUF_REPO = {"org/llama-gguf": {"llama-Q4_K_M.gguf": b"GGUF", "llama-Q8_0-00001-of-00002.gguf": b"GGUF",
+                                 "llama-Q8_0-00002-of-00002.gguf": b"GGUF", "README.md": b"# llama\n"},
+              "org/tiny": {"config.json": b"{}", "model.safetensors": b"\0" * 16}}
+
+
+@_case("hub_gguf_unknown_quant", "a GGUF hub id whose quantisation type the repository does not hold "
+       "(org/llama-gguf:Q5_K_S)", 3, "no GGUF model(s) match 'Q5_K_S' (quants available: Q4_K_M, Q8_0)",
+       "org/llama-gguf", environment=_stand_in_hub(_GGUF_REPO))
+def _hub_gguf_unknown_quant(root):
+    return ["org/llama-gguf:Q5_K_S", str(good_model(root))]
+
+
+@_case("hub_gguf_ambiguous", "a hub id of a repository holding several GGUF models, without :QUANT", 3,
+       "holds 2 GGUF models (quants available: Q4_K_M, Q8_0); choose one with", "org/llama-gguf",
+       environment=_stand_in_hub(_GGUF_REPO))
+def _hub_gguf_ambiguous(root):
+    return ["org/llama-gguf", str(good_model(root))]
+
+
+@_case("hub_gguf_no_gguf", "a :QUANT suffix on a repository without GGUF files", 3,
+       "holds no .gguf file, so :Q4_K_M selects nothing", "org/tiny", environment=_stand_in_hub(_GGUF_REPO))
+def _hub_gguf_no_gguf(root):
+    return ["org/tiny:Q4_K_M", str(good_model(root))]
