@@ -73,3 +73,68 @@ def test_gguf_scores_as_its_float_parent_and_not_as_an_independent_model(parity,
     assert parent.mean >= FLOORS[GGUF_TYPES[name]["type"]] and parent.verdict == "derived", parent.mean
     independent = _compare(parity / "llama_b", path)
     assert independent.verdict != "derived", independent.mean
+
+
+# --- LoRA adapters written by peft, against peft's own merge_and_unload() ----------------------
+
+PEFT = REAL / "peft"
+PEFT_VARIANTS = sorted(json.loads((PEFT / "MANIFEST.json").read_text())["variants"])
+
+
+def _open_adapter(folder: Path):
+    from awm_jax.io.adapters import open_adapter
+
+    return open_adapter(folder, lambda spec: Checkpoint(Path(spec)))
+
+
+@pytest.mark.parametrize("variant", PEFT_VARIANTS)
+def test_adapter_weights_equal_peft_merge_and_unload(variant):
+    adapter = _open_adapter(PEFT / variant / "adapter")
+    merged, base = Checkpoint(PEFT / variant / "merged"), Checkpoint(PEFT / "base")
+    changed = {name for name in merged.tensors
+               if not np.array_equal(np.asarray(merged.read(name)), np.asarray(base.read(name)))}
+    assert changed and changed == set(adapter.deltas)
+    for name in merged.tensors:
+        np.testing.assert_allclose(adapter.read(name), np.asarray(merged.read(name), np.float32), rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_rslora_scales_follow_rank_and_alpha_patterns():
+    deltas = _open_adapter(PEFT / "rslora" / "adapter").deltas
+    # use_rslora: alpha / sqrt(r); alpha_pattern q_proj 32, rank_pattern k_proj 4, else r 8, alpha 16
+    assert deltas["model.layers.1.self_attn.q_proj.weight"].scale == pytest.approx(32 / 8 ** 0.5)
+    assert deltas["model.layers.1.self_attn.k_proj.weight"].scale == pytest.approx(16 / 4 ** 0.5)
+    assert deltas["model.layers.0.mlp.gate_proj.weight"].scale == pytest.approx(16 / 8 ** 0.5)
+    assert deltas["model.embed_tokens.weight"].transposed
+
+
+@pytest.mark.parametrize("variant", PEFT_VARIANTS)
+@pytest.mark.parametrize("other", ["base", "lora/merged", "rslora/merged"])
+def test_adapter_comparison_equals_the_merged_models(variant, other):
+    kwargs = dict(cache=False, device="cpu", mlp=True)
+    via_adapter = awm_jax.compare(PEFT / variant / "adapter", PEFT / other, **kwargs)
+    via_merged = awm_jax.compare(PEFT / variant / "merged", PEFT / other, **kwargs)
+    assert "LoRA adapter" in via_adapter.model_a.form
+    for field in ("mean", "wq", "wk", "mlp"):
+        assert abs(getattr(via_adapter, field) - getattr(via_merged, field)) <= 1e-6, field
+    assert via_adapter.verdict == via_merged.verdict
+
+
+def test_saved_base_layer_replaces_the_base_weight_and_takes_the_delta(tmp_path):
+    """``M.base_layer.weight`` in the adapter (PEFT's ``save_embedding_layers``) is the weight the delta is added to."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    config = json.loads((PEFT / "rslora" / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(PEFT / "base")
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(PEFT / "rslora" / "adapter" / "adapter_model.safetensors")
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    tensors[key] = tensors[key] * 2
+    save_file(tensors, folder / "adapter_model.safetensors")
+    name = "model.embed_tokens.weight"
+    original = _open_adapter(PEFT / "rslora" / "adapter").read(name)
+    base = np.asarray(Checkpoint(PEFT / "base").read(name), np.float32)
+    np.testing.assert_allclose(_open_adapter(folder).read(name), original + base, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_open_adapter(folder).read(name, slice(10, 20)), (original + base)[10:20], rtol=0, atol=1e-6)
