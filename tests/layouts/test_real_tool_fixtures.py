@@ -138,3 +138,36 @@ def test_saved_base_layer_replaces_the_base_weight_and_takes_the_delta(tmp_path)
     base = np.asarray(Checkpoint(PEFT / "base").read(name), np.float32)
     np.testing.assert_allclose(_open_adapter(folder).read(name), original + base, rtol=0, atol=1e-6)
     np.testing.assert_allclose(_open_adapter(folder).read(name, slice(10, 20)), (original + base)[10:20], rtol=0, atol=1e-6)
+
+
+# --- integer-quantised safetensors written by the quantisers themselves ------------------------
+
+def _quantised(tool: str) -> list[tuple[str, str]]:
+    manifest = REAL / tool / "MANIFEST.json"
+    return [(tool, variant) for variant in sorted(json.loads(manifest.read_text())["variants"])] if manifest.exists() else []
+
+
+QUANTISED = _quantised("bnb") + _quantised("compressed_tensors")
+QUANT_FLOORS = {"int8": 0.99, "fp8": 0.99, "nf4": 0.93, "nf4_double": 0.93, "fp4": 0.90}
+
+
+@pytest.mark.parametrize("tool,variant", QUANTISED)
+def test_quantised_weights_equal_the_tools_own_dequantisation(tool, variant):
+    from safetensors.numpy import load_file
+
+    from awm_jax.layouts import WeightReader
+
+    reader = WeightReader(Checkpoint(REAL / tool / variant))
+    reference = load_file(REAL / tool / f"{variant}.reference.safetensors")
+    assert reference
+    for name, want in reference.items():
+        np.testing.assert_allclose(reader.matrix(name), want.astype(np.float32), rtol=1e-6, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("tool,variant", QUANTISED)
+def test_quantised_scores_as_its_float_parent_and_not_as_an_independent_model(parity, tool, variant):
+    path = REAL / tool / variant
+    parent = _compare(parity / "llama_a", path)
+    assert parent.mean >= QUANT_FLOORS.get(variant, 0.95) and parent.verdict == "derived", parent.mean
+    independent = _compare(parity / "llama_b", path)
+    assert independent.verdict != "derived", independent.mean
