@@ -147,7 +147,7 @@ def _quantised(tool: str) -> list[tuple[str, str]]:
     return [(tool, variant) for variant in sorted(json.loads(manifest.read_text())["variants"])] if manifest.exists() else []
 
 
-QUANTISED = _quantised("bnb") + _quantised("compressed_tensors") + _quantised("awq")
+QUANTISED = _quantised("bnb") + _quantised("compressed_tensors") + _quantised("awq") + _quantised("gptq")
 QUANT_FLOORS = {"int8": 0.99, "fp8": 0.99, "nf4": 0.93, "nf4_double": 0.93, "fp4": 0.90}
 
 
