@@ -78,7 +78,12 @@ def test_gguf_scores_as_its_float_parent_and_not_as_an_independent_model(parity,
 # --- LoRA adapters written by peft, against peft's own merge_and_unload() ----------------------
 
 PEFT = REAL / "peft"
-PEFT_VARIANTS = sorted(json.loads((PEFT / "MANIFEST.json").read_text())["variants"])
+PEFT_MANIFEST = json.loads((PEFT / "MANIFEST.json").read_text())["variants"]
+PEFT_VARIANTS = sorted(PEFT_MANIFEST)
+# every adapter against its base and against every merged model over the same base
+PEFT_PAIRS = [(variant, other) for variant in PEFT_VARIANTS
+              for other in [PEFT_MANIFEST[variant]["base"]] + [f"{v}/merged" for v in PEFT_VARIANTS
+                                                                if PEFT_MANIFEST[v]["base"] == PEFT_MANIFEST[variant]["base"]]]
 
 
 def _open_adapter(folder: Path):
@@ -90,7 +95,7 @@ def _open_adapter(folder: Path):
 @pytest.mark.parametrize("variant", PEFT_VARIANTS)
 def test_adapter_weights_equal_peft_merge_and_unload(variant):
     adapter = _open_adapter(PEFT / variant / "adapter")
-    merged, base = Checkpoint(PEFT / variant / "merged"), Checkpoint(PEFT / "base")
+    merged, base = Checkpoint(PEFT / variant / "merged"), Checkpoint(PEFT / PEFT_MANIFEST[variant]["base"])
     changed = {name for name in merged.tensors
                if not np.array_equal(np.asarray(merged.read(name)), np.asarray(base.read(name)))}
     assert changed and changed == set(adapter.deltas)
@@ -108,8 +113,13 @@ def test_rslora_scales_follow_rank_and_alpha_patterns():
     assert deltas["model.embed_tokens.weight"].transposed
 
 
-@pytest.mark.parametrize("variant", PEFT_VARIANTS)
-@pytest.mark.parametrize("other", ["base", "lora/merged", "rslora/merged"])
+def test_fan_in_fan_out_deltas_are_transposed():
+    deltas = _open_adapter(PEFT / "gpt2_fan_in_fan_out" / "adapter").deltas
+    assert deltas["transformer.h.0.attn.c_attn.weight"].transposed
+    assert deltas["transformer.h.1.mlp.c_fc.weight"].scale == pytest.approx(8 / 4)
+
+
+@pytest.mark.parametrize("variant,other", PEFT_PAIRS)
 def test_adapter_comparison_equals_the_merged_models(variant, other):
     kwargs = dict(cache=False, device="cpu", mlp=True)
     via_adapter = awm_jax.compare(PEFT / variant / "adapter", PEFT / other, **kwargs)
