@@ -181,3 +181,45 @@ def test_quantised_scores_as_its_float_parent_and_not_as_an_independent_model(pa
     assert parent.mean >= QUANT_FLOORS.get(variant, 0.95) and parent.verdict == "derived", parent.mean
     independent = _compare(parity / "llama_b", path)
     assert independent.verdict != "derived", independent.mean
+
+
+# --- damaged copies of the tools' files: one line and the documented exit code -----------------
+
+def _damaged_copies(tmp_path: Path) -> list[tuple[str, Path, int]]:
+    """Each tool's file truncated (exit 3) and each quantised file without a side tensor (exit 4)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    cases = []
+    gguf_copy = tmp_path / "q4_0.gguf"
+    gguf_copy.write_bytes((REAL / "gguf" / "llama_a-Q4_0.gguf").read_bytes()[:-1000])
+    cases.append(("gguf truncated", gguf_copy, 3))
+    drop = {"bnb/nf4": "model.layers.0.self_attn.q_proj.weight.absmax",
+            "compressed_tensors/int4_g32": "model.layers.0.self_attn.q_proj.weight_scale",
+            "awq/gemm_g128": "model.layers.0.self_attn.q_proj.qzeros",
+            "gptq/g128": "model.layers.0.self_attn.q_proj.scales"}
+    for fixture, side in drop.items():
+        truncated = tmp_path / fixture.replace("/", "_") / "truncated"
+        shutil.copytree(REAL / fixture, truncated)
+        raw = (truncated / "model.safetensors").read_bytes()
+        (truncated / "model.safetensors").write_bytes(raw[:-5000])
+        cases.append((f"{fixture} truncated", truncated, 3))
+        missing = tmp_path / fixture.replace("/", "_") / "missing"
+        shutil.copytree(REAL / fixture, missing)
+        tensors = load_file(missing / "model.safetensors")
+        del tensors[side]
+        save_file(tensors, missing / "model.safetensors", metadata={"format": "pt"})
+        cases.append((f"{fixture} without {side.rsplit('.', 1)[-1]}", missing, 4))
+    return cases
+
+
+def test_damaged_tool_files_give_one_line_and_an_exit_code(parity, tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from awm_jax.cli.compare import main
+
+    for label, path, code in _damaged_copies(tmp_path):
+        got = main([str(parity / "llama_a"), str(path), "--no-cache", "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert got == code, (label, got, err)
+        assert len(err) == 1 and err[0].startswith("awm_jax: error: "), (label, err)
