@@ -13,7 +13,10 @@ weight merged as PEFT merges it:
 * ``scale = alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``; ``alpha`` is the
   ``alpha_pattern`` entry whose key ends the module name (PEFT's ``.*\\.{key}$`` match), else
   ``lora_alpha``; ``r`` is ``rank_pattern``'s likewise, else ``r``, and must equal the rows of ``A``;
-* full weights the adapter saves (``modules_to_save``, resized embeddings) replace the base's.
+* full weights the adapter saves (``modules_to_save``, resized embeddings) replace the base's;
+  a LoRA-targeted layer's own weight, saved as ``M.base_layer.weight`` (PEFT's
+  ``save_embedding_layers``, on by default when ``embed_tokens`` is a target), replaces ``M.weight``
+  and the delta is added to it, as PEFT loads it.
 
 DoRA (``use_dora``) and other PEFT types are refused by name. The base is the folder or hub id
 given to :func:`adapter_base` (the CLI's ``--adapter-base``), else the config's
@@ -44,6 +47,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.default)?(?:\.weight)?$")
+_BASE_LAYER = re.compile(r"\.base_layer\.(?P<param>weight|bias)$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 _BASE: contextvars.ContextVar[str | None] = contextvars.ContextVar("awm_jax_adapter_base", default=None)
@@ -143,6 +147,8 @@ class AdapterCheckpoint:
             elif name.startswith(_PREFIX):
                 target = name[len(_PREFIX):]
                 target = target.replace(".modules_to_save.default.", ".")
+                # a LoRA-wrapped layer's own weight (PEFT's save_embedding_layers): M.base_layer.weight is M.weight
+                target = _BASE_LAYER.sub(r".\g<param>", target)
                 if target not in self.base.tensors:
                     raise CheckpointError(
                         f"{self.root / ADAPTER_WEIGHTS}: saves {target!r}, which the base {self.base.root} does not hold; "
@@ -159,13 +165,16 @@ class AdapterCheckpoint:
             if a is None or b is None:
                 raise CheckpointError(f"{where} has only one of lora_A/lora_B; the adapter is incomplete: fetch it again")
             weight = f"{module}.weight"
-            if weight not in self.base.tensors or self.base.info(weight).dtype not in ("F64", "F32", "F16", "BF16"):
+            # the weight the delta is added to: the adapter's saved copy (resized embeddings) or the base's
+            holder = self.adapter if weight in self.replaced else self.base
+            held = self.replaced.get(weight, weight)
+            if held not in holder.tensors or holder.info(held).dtype not in ("F64", "F32", "F16", "BF16"):
                 raise CheckpointError(
                     f"{where} adapts {weight}, which the base {self.base.root} does not hold as a float tensor; pass the "
                     "float base model with --adapter-base"
                 )
             a_shape, b_shape = self.adapter.info(a).shape, self.adapter.info(b).shape
-            out_in = self.base.info(weight).shape
+            out_in = holder.info(held).shape
             transposed = embedding or fan_in_fan_out
             product = (b_shape[0], a_shape[1]) if len(a_shape) == 2 and len(b_shape) == 2 else None
             expected = tuple(reversed(out_in)) if transposed else tuple(out_in)
@@ -207,12 +216,14 @@ class AdapterCheckpoint:
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Reads one tensor (or a block of rows): merged weights as float32 ``W + scale * delta``."""
-        if name in self.replaced:
-            return self.adapter.read(self.replaced[name], rows)
         delta = self.deltas.get(name)
+        if name in self.replaced:
+            w = self.adapter.read(self.replaced[name], rows)
+        else:
+            w = self.base.read(name, rows)
         if delta is None:
-            return self.base.read(name, rows)
-        w = np.asarray(self.base.read(name, rows), np.float32)
+            return w
+        w = np.asarray(w, np.float32)
         a = np.asarray(self.adapter.read(delta.a), np.float32)
         b = np.asarray(self.adapter.read(delta.b), np.float32)
         r0, r1 = (0, w.shape[0] + 0) if rows is None else rows.indices(self.tensors[name].shape[0])[:2]

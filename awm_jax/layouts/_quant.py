@@ -223,6 +223,9 @@ class WeightReader:
             bm, bn = block
             out = w * np.repeat(np.repeat(scale.reshape(-(-rows // bm), -(-cols // bn)), bm, axis=0)[:rows],
                                 bn, axis=1)[:, :cols]
+        # rounded to the scale's dtype (bfloat16 scales: compressed-tensors' float-quantized), as the format's
+        # own decompression returns it; float32 scales (DeepSeek's weight_scale_inv) leave it as is
+        out = _quantformats.as_dtype(out, raw.dtype.name)
         return to_float32(out, self._where(name))
 
     def vector(self, name: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from awm_jax.errors import LayoutError
 from awm_jax.io.checkpoint import Checkpoint
 from awm_jax.layouts._dequant import BNB_FP4, BNB_NF4, awq_gemm, awq_gemv, bnb_4bit, bnb_int8, ct_unpack, gptq
 
-__all__ = ["QuantisedWeight", "plan", "read"]
+__all__ = ["QuantisedWeight", "as_dtype", "plan", "read"]
 
 
 # -- planning: which format a checkpoint's weight is stored in ------------------------------------
@@ -341,7 +341,7 @@ def plan(ckpt: Checkpoint, name: str, qconfig: Mapping[str, Any]) -> QuantisedWe
     return None
 
 
-def _as_float(array: np.ndarray, dtype_name: object) -> np.ndarray:
+def as_dtype(array: np.ndarray, dtype_name: object) -> np.ndarray:
     """Rounds a float32 result to the dtype the format's own code returns (``float16``,
     ``bfloat16``), then back to float32."""
     target = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(str(dtype_name).removeprefix("torch."))
@@ -369,11 +369,11 @@ def read(ckpt: Checkpoint, w: QuantisedWeight) -> np.ndarray:
         groups = t["scales"].shape[0]
         g = check_groups(t["g_idx"], groups, "g_idx") if "g_idx" in t else np.arange(rows) // w.group_size
         result = gptq(t["qweight"], t["qzeros"], t["scales"], g, w.bits, w.options["zero_plus_one"])
-        return _as_float(result, t["scales"].dtype.name)
+        return as_dtype(result, t["scales"].dtype.name)
     if w.format == "AWQ GEMM":
-        return _as_float(awq_gemm(t["qweight"], t["qzeros"], t["scales"], w.group_size), t["scales"].dtype.name)
+        return as_dtype(awq_gemm(t["qweight"], t["qzeros"], t["scales"], w.group_size), t["scales"].dtype.name)
     if w.format == "AWQ GEMV":
-        return _as_float(awq_gemv(t["qweight"], t["qzeros"], t["scales"], w.group_size), t["scales"].dtype.name)
+        return as_dtype(awq_gemv(t["qweight"], t["qzeros"], t["scales"], w.group_size), t["scales"].dtype.name)
     if w.format.startswith("bitsandbytes") and w.bits == 4:
         code = BNB_NF4 if w.options["quant_type"] == "nf4" else BNB_FP4
         if "quant_map" in t and (t["quant_map"].size != 16 or not np.allclose(
@@ -387,7 +387,7 @@ def read(ckpt: Checkpoint, w: QuantisedWeight) -> np.ndarray:
             if t["absmax"].dtype != np.uint8:
                 raise LayoutError(f"{ckpt.root}: {w.name}.absmax is {t['absmax'].dtype}, but double quantisation "
                                   "stores uint8 codes; the checkpoint is inconsistent: fetch it again")
-        return _as_float(bnb_4bit(t["weight"], t["absmax"], w.shape, w.group_size, code, nested), w.options["dtype"])
+        return as_dtype(bnb_4bit(t["weight"], t["absmax"], w.shape, w.group_size, code, nested), w.options["dtype"])
     if w.format == "bitsandbytes 8-bit":
         return bnb_int8(t["weight"], t["SCB"])
     # compressed-tensors
@@ -408,4 +408,4 @@ def read(ckpt: Checkpoint, w: QuantisedWeight) -> np.ndarray:
         zp = np.broadcast_to(np.asarray(z, np.int32).reshape(-1, groups) if z.size > 1 else np.asarray(z, np.int32).reshape(1, 1),
                              (out, groups))
     result = (q - zp[:, g]).astype(np.float32) * scale[:, g]
-    return _as_float(result, t["weight_scale"].dtype.name)
+    return as_dtype(result, t["weight_scale"].dtype.name)
