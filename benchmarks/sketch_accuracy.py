@@ -86,6 +86,7 @@ def run(shared: Path, microzoo: Path, work: Path) -> dict:
     from awm_jax.catalogue.sketch import decode_sketch, encode_sketch, make_sketch
     from awm_jax.engine import prepare_model, score_pair
     from awm_jax.engine.sketch import score_against_sketch
+    from awm_jax.numerics.alignment import DegenerateAlignment
     from awm_jax.options import PairOptions
 
     pairs = _pairs(shared, microzoo)
@@ -109,29 +110,38 @@ def run(shared: Path, microzoo: Path, work: Path) -> dict:
             sketches[key] = (decode_sketch(data, path.name), len(data), plan)
         return sketches[key]
 
+    def scored(fn, *args):  # a pair the engine refuses (too little evidence to align) is recorded, not scored
+        try:
+            return fn(*args)
+        except DegenerateAlignment as e:
+            return e
+
     rows = []
     with jax.default_device(jax.devices("cpu")[0]):
         for p in pairs:
             a, b = model(p["a"]), model(p["b"])
             for mode in MODES:
                 options = PairOptions(alignment=mode)
-                exact = {"B vs sketch(A)": score_pair(b, a, options), "A vs sketch(B)": score_pair(a, b, options)}
+                exact = {"B vs sketch(A)": scored(score_pair, b, a, options),
+                         "A vs sketch(B)": scored(score_pair, a, b, options)}
                 for size in ("planned", "reduced"):
                     for direction, full, sketched in (("B vs sketch(A)", b, p["a"]), ("A vs sketch(B)", a, p["b"])):
                         ex = exact[direction]
                         sk, nbytes, plan = sketch(sketched, size)
                         t = time.perf_counter()
-                        got = score_against_sketch(full, sk, options)
-                        rows.append({
-                            "set": p["set"], "a": p["a"].name, "b": p["b"].name, "label": p["label"], "alignment": mode,
-                            "sketch": size, "direction": direction, "tokens": plan.tokens, "dims": plan.dims,
-                            "sketch_bytes": nbytes, "exact_mean": ex.mean, "sketch_mean": got.mean,
-                            "diff": abs(got.mean - ex.mean), "exact_verdict": ex.verdict,
-                            "sketch_verdict": got.verdict, "same_verdict": got.verdict == ex.verdict,
-                            "exact_p": None if np.isnan(ex.p_value) else ex.p_value,
-                            "sketch_p": None if np.isnan(got.p_value) else got.p_value,
-                            "seconds": time.perf_counter() - t,
-                        })
+                        got = scored(score_against_sketch, full, sk, options)
+                        row = {"set": p["set"], "a": p["a"].name, "b": p["b"].name, "label": p["label"],
+                               "alignment": mode, "sketch": size, "direction": direction, "tokens": plan.tokens,
+                               "dims": plan.dims, "sketch_bytes": nbytes, "seconds": time.perf_counter() - t}
+                        for key, r in (("exact", ex), ("sketch", got)):
+                            refused = isinstance(r, DegenerateAlignment)
+                            row[f"{key}_mean"] = None if refused else r.mean
+                            row[f"{key}_verdict"] = "refused" if refused else r.verdict
+                            row[f"{key}_p"] = None if refused or np.isnan(r.p_value) else r.p_value
+                        both = row["exact_mean"] is not None and row["sketch_mean"] is not None
+                        row["diff"] = abs(row["sketch_mean"] - row["exact_mean"]) if both else None
+                        row["same_verdict"] = row["sketch_verdict"] == row["exact_verdict"]
+                        rows.append(row)
     return {"rows": rows, "summary": summarise(rows)}
 
 
@@ -143,21 +153,26 @@ def summarise(rows: list[dict]) -> dict:
             sel = [r for r in rows if r["sketch"] == size and (name == "all" or r["set"] == name)]
             if not sel:
                 continue
+            scored = [r for r in sel if r["diff"] is not None]
             out[f"{size}/{name}"] = {
-                "comparisons": len(sel), "max_diff": max(r["diff"] for r in sel),
-                "within_tolerance": sum(r["diff"] <= TOLERANCE for r in sel),
+                "comparisons": len(sel), "max_diff": max((r["diff"] for r in scored), default=0.0),
+                "within_tolerance": sum(r["diff"] <= TOLERANCE for r in scored),
                 "same_verdict": sum(r["same_verdict"] for r in sel),
+                "refused": {"both": sum(r["exact_verdict"] == r["sketch_verdict"] == "refused" for r in sel),
+                            "sketch_only": sum(r["sketch_verdict"] == "refused" != r["exact_verdict"] for r in sel),
+                            "exact_only": sum(r["exact_verdict"] == "refused" != r["sketch_verdict"] for r in sel)},
             }
     return out
 
 
 def table(summary: dict) -> str:
     """The docs table."""
-    lines = ["| sketch / set | comparisons | max abs diff of mean | within 0.02 | same verdict |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| sketch / set | comparisons | max abs diff of mean | within 0.02 | same verdict | refused: both / "
+             "sketch only / exact only |", "|---|---:|---:|---:|---:|---|"]
     for key, s in summary.items():
+        r = s["refused"]
         lines.append(f"| {key} | {s['comparisons']} | {s['max_diff']:.2e} | {s['within_tolerance']} | "
-                     f"{s['same_verdict']} |")
+                     f"{s['same_verdict']} | {r['both']} / {r['sketch_only']} / {r['exact_only']} |")
     return "\n".join(lines)
 
 
@@ -172,7 +187,8 @@ def main(argv=None) -> int:
         result = run(Path(args.shared), Path(args.microzoo), Path(args.work or tmp))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result["summary"]))
-    bad = [r for r in result["rows"] if r["sketch"] == "planned" and (r["diff"] > TOLERANCE or not r["same_verdict"])]
+    bad = [r for r in result["rows"] if r["sketch"] == "planned"
+           and ((r["diff"] or 0.0) > TOLERANCE or not r["same_verdict"])]
     for r in bad:
         print(f"outside: {r}")
     return 1 if bad else 0
