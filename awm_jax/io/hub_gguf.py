@@ -29,7 +29,7 @@ from pathlib import Path
 from awm_jax.errors import CheckpointError
 from awm_jax.io import _ranges
 from awm_jax.io._network import Watch
-from awm_jax.io.sparse import SparseFile, ranges_path
+from awm_jax.io.sparse import ranges_path
 
 __all__ = ["GGUF_HEADER_GUESS", "MAX_GGUF_HEADER_BYTES", "quants_in", "choose_files", "header_length", "fetch_header",
            "cached_gguf", "download_gguf"]
@@ -227,7 +227,7 @@ def download_gguf(hub_id, storage: Path, commit: str, names: list[str], endpoint
       The path of the first file.
     """
     from awm_jax.io.hub import _fetch_resumable
-    from awm_jax.io.hub_partial import partial_folder
+    from awm_jax.io.hub_partial import create_sparse, partial_folder
 
     if fetch == "full":
         for name in names:
@@ -235,19 +235,5 @@ def download_gguf(hub_id, storage: Path, commit: str, names: list[str], endpoint
         return storage / "snapshots" / commit / names[0]
     folder = partial_folder(storage, commit)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        final = folder / name
-        if final.is_file() and ranges_path(final).is_file():
-            try:
-                if SparseFile.load(final) is not None:
-                    continue
-            except CheckpointError:
-                pass  # damaged: fetched again below
-        remote = _ranges.remote_file(hub_id.repo_id, name, commit, endpoint, watch)
-        header = fetch_header(remote, watch)
-        source = {"repo_id": hub_id.repo_id, "commit": commit, "file": name, "etag": remote.etag}
-        tmp = folder / f".{name}.{os.getpid()}.incomplete"
-        SparseFile.create(tmp, remote.size, source, header)
-        os.replace(ranges_path(tmp), ranges_path(final))
-        os.replace(tmp, final)
+    create_sparse(folder, hub_id, commit, names, endpoint, watch, fetch_header)
     return folder / names[0]

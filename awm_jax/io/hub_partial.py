@@ -34,8 +34,8 @@ from awm_jax.io import _ranges
 from awm_jax.io._network import Watch
 from awm_jax.io.sparse import MissingRange, SparseFile, ranges_path
 
-__all__ = ["PARTIAL_DIR", "partial_folder", "cached_partial", "download_partial", "fetch_tensors", "complete_blob",
-           "FetchStats"]
+__all__ = ["PARTIAL_DIR", "partial_folder", "cached_partial", "create_sparse", "download_partial", "fetch_tensors",
+           "complete_blob", "FetchStats"]
 
 #: Folder of a repository's partial snapshots, beside ``snapshots/`` in its hub cache folder.
 PARTIAL_DIR = "awm_partial"
@@ -85,6 +85,30 @@ def _link(folder: Path, snapshot_file: Path) -> None:
         shutil.copyfile(snapshot_file, target)
 
 
+def create_sparse(folder: Path, hub_id, commit: str, names: list[str], endpoint: str | None, watch: Watch,
+                  fetch_header) -> None:
+    """Creates in ``folder`` the sparse file of each remote file ``names`` (of ``commit``) from its
+    header, ``fetch_header(remote, watch) -> bytes`` (safetensors or GGUF); a file already there with
+    a valid record is kept, a damaged one made again."""
+    for name in names:
+        final = folder / name
+        if final.is_file() and ranges_path(final).is_file():
+            try:
+                if SparseFile.load(final) is not None:
+                    continue
+            except CheckpointError:
+                pass  # damaged: fetched again below
+        remote = _ranges.remote_file(hub_id.repo_id, name, commit, endpoint, watch)
+        header = fetch_header(remote, watch)
+        source = {"repo_id": hub_id.repo_id, "commit": commit, "file": name, "etag": remote.etag}
+        # The record is written before the file appears under its name: a file in this folder
+        # always has a record, so a hole can never pass for data.
+        tmp = folder / f".{name}.{os.getpid()}.incomplete"  # two runs at once each write their own
+        SparseFile.create(tmp, remote.size, source, header)
+        os.replace(ranges_path(tmp), ranges_path(final))
+        os.replace(tmp, final)
+
+
 def download_partial(hub_id, storage: Path, commit: str, small: list[Path], shards: list[str],
                      endpoint: str | None, watch: Watch) -> Path:
     """Builds the partial snapshot of ``commit``: links the small files, and creates each shard's
@@ -106,23 +130,7 @@ def download_partial(hub_id, storage: Path, commit: str, small: list[Path], shar
     folder.mkdir(parents=True, exist_ok=True)
     for path in small:
         _link(folder, path)
-    for shard in shards:
-        final = folder / shard
-        if final.is_file() and ranges_path(final).is_file():
-            try:
-                if SparseFile.load(final) is not None:
-                    continue
-            except CheckpointError:
-                pass  # damaged: fetched again below
-        remote = _ranges.remote_file(hub_id.repo_id, shard, commit, endpoint, watch)
-        header = _ranges.fetch_header(remote, watch)
-        source = {"repo_id": hub_id.repo_id, "commit": commit, "file": shard, "etag": remote.etag}
-        # The record is written before the file appears under its name: a shard in this folder
-        # always has a record, so a hole can never pass for data.
-        tmp = folder / f".{shard}.{os.getpid()}.incomplete"  # two runs at once each write their own
-        sparse = SparseFile.create(tmp, remote.size, source, header)
-        os.replace(ranges_path(tmp), ranges_path(final))
-        os.replace(tmp, final)
+    create_sparse(folder, hub_id, commit, shards, endpoint, watch, _ranges.fetch_header)
     return folder
 
 
