@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from awm_jax.errors import CheckpointError
-from awm_jax.io.checkpoint import Checkpoint, TensorInfo, read_json
+from awm_jax.io.checkpoint import Checkpoint, TensorInfo, TensorTable, read_json
 
 __all__ = ["ADAPTER_CONFIG", "AdapterCheckpoint", "LoraDelta", "adapter_base", "find_adapter", "open_adapter"]
 
@@ -102,7 +102,7 @@ def _pattern(patterns: Any, module: str, default: Any) -> Any:
     return default
 
 
-class AdapterCheckpoint:
+class AdapterCheckpoint(TensorTable):
     """A base checkpoint with a LoRA adapter merged into the weights it targets.
 
     Args:
@@ -203,16 +203,6 @@ class AdapterCheckpoint:
 
     def __repr__(self) -> str:
         return f"AdapterCheckpoint({str(self.root)!r}, {len(self.deltas)} merged weights on {self.base!r})"
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def info(self, name: str) -> TensorInfo:
-        """Where tensor ``name`` lives (merged weights: ``F32``, as :meth:`read` returns them)."""
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise CheckpointError(f"{self.root}: has no tensor {name!r}") from None
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Reads one tensor (or a block of rows): merged weights as float32 ``W + scale * delta``."""

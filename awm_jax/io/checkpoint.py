@@ -68,6 +68,7 @@ from awm_jax.io.sparse import SparseFile
 __all__ = [
     "Checkpoint",
     "TensorInfo",
+    "TensorTable",
     "check_readable",
     "MAX_HEADER_BYTES",
     "MAX_JSON_BYTES",
@@ -151,7 +152,25 @@ def _check_config(config: dict[str, Any], path: Path) -> None:
             scope[key] = value
 
 
-class Checkpoint:
+class TensorTable:
+    """What every checkpoint kind answers the same way: which tensors it holds (``self.tensors``,
+    name -> :class:`TensorInfo`) and where one lives; one message for a missing name."""
+
+    root: Path
+    tensors: dict[str, TensorInfo]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def info(self, name: str) -> TensorInfo:
+        """Where tensor ``name`` lives, its dtype (as :meth:`read` returns it) and shape."""
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.root}: has no tensor {short_text(name)}") from None
+
+
+class Checkpoint(TensorTable):
     """A model folder: its config and the tensors of its weight files, read lazily.
 
     Args:
@@ -379,16 +398,6 @@ class Checkpoint:
         return np.array(arr, copy=True)
 
     # -- access -----------------------------------------------------------------------------------
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def info(self, name: str) -> TensorInfo:
-        """Returns where tensor ``name`` lives, its dtype and shape."""
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise CheckpointError(f"{self.root}: has no tensor {short_text(name)}") from None
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Reads one tensor (or a contiguous block of its rows) in its stored dtype.

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from awm_jax.errors import CheckpointError, UsageError, VocabularyError
-from awm_jax.io.checkpoint import _TRACE, MAX_CONFIG_INT, TensorInfo, memory_limit, open_regular
+from awm_jax.io.checkpoint import _TRACE, MAX_CONFIG_INT, TensorInfo, TensorTable, memory_limit, open_regular
 from awm_jax.io.sparse import SparseFile
 
 __all__ = [
@@ -339,7 +339,7 @@ def _size(value: Any, key: str, file: Path) -> int | None:
     return int(value)
 
 
-class GGUFCheckpoint:
+class GGUFCheckpoint(TensorTable):
     """A GGUF model presented as a checkpoint: ``config``, ``tensors`` (Hugging Face names) and lazy reads.
 
     Args:
@@ -419,16 +419,6 @@ class GGUFCheckpoint:
 
     def __repr__(self) -> str:
         return f"GGUFCheckpoint({str(self.root)!r}, {len(self.tensors)} tensors read of {len(self.files)} file(s))"
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def info(self, name: str) -> TensorInfo:
-        """Where tensor ``name`` lives; ``dtype`` is what :meth:`read` returns (``F16``, else ``F32``)."""
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise CheckpointError(f"{self.root}: has no tensor {name!r}") from None
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Reads one tensor (or a contiguous block of its rows), dequantised: float16 for ``F16``, else float32.
