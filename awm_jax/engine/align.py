@@ -1,9 +1,10 @@
 """A pair's hidden-dimension alignment (docs/method.md steps 1-5).
 
 Shared vocabulary -> base and target -> embedding-column cosine over the shared rows -> linear
-assignment on the host (and the Procrustes rotation for ``orthogonal``, and for ``auto`` when its
-screen passes: ``numerics.auto_alignment``) ->
-:class:`PairAlignment`, which aligns any stack of base Grams.
+assignment on the host (and the Procrustes rotation for ``orthogonal``) -> :class:`PairAlignment`,
+which aligns any stack of base Grams. ``auto`` starts from the signed permutation and is decided by
+:func:`settle_auto` once the layers are scored under it (``numerics.auto_alignment``: the rotation
+is fitted only when its screen passes).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from awm_jax.engine.models import PreparedModel, check_embedding_sums, read_embedding
 from awm_jax.numerics.alignment import (
+    EmbeddingCross,
     assign_dimensions,
     check_alignment_evidence,
     embedding_cross,
@@ -28,7 +30,7 @@ from awm_jax.numerics.kernels import align_grams, rotate_grams
 from awm_jax.errors import UsageError
 from awm_jax.io.vocab import shared_rows
 
-__all__ = ["PairAlignment", "align_pair"]
+__all__ = ["AutoPending", "PairAlignment", "align_pair", "settle_auto"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,8 @@ class PairAlignment:
       base_dims: ``n_b``; ``matched_dims`` is ``n_t``.
       diagnostics: the report's alignment numbers (fits, sign flips, mode used and why).
       vocabulary: shared-token counts, by model A and B.
+      pending: for ``auto``, what :func:`settle_auto` needs once the layers are scored under the
+        signed permutation (``None`` once decided, and for the other modes).
     """
 
     base_is_a: bool
@@ -52,6 +56,7 @@ class PairAlignment:
     base_dims: int
     diagnostics: dict
     vocabulary: dict
+    pending: "AutoPending | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def matched_dims(self) -> int:
@@ -62,6 +67,18 @@ class PairAlignment:
         if self.rotation is not None:
             return rotate_grams(grams, jnp.asarray(self.rotation))
         return align_grams(grams, jnp.asarray(self.perm), jnp.asarray(self.signs))
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoPending:
+    """What ``auto`` decides on after the permutation's layer scores (:func:`settle_auto`): the
+    embedding sums (for the rotation), and the embeddings and shared rows (for the token similarity)."""
+
+    cross: EmbeddingCross
+    emb_base: np.ndarray
+    emb_target: np.ndarray
+    ids_base: np.ndarray
+    ids_target: np.ndarray
 
 
 def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict | None = None) -> PairAlignment:
@@ -105,33 +122,52 @@ def align_pair(a: PreparedModel, b: PreparedModel, alignment: str, timings: dict
         timings["procrustes_s"] = time.perf_counter() - t
         rotation, used, reason = fitted.matrix, "orthogonal", "requested orthogonal"
         diagnostics.update(permutation_fit=permutation_fit(cross, assignment), rotation_fit=fitted.fit)
-    elif alignment == "auto":
-        t = time.perf_counter()
-        pairs = probe_pairs(base.grams.num_layers, target.grams.num_layers)
-        probed_base = base.grams.take([i for i, _ in pairs])
-        probed_target = target.grams.take([j for _, j in pairs])
-        perm, signs = jnp.asarray(assignment.perm), jnp.asarray(assignment.signs)
-        fitted = []
-
-        def rotated() -> float:  # only for pairs the screen passes: the SVD is the cost
-            fitted.append(orthogonal_procrustes(cross))
-            matrix = jnp.asarray(fitted[0].matrix)
-            return probe_score(probed_base, probed_target, lambda g: rotate_grams(g, matrix))
-
-        used, reason, probe = auto_alignment(
-            pairs, assignment.target_dims,
-            probe_score(probed_base, probed_target, lambda g: align_grams(g, perm, signs)),
-            lambda: token_similarity(emb_base, emb_target, shared.ids_a, shared.ids_b), rotated)
-        timings["auto_s"] = time.perf_counter() - t
-        diagnostics.update(permutation_fit=permutation_fit(cross, assignment), **probe.diagnostics())
-        if fitted:
-            diagnostics["rotation_fit"] = fitted[0].fit
-            if used == "orthogonal":
-                rotation = fitted[0].matrix
-    del emb_base, emb_target
+    pending = None
+    if alignment == "auto":  # the permutation now; settle_auto decides once its layers are scored
+        used, reason = "assignment", "auto: to be decided on the layers"
+        pending = AutoPending(cross, emb_base, emb_target, shared.ids_a, shared.ids_b)
+        diagnostics.update(permutation_fit=permutation_fit(cross, assignment))
+    del emb_base, emb_target  # kept by ``pending`` for auto
     diagnostics.update(mode=alignment, used=used, reason=reason, norm_gains=a.grams.norm_gains)
     dropped_a, dropped_b = (shared.dropped_a, shared.dropped_b) if base_is_a else (shared.dropped_b, shared.dropped_a)
     vocabulary = {"shared_tokens": shared.shared_tokens, "shared_rows": len(shared), "dropped_a": dropped_a,
                   "dropped_b": dropped_b, "vocab_a": len(a.vocab), "vocab_b": len(b.vocab)}
     return PairAlignment(base_is_a, assignment.perm, assignment.signs, rotation, assignment.base_dims, diagnostics,
-                         vocabulary)
+                         vocabulary, pending)
+
+
+def settle_auto(align: PairAlignment, base: PreparedModel, target: PreparedModel, grid_q: np.ndarray,
+                grid_k: np.ndarray, timings: dict | None = None) -> PairAlignment:
+    """``auto``'s decision (``numerics.auto_alignment``) for an alignment ``align_pair`` left pending.
+
+    The permutation's probe is read from the layer scores already computed under it
+    (``grid_q``/``grid_k``, ``[L_base, L_target]``, filled at least at the probed pairs: the
+    diagonal at equal depth), so a pair the screen keeps on the permutation costs nothing more;
+    only a pair that may be a rotated copy has its rotation fitted and probed.
+
+    Returns:
+      ``align`` decided: the same signed permutation, or the rotation (then the layers must be
+      scored again under it).
+    """
+    timings = {} if timings is None else timings
+    pending = align.pending
+    t = time.perf_counter()
+    pairs = probe_pairs(base.grams.num_layers, target.grams.num_layers)
+    rows, cols = [i for i, _ in pairs], [j for _, j in pairs]
+    permutation = float(np.mean(np.concatenate([grid_q[rows, cols], grid_k[rows, cols]])))
+    fitted = []
+
+    def rotated() -> float:  # only for pairs the screen passes: the SVD is the cost
+        fitted.append(orthogonal_procrustes(pending.cross))
+        matrix = jnp.asarray(fitted[0].matrix)
+        return probe_score(base.grams.take(rows), target.grams.take(cols), lambda g: rotate_grams(g, matrix))
+
+    used, reason, probe = auto_alignment(
+        pairs, align.matched_dims, permutation,
+        lambda: token_similarity(pending.emb_base, pending.emb_target, pending.ids_base, pending.ids_target), rotated)
+    timings["auto_s"] = time.perf_counter() - t
+    diagnostics = dict(align.diagnostics, used=used, reason=reason, **probe.diagnostics())
+    if fitted:
+        diagnostics["rotation_fit"] = fitted[0].fit
+    rotation = fitted[0].matrix if used == "orthogonal" else None
+    return dataclasses.replace(align, rotation=rotation, diagnostics=diagnostics, pending=None)

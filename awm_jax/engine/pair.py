@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from awm_jax._version import __version__
-from awm_jax.engine.align import align_pair
+from awm_jax.engine.align import align_pair, settle_auto
 from awm_jax.engine.layers import LayerPairing, score_layers
 from awm_jax.engine.models import PreparedModel, prepare_model
 from awm_jax.errors import UsageError
@@ -125,6 +125,10 @@ def score_pair(a: PreparedModel, b: PreparedModel, options: PairOptions = PairOp
     t = time.perf_counter()
     with stage("scoring layers"):
         pairing = score_layers(base, target, align, options.layer_match, options.mlp)
+        if align.pending is not None:  # auto: decided on the permutation's scores
+            align = settle_auto(align, base, target, pairing.grid_q, pairing.grid_k, timings)
+            if align.rotation is not None:  # a rotated copy: scored again under the rotation
+                pairing = score_layers(base, target, align, options.layer_match, options.mlp)
     timings["scores_s"] = time.perf_counter() - t
     return assemble(pairing, align.base_is_a, min(a.hidden_size, b.hidden_size), align.base_dims, align.matched_dims,
                     align.diagnostics, align.vocabulary)

@@ -142,6 +142,11 @@ def test_auto_follows_a_fine_tuned_rotated_copy_and_keeps_a_permuted_one(anisotr
     permuted = awm_jax.compare(anisotropic["base"], anisotropic["permuted"], cache=False, alignment="auto")
     assert permuted.alignment["used"] == "assignment"
     np.testing.assert_allclose(permuted.mean, 1.0, atol=1e-5)
+    # the permutation's probe is read from its layer scores; the screen stops there (no rotation)
+    al = permuted.alignment
+    assert al["probe_rotation"] is None and al["token_similarity"] is None and "rotation_fit" not in al
+    probed = [l for l in permuted.layers if [l.a_layer, l.b_layer] in al["probe_layers"]]
+    assert al["probe_permutation"] == pytest.approx(np.mean([x for l in probed for x in (l.wq, l.wk)]), abs=1e-12)
 
 
 def test_auto_probes_layers_at_the_same_relative_depth_for_a_pruned_copy(anisotropic):
