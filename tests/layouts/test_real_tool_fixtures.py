@@ -75,6 +75,28 @@ def test_gguf_scores_as_its_float_parent_and_not_as_an_independent_model(parity,
     assert independent.verdict != "derived", independent.mean
 
 
+# --- K-quant GGUF written by llama.cpp's own quantiser (llama_model_quantize) -------------------
+
+LLAMA_CPP = REAL / "llama_cpp"
+LLAMA_CPP_TYPES = json.loads((LLAMA_CPP / "MANIFEST.json").read_text())["files"]
+K_FLOORS = {"Q6_K": 0.99, "Q5_K_M": 0.99, "Q4_K_M": 0.95, "Q2_K": 0.85}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_CPP_TYPES))
+def test_llama_cpp_k_quants_score_as_their_float_parent_and_not_as_an_independent_model(name):
+    """Real K-quant files (llama.cpp chose the per-tensor mix: Q4_K with Q6_K for Q4_K_M...) of a
+    256-wide model, dequantised by the ``gguf`` package, against the bf16 parent and an
+    independent model of the same shapes (no ../shared needed)."""
+    gguf = pytest.importorskip("gguf")
+    qtype = LLAMA_CPP_TYPES[name]["type"]
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(LLAMA_CPP / name).tensors}
+    assert kinds & {"Q2_K", "Q4_K", "Q5_K", "Q6_K"} and kinds == set(LLAMA_CPP_TYPES[name]["tensor_types"])
+    parent = _compare(LLAMA_CPP / "base", LLAMA_CPP / name)
+    assert parent.mean >= K_FLOORS[qtype] and parent.verdict == "derived", (qtype, parent.mean)
+    independent = _compare(LLAMA_CPP / "other", LLAMA_CPP / name)
+    assert independent.verdict != "derived", independent.mean
+
+
 # --- LoRA adapters written by peft, against peft's own merge_and_unload() ----------------------
 
 PEFT = REAL / "peft"
