@@ -15,8 +15,8 @@ import time
 
 from awm_jax.catalogue.store import Catalogue, CatalogueEntry
 from awm_jax.engine.layers import prefetched
-from awm_jax.engine.models import PreparedModel, read_embedding
-from awm_jax.engine.sketch import score_against_sketch, sketch_rows
+from awm_jax.engine.models import PreparedModel
+from awm_jax.engine.sketch import ModelSide, score_against_sketch, sketch_rows
 from awm_jax.numerics.alignment import DegenerateAlignment
 from awm_jax.options import PairOptions
 from awm_jax.report import ModelSummary, PairResult
@@ -129,7 +129,7 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
     """
     t_start = time.perf_counter()
     read_s = score_s = 0.0
-    embedding = read_embedding(model.resolved)  # once (its checks read the whole map)
+    side = ModelSide.of(model)  # the embedding read once, the model's token Grams kept
     matches, skipped, candidates = [], [], []
     for entry in catalogue.entries:
         why = _width_apart(model, entry)
@@ -153,7 +153,7 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
         else:
             t = time.perf_counter()
             try:
-                result = score_against_sketch(model, sketch, options, embedding=embedding)
+                result = score_against_sketch(model, sketch, options, side=side)
             except DegenerateAlignment as e:  # too little evidence to align with this entry: set aside
                 skipped.append((entry.id, str(e)))
                 result = None

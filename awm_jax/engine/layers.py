@@ -17,7 +17,7 @@ import numpy as np
 
 from awm_jax.engine.align import PairAlignment
 from awm_jax.fingerprint import GramSet, chunk_layers_for
-from awm_jax.numerics.kernels import grid_cka, hsic_parts_layers, paired_cka, paired_cka_from_parts
+from awm_jax.numerics.kernels import default_platform, grid_cka, hsic_parts_layers, paired_cka, paired_cka_from_parts
 from awm_jax.numerics.layer_match import match_layers
 from awm_jax.numerics.statistics import CalibratedTest, cross_layer_test, matching_null_test
 
@@ -72,9 +72,11 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
     target layers and each shifted set of target layers.
     """
     layers = gb.num_layers
-    chunk = chunk_layers_for(gb.n, gb.n, layers)
-    wq, wk = np.empty(layers), np.empty(layers)
     shifts = mismatch_shifts(layers)
+    chunk = chunk_layers_for(gb.n, gb.n, layers)
+    if chunk >= layers:
+        return _score_whole(gb, gt, align, shifts)
+    wq, wk = np.empty(layers), np.empty(layers)
     off = {s: np.empty(layers) for s in shifts}
     starts = range(0, layers, chunk)
     reads = [(g, [(i + shift) % layers for i in range(start, min(start + chunk, layers))])
@@ -93,6 +95,36 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
             else:
                 off[shift][start:stop] = (sq + sk) / 2
     return MatchedScores(wq, wk, off)
+
+
+def _span(x: jax.Array, start: int, stop: int) -> jax.Array:
+    """Layers ``[start, stop)`` of a stack; on the CPU a view of the same buffer (no copy)."""
+    return jax.device_put(np.asarray(x)[start:stop]) if default_platform() == "cpu" else x[start:stop]
+
+
+def _shifted_cka(base, bparts, target, tparts, shift: int) -> np.ndarray:
+    """``[L]`` scores of base layer ``i`` against target layer ``i + shift mod L``: the layers
+    that do not wrap round, then those that do."""
+    layers = base.shape[0]
+    spans = ((0, layers - shift, shift, layers), (layers - shift, layers, 0, shift)) if shift else ((0, layers, 0, layers),)
+    cut = lambda parts, a, b: jax.tree_util.tree_map(lambda x: x[a:b], parts)  # noqa: E731
+    return np.concatenate([np.asarray(paired_cka_from_parts(_span(base, b0, b1), cut(bparts, b0, b1),
+                                                            _span(target, t0, t1), cut(tparts, t0, t1)))
+                           for b0, b1, t0, t1 in spans])
+
+
+def _score_whole(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[int, ...]) -> MatchedScores:
+    """:func:`score_equal_depth` of sets whose layers fit one chunk, in one step (small models,
+    sketches): each side read once and its parts computed once, every shift scored on spans of
+    the same arrays (no copies on the CPU); the same computation whether the Grams come from
+    memory or from the cache."""
+    whole = list(range(gb.num_layers))
+    base = [align.apply(jax.device_put(x)) for x in (gb.arrays if gb.folder is None else gb.take(whole))]
+    targets = [jax.device_put(x) for x in (gt.arrays if gt.folder is None else gt.take(whole))]
+    bparts, tparts = [hsic_parts_layers(x) for x in base], [hsic_parts_layers(x) for x in targets]
+    scores = {s: [_shifted_cka(base[j], bparts[j], targets[j], tparts[j], s) for j in range(2)] for s in (0, *shifts)}
+    return MatchedScores(scores[0][0].astype(np.float64), scores[0][1].astype(np.float64),
+                         {s: ((scores[s][0] + scores[s][1]) / 2).astype(np.float64) for s in shifts})
 
 
 def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -42,11 +42,11 @@ from awm_jax.numerics.alignment import (
     orthogonal_procrustes,
     permutation_fit,
 )
-from awm_jax.numerics.auto_alignment import auto_alignment, probe_pairs, probe_score, token_similarity
+from awm_jax.numerics.auto_alignment import TokenGrams, auto_alignment, probe_pairs, probe_score, token_similarity
 from awm_jax.options import PairOptions
 from awm_jax.report import PairResult
 
-__all__ = ["Sketch", "SketchRows", "score_against_sketch", "sketch_rows"]
+__all__ = ["ModelSide", "Sketch", "SketchRows", "score_against_sketch", "sketch_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,23 @@ class Sketch:
     def grams(self) -> GramSet:
         """The retained Grams as an in-memory :class:`GramSet` (``n`` = ``m``)."""
         return GramSet(self.num_layers, self.m, "qk", arrays=(self.q, self.k))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSide:
+    """What a scan reads or computes once for its model and reuses for every entry.
+
+    Attributes:
+      embedding: the model's embedding from ``read_embedding`` (read once: its checks read the map).
+      token_grams: the model's token Grams for ``auto``'s token similarity, by shared rows.
+    """
+
+    embedding: np.ndarray
+    token_grams: TokenGrams = dataclasses.field(default_factory=TokenGrams)
+
+    @classmethod
+    def of(cls, model: PreparedModel) -> ModelSide:
+        return cls(read_embedding(model.resolved))
 
 
 class SketchRows(NamedTuple):
@@ -166,7 +183,7 @@ def _identity(m: int, like: PairAlignment) -> PairAlignment:
 
 
 def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOptions = PairOptions(),
-                         timings: dict | None = None, embedding: np.ndarray | None = None) -> PairResult:
+                         timings: dict | None = None, side: ModelSide | None = None) -> PairResult:
     """Scores a prepared model (A) against a sketch (B); run under ``jax.default_device``.
 
     Args:
@@ -174,7 +191,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
       sketch: the other model's sketch.
       options: layer matching and alignment (``mlp`` is not part of a sketch and is ignored).
       timings: when given, receives ``alignment_s`` and ``scores_s``.
-      embedding: the model's embedding from ``read_embedding`` (a scan reads it once for every entry).
+      side: what a scan reuses for every entry (made here when not given).
 
     Returns:
       The pair's :class:`PairResult`, model A = ``model``, model B = the sketched model.
@@ -190,7 +207,8 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     if rows.model.size == 0:
         raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
                               f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
-    emb = read_embedding(model.resolved) if embedding is None else embedding
+    side = ModelSide.of(model) if side is None else side
+    emb = side.embedding
     # The engine's base is the wider model, ties the first (here: the model); the sketch can only
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size
@@ -237,7 +255,7 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
             return probed(rotated[0])
 
         used, reason, probe = auto_alignment(pairs, assignment.target_dims, probed(permuted),
-                                             lambda: token_similarity(*ordered), rotated_probe)
+                                             lambda: token_similarity(*ordered, grams=side.token_grams), rotated_probe)
         diagnostics.update(probe.diagnostics())
         diagnostics.setdefault("permutation_fit", permutation_fit(cross, assignment))
         gb, gt, scored = rotated[0] if used == "orthogonal" else permuted

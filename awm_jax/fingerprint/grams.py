@@ -214,15 +214,24 @@ class GramSet:
         if self.folder is None:
             return tuple(np.stack([np.take(np.take(a[l], rows, axis=0), rows, axis=1) for l in range(self.num_layers)])
                          if self.num_layers else np.empty((0, rows.size, rows.size), np.float32) for a in self.arrays)
-        positions = packed_positions(rows, self.n)
-        out = []
-        for name in KINDS[self.kind]:
-            stack = np.empty((self.num_layers, rows.size, rows.size), np.float32)
+        # read in ascending row order (the packed rows are then visited front to back: ~2x faster
+        # than the rows' own order), then put rows and columns back in the order asked for
+        order = np.argsort(rows, kind="stable")
+        back = np.argsort(order)
+        positions = packed_positions(rows[order], self.n)
+
+        def gathered(name: str) -> np.ndarray:
+            stack = aligned_empty((self.num_layers, rows.size, rows.size))
+            ascending = np.empty((rows.size, rows.size), np.float32)
             with self._packed(name, 0, self.num_layers) as packed:
                 for l in range(self.num_layers):
-                    np.take(packed[l], positions, out=stack[l])
-            out.append(stack)
-        return tuple(out)
+                    np.take(packed[l], positions, out=ascending)
+                    np.take(ascending[back], back, axis=1, out=stack[l])
+            return stack
+
+        # one thread per file (numpy's take releases the GIL: ~2x on two cores)
+        with ThreadPoolExecutor(max_workers=len(KINDS[self.kind]), thread_name_prefix="awm-gather") as pool:
+            return tuple(pool.map(gathered, KINDS[self.kind]))
 
 
 def _stored_matrices(resolved: ResolvedLayout, layer: int, kind: str) -> tuple[np.ndarray, ...]:

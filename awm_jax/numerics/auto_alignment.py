@@ -29,7 +29,9 @@ probe, which keeps their permutation: the screen saves time, the probe decides.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 from typing import Callable
 
 import jax.numpy as jnp
@@ -46,6 +48,7 @@ __all__ = [
     "AUTO_PROBE_LAYERS",
     "AUTO_TOKEN_SAMPLE",
     "AlignmentProbe",
+    "TokenGrams",
     "auto_alignment",
     "choose_alignment",
     "probe_margin",
@@ -143,8 +146,36 @@ def token_sample_size(rows: int, sample: int = AUTO_TOKEN_SAMPLE) -> int:
     return 1 << (min(rows, sample).bit_length() - 1) if rows > 0 else 0
 
 
+def _token_gram(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``A A^T`` of the centred, unit-norm rows ``A`` of ``emb`` (:func:`token_similarity`)."""
+    a = _centred_unit(emb[rows])
+    return a @ a.T
+
+
+class TokenGrams:
+    """Token Grams already computed, by embedding and rows: a scan compares one model with many
+    catalogue entries, mostly over the same shared rows, so its side is computed once. Keeps the
+    ``size`` most recently used (each holds its embedding, so an id is never reused meanwhile)."""
+
+    def __init__(self, size: int = 4):
+        self._grams: collections.OrderedDict = collections.OrderedDict()
+        self._size = size
+
+    def gram(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        key = (id(emb), hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes()).digest())
+        hit = self._grams.get(key)
+        if hit is not None and hit[0] is emb:
+            self._grams.move_to_end(key)
+            return hit[1]
+        gram = _token_gram(emb, rows)
+        self._grams[key] = (emb, gram)
+        while len(self._grams) > self._size:
+            self._grams.popitem(last=False)
+        return gram
+
+
 def token_similarity(emb_base: np.ndarray, emb_target: np.ndarray, ids_base: np.ndarray, ids_target: np.ndarray,
-                     sample: int = AUTO_TOKEN_SAMPLE) -> float:
+                     sample: int = AUTO_TOKEN_SAMPLE, grams: TokenGrams | None = None) -> float:
     """Unbiased linear CKA of the two embeddings' token Grams over sampled shared rows.
 
     The Grams ``E E^T`` of :func:`token_sample_size` shared rows, drawn with a fixed seed (the same
@@ -159,6 +190,8 @@ def token_similarity(emb_base: np.ndarray, emb_target: np.ndarray, ids_base: np.
       emb_target: ``[V_t, n_t]`` target embedding.
       ids_base: ``[T]`` base rows of the shared tokens.
       ids_target: ``[T]`` target rows of the same tokens.
+      sample: rows sampled (at most).
+      grams: Grams computed before, reused when the same embedding and rows come again.
 
     Returns:
       The CKA clipped to ``[0, 1]``; 1 (no evidence against a rotation) below ``MIN_SAMPLES`` rows.
@@ -167,8 +200,8 @@ def token_similarity(emb_base: np.ndarray, emb_target: np.ndarray, ids_base: np.
     if count < MIN_SAMPLES:
         return 1.0
     pick = np.sort(np.random.default_rng(0).choice(ids_base.size, size=count, replace=False))
-    a, b = _centred_unit(emb_base[ids_base[pick]]), _centred_unit(emb_target[ids_target[pick]])
-    cka = paired_cka(jnp.asarray(a @ a.T)[None], jnp.asarray(b @ b.T)[None])
+    gram = _token_gram if grams is None else grams.gram
+    cka = paired_cka(jnp.asarray(gram(emb_base, ids_base[pick]))[None], jnp.asarray(gram(emb_target, ids_target[pick]))[None])
     return float(np.clip(np.asarray(cka)[0], 0.0, 1.0))
 
 

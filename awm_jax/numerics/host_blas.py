@@ -266,8 +266,9 @@ def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray
                          f"got {out.dtype} {out.shape}")
     if host_blas_route().name == "mkl":
         return _mkl_product(_load()[0], a, b, out)
-    a32 = a.astype(np.float32)
-    product = a32.T @ (a32 if b is a else b.astype(np.float32))
+    # two operands even for a Gram: numpy computes ``x.T @ x`` of one array with SYRK, whose
+    # rounding differs from the GEMM of the float32 path (and changes between numpy releases)
+    product = a.astype(np.float32).T @ b.astype(np.float32)
     if out is None:
         return product
     out += product

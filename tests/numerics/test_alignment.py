@@ -127,6 +127,23 @@ def test_blocks_of_different_magnitudes_are_rescaled_exactly(platform, monkeypat
 # -- minimum evidence -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1.0, 1e4, 3e30])
+@pytest.mark.parametrize("special", [None, np.inf, -np.inf, np.nan, 0.0])
+def test_block_shift_of_16_bit_rows_reads_the_magnitude_bits_exactly(dtype, scale, special):
+    """The integer path for bfloat16/float16 blocks gives the shift of the float max/min it replaces."""
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+    with np.errstate(over="ignore"):
+        rows = (np.random.default_rng(3).standard_normal((16, 9)) * scale).astype(dt)
+    if special is not None:
+        rows[2, 4] = special
+    for block in (rows, rows[:, ::2]):  # contiguous (integer path) and strided (float path)
+        peak = max(float(block.max()), -float(block.min()))
+        assert alignment._block_shift(block) == int(alignment.range_shift(peak))
+
+
 def test_sampled_rank():
     rng = np.random.default_rng(3)
     emb = rng.standard_normal((500, 100)).astype(np.float32)
