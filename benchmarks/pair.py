@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.host_blas import cpu_record
 from benchmarks.shapes import SHAPES, synthesize_pair
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,8 +158,7 @@ def main(argv=None) -> int:
         if abs(naive["mean"] - cold["mean"]) > 1e-4:
             raise SystemExit(f"scores disagree: awm_jax {cold['mean']} vs straightforward {naive['mean']}")
     result = {
-        "shape": shape.__dict__, "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                             "cpus": os.cpu_count(), "device": cold["environment"]["device"]},
+        "shape": shape.__dict__, "machine": dict(cpu_record(), device=cold["environment"]["device"]),
         "synthesis_s": synth_s, "lean_checkpoints": lean, "floor": floor, "cold": cold, "warm": warm, "straightforward": naive,
         "ratios": {"cold_over_floor": cold["wall_s"] / floor["floor_s"],
                    "straightforward_over_cold": naive["wall_s"] / cold["wall_s"] if naive else None},

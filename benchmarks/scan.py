@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -91,6 +90,7 @@ def main(argv=None) -> int:
     from awm_jax.catalogue.store import load_catalogue
     from awm_jax.engine.models import prepare_model
     from awm_jax.fingerprint import FingerprintCache
+    from benchmarks.host_blas import cpu_record
     from benchmarks.shapes import SHAPES
 
     shape = SHAPES[args.shape]
@@ -130,8 +130,7 @@ def main(argv=None) -> int:
         "load_average": os.getloadavg(), "first_entry_s": per_entry[0], "steady_entry_s": steady,
         "stages": result.timings, "extrapolated_1000_s": prepare_s + per_entry[0] + steady * 999,
         "extrapolation": "linear in entries: prepare + first entry (compilation) + 999 x the mean later entry",
-        "setup_s": setup_s, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                        "processor": platform.processor()},
+        "setup_s": setup_s, "machine": cpu_record(),
         "scored": len(result.matches), "derived": len(result.derived()),
     }
     out = Path(args.out or f"benchmarks/results/scan-{args.shape}-{len(catalogue.entries)}-cpu.json")

@@ -9,12 +9,17 @@ matches are ranked: ``derived`` first, then by AWM mean score.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+from threadpoolctl import threadpool_limits
 
 from awm_jax.catalogue.store import Catalogue, CatalogueEntry
-from awm_jax.engine.layers import prefetched
 from awm_jax.engine.models import PreparedModel
 from awm_jax.engine.sketch import ModelSide, score_against_sketch, sketch_rows
 from awm_jax.numerics.alignment import DegenerateAlignment
@@ -27,6 +32,9 @@ __all__ = ["MAX_WIDTH_RATIO", "SCAN_FORMAT", "ScanMatch", "ScanResult", "scan_mo
 #: (width pruning keeps at least a quarter of the dimensions in every recipe known to us).
 MAX_WIDTH_RATIO = 4.0
 SCAN_FORMAT = "awm_jax.scan/1"
+#: Entries scored at once, each with one BLAS thread (on two cores, 7B-shaped sketches: 0.47 s an
+#: entry, against 0.56 s one entry at a time with two BLAS threads).
+SCAN_WORKERS = 2
 _VERDICT_RANK = {"derived": 0, "inconclusive": 1, "independent": 2}
 
 
@@ -139,30 +147,42 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
         skipped.append((entry.id, why))
         if progress is not None:
             progress(entry, None)
+    device = jax.config.jax_default_device  # the caller's choice, for the worker threads
 
-    def read(entry):
+    def score(entry: CatalogueEntry):
+        """Reads (hashes, decodes) and scores one entry: ``(result or None, why skipped, read_s, score_s)``."""
         t = time.perf_counter()
-        return entry, catalogue.sketch(entry), time.perf_counter() - t
+        sketch = catalogue.sketch(entry)
+        read = time.perf_counter() - t
+        if sketch_rows(model, sketch, side).model.size == 0:
+            return None, "no shared tokens with the sketch's token subset", read, 0.0
+        t = time.perf_counter()
+        try:
+            with jax.default_device(device):
+                return score_against_sketch(model, sketch, options, side=side), None, read, time.perf_counter() - t
+        except DegenerateAlignment as e:  # too little evidence to align with this entry: set aside
+            return None, str(e), read, time.perf_counter() - t
 
-    # the next entry's sketch is read (hashed, decoded) while this one is scored
-    for entry, sketch, seconds in prefetched(read, [(e,) for e in candidates]):
-        read_s += seconds
-        if sketch_rows(model, sketch).model.size == 0:
-            skipped.append((entry.id, "no shared tokens with the sketch's token subset"))
-            result = None
-        else:
-            t = time.perf_counter()
-            try:
-                result = score_against_sketch(model, sketch, options, side=side)
-            except DegenerateAlignment as e:  # too little evidence to align with this entry: set aside
-                skipped.append((entry.id, str(e)))
-                result = None
+    # SCAN_WORKERS entries at once, each with one BLAS thread: every step of an entry (the
+    # products, the assignment, the reads) keeps a core busy; results are taken in catalogue order
+    with threadpool_limits(limits=1, user_api="blas"), \
+            ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="awm-scan") as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(candidates)
+        for entry in itertools.islice(queue, SCAN_WORKERS):
+            pending.append((entry, pool.submit(score, entry)))
+        while pending:
+            entry, future = pending.popleft()
+            result, why, read, seconds = future.result()
+            for nxt in itertools.islice(queue, 1):
+                pending.append((nxt, pool.submit(score, nxt)))
+            read_s, score_s = read_s + read, score_s + seconds
+            if result is None:
+                skipped.append((entry.id, why))
             else:
                 matches.append(ScanMatch(entry, result))
-            score_s += time.perf_counter() - t
-        del sketch
-        if progress is not None:
-            progress(entry, result)
+            if progress is not None:
+                progress(entry, result)
     matches.sort(key=_rank)
     order = {e.id: i for i, e in enumerate(catalogue.entries)}
     skipped.sort(key=lambda s: order[s[0]])

@@ -91,10 +91,25 @@ class ModelSide:
     Attributes:
       embedding: the model's embedding from ``read_embedding`` (read once: its checks read the map).
       token_grams: the model's token Grams for ``auto``'s token similarity, by shared rows.
+      rows: :func:`sketch_rows` by the sketch's token subset (entries of one tokenizer share it).
+
+    The model's shared embedding rows enter the alignment as one float32 block (``float_rows``),
+    so their gather and conversion are paid once per token subset, not once per entry.
     """
 
     embedding: np.ndarray
     token_grams: TokenGrams = dataclasses.field(default_factory=TokenGrams)
+    rows: dict = dataclasses.field(default_factory=dict)  # sketch token subset -> SketchRows
+    _float_rows: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def float_rows(self, ids: np.ndarray) -> np.ndarray:
+        """``embedding[ids]`` as float32 (exact for every float type a checkpoint stores), kept
+        for the last token subset: entries of one tokenizer share their shared rows."""
+        key = ids.tobytes()
+        if key not in self._float_rows:
+            self._float_rows.clear()
+            self._float_rows[key] = np.asarray(self.embedding[ids], np.float32)
+        return self._float_rows[key]
 
     @classmethod
     def of(cls, model: PreparedModel) -> ModelSide:
@@ -113,12 +128,19 @@ class SketchRows(NamedTuple):
     sketch: np.ndarray
 
 
-def sketch_rows(model: PreparedModel, sketch: Sketch) -> SketchRows:
-    """The sketch's tokens present in the model's vocabulary, within its embedding rows."""
+def sketch_rows(model: PreparedModel, sketch: Sketch, side: ModelSide | None = None) -> SketchRows:
+    """The sketch's tokens present in the model's vocabulary, within its embedding rows (kept in
+    ``side`` when given)."""
+    known = None if side is None else side.rows.get(sketch.tokens)
+    if known is not None:
+        return known
     tokens, rows = model.vocab.tokens, model.resolved.vocab_rows
-    pairs = [(tokens[t], i) for i, t in enumerate(sketch.tokens) if t in tokens and tokens[t] < rows]
+    pairs = [(i, j) for j, t in enumerate(sketch.tokens) if (i := tokens.get(t, rows)) < rows]
     ids = np.asarray(sorted(pairs), np.int64).reshape(-1, 2)
-    return SketchRows(ids[:, 0], ids[:, 1])
+    found = SketchRows(ids[:, 0], ids[:, 1])
+    if side is not None:
+        side.rows[sketch.tokens] = found
+    return found
 
 
 def _checked_cross(emb_base, emb_target, ids_base, ids_target, base_is_model: bool,
@@ -203,12 +225,13 @@ def score_against_sketch(model: PreparedModel, sketch: Sketch, options: PairOpti
     """
     timings = {} if timings is None else timings
     t = time.perf_counter()
-    rows = sketch_rows(model, sketch)
+    side = ModelSide.of(model) if side is None else side
+    rows = sketch_rows(model, sketch, side)
     if rows.model.size == 0:
         raise VocabularyError(f"{model.path} shares none of the {len(sketch.tokens)} sketched tokens of "
                               f"{sketch.name or 'the catalogue entry'}; the dimensions cannot be aligned")
-    side = ModelSide.of(model) if side is None else side
-    emb = side.embedding
+    emb = side.float_rows(rows.model)  # the model's shared rows, in the order of rows.model
+    rows = SketchRows(np.arange(rows.model.size, dtype=np.int64), rows.sketch)
     # The engine's base is the wider model, ties the first (here: the model); the sketch can only
     # be the base when it keeps at least as many dimensions as the model has.
     sketch_is_base = sketch.hidden_size > model.hidden_size and sketch.m >= model.hidden_size

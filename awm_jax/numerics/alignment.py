@@ -261,6 +261,13 @@ def _scaled_down(x, shift: int):
     return x
 
 
+def _take_rows(emb: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``emb[ids]``; a view, not a copy, when ``ids`` is a run of consecutive rows."""
+    if ids.size and int(ids[-1]) - int(ids[0]) == ids.size - 1 and (ids.size == 1 or bool(np.all(np.diff(ids) == 1))):
+        return emb[int(ids[0]) : int(ids[-1]) + 1]
+    return emb[ids]
+
+
 def embedding_cross(
     emb_base: np.ndarray, emb_target: np.ndarray, ids_base: np.ndarray, ids_target: np.ndarray
 ) -> EmbeddingCross:
@@ -285,8 +292,8 @@ def embedding_cross(
     shift_b = shift_t = None
     amx = host and emb_base.dtype == emb_target.dtype == host_blas.BF16 and host_blas.bf16_gemm_available()
     for start in range(0, ids_base.size, block):
-        rb = emb_base[ids_base[start : start + block]]
-        rt = emb_target[ids_target[start : start + block]]
+        rb = _take_rows(emb_base, ids_base[start : start + block])
+        rt = _take_rows(emb_target, ids_target[start : start + block])
         new_b, new_t = _block_shift(rb), _block_shift(rt)
         if shift_b is not None and (new_b < shift_b or new_t < shift_t):  # larger values: rescale the sums
             down_b, down_t = max(shift_b - new_b, 0), max(shift_t - new_t, 0)
@@ -298,8 +305,8 @@ def embedding_cross(
             if amx and not shift_b and not shift_t:  # bf16 rows on the matrix units, float32 accumulation
                 host_blas.cross_bf16(np.ascontiguousarray(rb), np.ascontiguousarray(rt), out=cross)
                 rb, rt = rb.astype(np.float32), rt.astype(np.float32)
-            else:
-                rb, rt = rb.astype(np.float32), rt.astype(np.float32)
+            else:  # (views of float32 rows are read, never written)
+                rb, rt = rb.astype(np.float32, copy=False), rt.astype(np.float32, copy=False)
                 if shift_b:
                     rb = np.ldexp(rb, shift_b).astype(np.float32, copy=False)
                 if shift_t:
