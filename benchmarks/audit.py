@@ -14,7 +14,7 @@ layer, so synthesis never holds a model in memory.
 
 Disk: a model takes about ``(V + 2 L d) n`` bf16 bytes (0.33 GB for TinyLlama), its fingerprint
 ``8 L n^2`` bytes (0.74 GB); the benchmark refuses to start without that much free space plus a
-margin. The JSON goes to ``benchmarks/results/audit-<shape>-<N>-<platform>.json``; the
+margin. The JSON goes to ``benchmarks/results/audit-<shape>-<N>-<platform>[-<cpu model>].json``; the
 synthetic models and the cache are deleted afterwards unless ``--keep``.
 """
 
@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.host_blas import cpu_record, machine_tag
 from benchmarks.shapes import BF16, SHAPES, Shape
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -239,13 +239,14 @@ def main(argv=None) -> int:
         "disk_gb": need / 1e9,
         "checked_against_compare": checked,
         "synthesis_s": synth_s,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_before": load_before,
-                    "device": info["environment"]["device"], "devices": info["environment"]["devices"]},
+        "machine": dict(cpu_record(), load_before=load_before, device=info["environment"]["device"],
+                        devices=info["environment"]["devices"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"audit-{shape.name}-{args.models}-{info['environment']['device'].split(':')[0]}.json"
+    platform_name = info["environment"]["device"].split(":")[0]
+    path = dest / f"audit-{shape.name}-{args.models}-{platform_name}{'-' + machine_tag() if platform_name == 'cpu' else ''}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("models", "pairs", "total_s", "pair_phase_share", "peak_rss_gb",
                                               "families_exact")}, indent=1))

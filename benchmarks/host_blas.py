@@ -21,8 +21,9 @@ GFLOP/s are effective: ``2 r p q / t`` for an ``[r, p]^T [r, q]`` product, whate
 does inside. Each route is checked against numpy's float32 result (relative Frobenius difference
 below 1e-5) before timing; after one warm-up per route the repeats run round-robin over the
 routes so that load from other work on the machine falls on all of them alike; min and median
-are reported with the load average before and after. The JSON goes to
-``benchmarks/results/host-blas-cpu.json``.
+are reported with the load average before and after. oneMKL is timed wherever it can run, and the
+record names the route ``auto`` takes on the machine. The JSON goes to
+``benchmarks/results/host-blas-CPU.json`` (CPU: the model name, e.g. ``amd-epyc``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -63,6 +65,11 @@ def cpu_record() -> dict:
             "bf16_flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+def machine_tag() -> str:
+    """The CPU model as a file-name part (``amd-epyc``, ``intel-r-xeon-r-processor``)."""
+    return re.sub(r"[^a-z0-9]+", "-", cpu_record()["model"].lower()).strip("-") or "cpu"
+
+
 def cases(quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Named ``(a, b)`` bf16 pairs; ``a is b`` for a Gram. ``quick`` shrinks every side 4x."""
     rng = np.random.default_rng(0)
@@ -74,6 +81,24 @@ def cases(quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     w, wk = draw(4096, 4096), draw(1024, 4096)
     return {"gram-4096x4096": (w, w), "gram-1024x4096": (wk, wk),
             "cross-32000x2048": (draw(32000, 2048), draw(32000, 2048))}
+
+
+def mkl_usable() -> bool:
+    """Whether oneMKL's bf16 GEMM can run here (forced: ``auto`` takes it only with AMX); the
+    benchmark then times it under ``AWM_JAX_HOST_BLAS=mkl``."""
+    from awm_jax.errors import UsageError
+    from awm_jax.numerics import host_blas
+
+    auto = os.environ.get(host_blas.HOST_BLAS_ENV)
+    os.environ[host_blas.HOST_BLAS_ENV] = "mkl"
+    try:
+        return host_blas.bf16_gemm_available()
+    except UsageError:
+        if auto is None:
+            del os.environ[host_blas.HOST_BLAS_ENV]
+        else:
+            os.environ[host_blas.HOST_BLAS_ENV] = auto
+        return False
 
 
 def routes(dnnl: str | None) -> dict:
@@ -124,7 +149,7 @@ def routes(dnnl: str | None) -> dict:
         return prepare
 
     found = {"numpy_f32": numpy_f32, "xla_bf16": xla(tn, False), "xla_bf16_nt": xla(nt, True)}
-    if host_blas.bf16_gemm_available():
+    if mkl_usable():
         found["mkl_bf16"] = mkl_bf16
         found["mkl_bf16_from_f32"] = mkl_bf16_from_f32
         found["mkl_bf16_blocks"] = mkl_bf16_blocks
@@ -210,7 +235,8 @@ def main(argv=None) -> int:
             cosine_s = SEVEN_B["cosine_flops"] / (cross[name]["gflops_best"] * 1e9) if name in cross else None
             estimates[name] = {"fingerprint_7b_grams_s": grams_s, "pair_cosine_7b_s": cosine_s}
             print(f"[7B] {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in estimates[name].items() if v is not None))
-    route = host_blas.host_blas_route()
+    os.environ.pop(host_blas.HOST_BLAS_ENV, None)
+    route = host_blas.host_blas_route()  # what ``auto`` takes on this machine
     record = {
         "machine": cpu_record(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "threads": {k: os.environ.get(k) for k in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
@@ -223,7 +249,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / ("host-blas-cpu-quick.json" if args.quick else "host-blas-cpu.json")
+    path = out / f"host-blas-{machine_tag()}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(record, indent=2))
     print(f"wrote {path}")
     return 0

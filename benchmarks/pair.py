@@ -8,7 +8,7 @@ fingerprint cache), a warm one (fingerprints cached), and the straightforward im
 (``benchmarks/naive.py``) for a ratio. Scores are checked against each other before any time is
 reported. The machine's floor is measured in the same run: the bytes awm_jax must read over the
 measured read bandwidth of those files, plus the flops it must do over the measured float32
-matmul throughput. The JSON goes to ``benchmarks/results/pair-<shape>-<platform>.json``.
+matmul throughput. The JSON goes to ``benchmarks/results/pair-<shape>-<platform>[-<cpu model>].json``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.host_blas import cpu_record
+from benchmarks.host_blas import cpu_record, machine_tag
 from benchmarks.shapes import SHAPES, synthesize_pair
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,18 +43,18 @@ def run_child(*args: str) -> dict:
 
 
 def matmul_route() -> str:
-    """The host matmul route the Grams and the cosine take: ``"mkl-bf16"`` (the CPU's bf16 matrix
-    units through oneMKL, the ``amx`` extra) or ``"numpy-f32"``."""
+    """The host matmul route the Grams and the cosine take: ``"mkl-bf16"`` (oneMKL's bf16 GEMM,
+    the ``amx`` extra, on AMX), ``"xla-bf16"`` (XLA's bf16 dot) or ``"numpy-f32"``."""
     from awm_jax.numerics import host_blas
 
-    return "mkl-bf16" if host_blas.bf16_gemm_available() else "numpy-f32"
+    return f"{host_blas.host_blas_route().name}-bf16" if host_blas.bf16_gemm_available() else "numpy-f32"
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
     """Best throughput of the host matmul route awm_jax uses (:func:`matmul_route`): a bf16
-    ``W^T W`` on the matrix units, else a float32 matmul of the host BLAS."""
+    ``W^T W`` through ``host_blas``, else a float32 matmul of the host BLAS."""
     rng = np.random.default_rng(0)
-    if matmul_route() == "mkl-bf16":
+    if matmul_route() != "numpy-f32":
         from awm_jax.numerics import host_blas
 
         w = rng.standard_normal((n, n), np.float32).astype(host_blas.BF16)
@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"pair-{shape.name}-{cold['environment']['device'].split(':')[0]}.json"
+    platform_name = cold["environment"]["device"].split(":")[0]
+    path = out / f"pair-{shape.name}-{platform_name}{'-' + machine_tag() if platform_name == 'cpu' else ''}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"[{shape.name}] wrote {path}")
     if not args.keep:

@@ -16,15 +16,16 @@ ORDER = ["tinyllama-1.1b", "llama-2-7b", "llama-3-8b", "llama-2-70b-4layers"]
 
 def pair_tables() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("pair-*.json"))]
-    runs.sort(key=lambda r: ORDER.index(r["shape"]["name"]) if r["shape"]["name"] in ORDER else 99)
-    print("| shape | device | cold wall | warm wall | peak RSS cold / warm | floor (read + compute) | cold / floor "
+    runs.sort(key=lambda r: (r["machine"].get("model", ""), ORDER.index(r["shape"]["name"])
+                             if r["shape"]["name"] in ORDER else 99))
+    print("| shape | device | CPU | cold wall | warm wall | peak RSS cold / warm | floor (read + compute) | cold / floor "
           "| straightforward wall (RSS) | straightforward / cold | load at start |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         f, c, w, n = r["floor"], r["cold"], r["warm"], r["straightforward"]
         naive = f"{n['wall_s']:.1f} s ({n['peak_rss_mb'] / 1024:.1f} GB)" if n else "not run"
         ratio = f"{r['ratios']['straightforward_over_cold']:.2f}x" if n else "-"
-        print(f"| {r['shape']['name']} | {r['machine']['device']} | {c['wall_s']:.1f} s | {w['wall_s']:.1f} s | "
+        print(f"| {r['shape']['name']} | {r['machine']['device']} | {r['machine'].get('model', '?')} | {c['wall_s']:.1f} s | {w['wall_s']:.1f} s | "
               f"{c['peak_rss_mb'] / 1024:.2f} / {w['peak_rss_mb'] / 1024:.2f} GB | {f['floor_s']:.1f} s "
               f"({f['read_floor_s']:.1f} + {f['compute_floor_s']:.1f}; {f['matmul_gflops']:.0f} GFLOP/s) | "
               f"{r['ratios']['cold_over_floor']:.2f} | {naive} | {ratio} | {r.get('load_average_at_start', ['?'])[0]:.2f} |")
@@ -32,26 +33,26 @@ def pair_tables() -> None:
     print("Stages (seconds, cold / warm):")
     print()
     keys = ["open_s", "embedding_read_s", "embedding_cosine_s", "assignment_s", "weights_read_s", "gram_s", "scores_s", "compile_s"]
-    print("| shape | " + " | ".join(k.removesuffix("_s") for k in keys) + " |")
-    print("|---|" + "---|" * len(keys))
+    print("| shape | CPU | " + " | ".join(k.removesuffix("_s") for k in keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
     for r in runs:
         cells = [f"{r['cold']['timings'].get(k, 0):.1f} / {r['warm']['timings'].get(k, 0):.1f}" for k in keys]
-        print(f"| {r['shape']['name']} | " + " | ".join(cells) + " |")
+        print(f"| {r['shape']['name']} | {r['machine'].get('model', '?')} | " + " | ".join(cells) + " |")
 
 
 def audit_table() -> None:
     runs = [json.loads(p.read_text()) for p in RESULTS.glob("audit-*.json")]
-    runs.sort(key=lambda r: r["models"])
-    print("| models | pairs | total | fingerprints | pair stages (share) | per pair | peak RSS | `--memory-gb` "
+    runs.sort(key=lambda r: (r["machine"].get("model", ""), r["models"]))
+    print("| CPU | models | pairs | total | fingerprints | pair stages (share) | per pair | peak RSS | `--memory-gb` "
           "| families | vs `compare` | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         b, pairs = r["breakdown_s"], r["pairs"]
         # Per-pair stage names of the engine; results written before it used cosine_s / cka_s.
         cosine, scores = b.get("embedding_cosine_s", b.get("cosine_s", 0.0)), b.get("scores_s", b.get("cka_s", 0.0))
         checked = r["checked_against_compare"]
         diff = max(c["max_abs_diff"] for c in checked)
-        print(f"| {r['models']} | {pairs} | {r['total_s']:.0f} s | {r['fingerprint_s']:.0f} s "
+        print(f"| {r['machine'].get('model', '?')} | {r['models']} | {pairs} | {r['total_s']:.0f} s | {r['fingerprint_s']:.0f} s "
               f"({r['per_model_fingerprint_s']:.1f} s/model) | {r['pair_phase_s']:.0f} s "
               f"({100 * r['pair_phase_share']:.0f}%) | {r['per_pair_s']:.1f} s: cosine {cosine / pairs:.1f}, "
               f"CKA {scores / pairs:.1f} | {r['peak_rss_gb']:.2f} GB | {r['memory_gb_budget']:.0f} GB | "

@@ -68,14 +68,18 @@ class MatchedScores:
 def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> MatchedScores:
     """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
 
-    Each aligned base chunk (and its HSIC parts) is formed once and scored against the matched
-    target layers and each shifted set of target layers.
+    Layers are scored in groups closed under the shifts (:func:`shift_groups`): each group's
+    base and target layers are read once, their HSIC parts computed once, and every pairing
+    (matched and shifted) scored on views of the same buffers. Layers that no small closed group
+    holds (an odd depth beyond 16 layers, or shifts that need every layer on a wide model) are
+    scored a chunk at a time, the target read again for each shift.
     """
     layers = gb.num_layers
     shifts = mismatch_shifts(layers)
+    groups = shift_groups(layers, shifts, chunk_layers_for(gb.n, gb.n, layers))
+    if groups is not None:
+        return _score_groups(gb, gt, align, shifts, groups)
     chunk = chunk_layers_for(gb.n, gb.n, layers)
-    if chunk >= layers:
-        return _score_whole(gb, gt, align, shifts)
     wq, wk = np.empty(layers), np.empty(layers)
     off = {s: np.empty(layers) for s in shifts}
     starts = range(0, layers, chunk)
@@ -97,34 +101,70 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
     return MatchedScores(wq, wk, off)
 
 
+def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tuple[int, ...], ...] | None:
+    """Groups of layers closed under the shifts, each scored in one step (``None``: none that fit).
+
+    * every layer at once when a chunk holds them all (small models, sketches);
+    * for the one shift ``L / 2`` of an even depth beyond 16 layers: ``h`` consecutive layers
+      and the ``h`` layers half the depth away (``i -> i + L/2`` maps the group onto itself),
+      ``2 h`` at most the chunk (at least a pair of layers, even where a chunk holds one); the
+      last group holds what is left.
+
+    Within a group of ``g`` layers, the shift ``s`` pairs position ``j`` with ``j + s mod g``
+    when the group is every layer, and with ``j + g/2 mod g`` in a half-turn group.
+    """
+    if chunk >= layers:
+        return (tuple(range(layers)),)
+    if shifts == (layers // 2,) and layers % 2 == 0:
+        half = layers // 2
+        h = max(1, chunk // 2)
+        return tuple(tuple(range(k, min(k + h, half))) + tuple(range(k + half, min(k + h, half) + half))
+                     for k in range(0, half, h))
+    return None
+
+
+def _group_layers(g: GramSet, group: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """A group's Grams in aligned buffers; an in-memory set's own arrays when the group is all of it."""
+    if g.folder is None and group == tuple(range(g.num_layers)):
+        return g.arrays
+    return g.take(list(group))
+
+
 def _span(x: jax.Array, start: int, stop: int) -> jax.Array:
     """Layers ``[start, stop)`` of a stack; on the CPU a view of the same buffer (no copy)."""
     return jax.device_put(np.asarray(x)[start:stop]) if default_platform() == "cpu" else x[start:stop]
 
 
 def _shifted_cka(base, bparts, target, tparts, shift: int) -> np.ndarray:
-    """``[L]`` scores of base layer ``i`` against target layer ``i + shift mod L``: the layers
-    that do not wrap round, then those that do."""
-    layers = base.shape[0]
-    spans = ((0, layers - shift, shift, layers), (layers - shift, layers, 0, shift)) if shift else ((0, layers, 0, layers),)
+    """``[g]`` scores of base position ``j`` against target position ``j + shift mod g``: the
+    positions that do not wrap round, then those that do."""
+    size = base.shape[0]
+    spans = ((0, size - shift, shift, size), (size - shift, size, 0, shift)) if shift else ((0, size, 0, size),)
     cut = lambda parts, a, b: jax.tree_util.tree_map(lambda x: x[a:b], parts)  # noqa: E731
     return np.concatenate([np.asarray(paired_cka_from_parts(_span(base, b0, b1), cut(bparts, b0, b1),
                                                             _span(target, t0, t1), cut(tparts, t0, t1)))
                            for b0, b1, t0, t1 in spans])
 
 
-def _score_whole(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[int, ...]) -> MatchedScores:
-    """:func:`score_equal_depth` of sets whose layers fit one chunk, in one step (small models,
-    sketches): each side read once and its parts computed once, every shift scored on spans of
-    the same arrays (no copies on the CPU); the same computation whether the Grams come from
-    memory or from the cache."""
-    whole = list(range(gb.num_layers))
-    base = [align.apply(jax.device_put(x)) for x in (gb.arrays if gb.folder is None else gb.take(whole))]
-    targets = [jax.device_put(x) for x in (gt.arrays if gt.folder is None else gt.take(whole))]
-    bparts, tparts = [hsic_parts_layers(x) for x in base], [hsic_parts_layers(x) for x in targets]
-    scores = {s: [_shifted_cka(base[j], bparts[j], targets[j], tparts[j], s) for j in range(2)] for s in (0, *shifts)}
-    return MatchedScores(scores[0][0].astype(np.float64), scores[0][1].astype(np.float64),
-                         {s: ((scores[s][0] + scores[s][1]) / 2).astype(np.float64) for s in shifts})
+def _score_groups(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[int, ...],
+                  groups: tuple[tuple[int, ...], ...]) -> MatchedScores:
+    """:func:`score_equal_depth` over groups closed under the shifts (:func:`shift_groups`), one
+    group read ahead; the same computation whether the Grams come from memory or from the cache."""
+    layers = gb.num_layers
+    wq, wk = np.empty(layers), np.empty(layers)
+    off = {s: np.empty(layers) for s in shifts}
+    grams = prefetched(_group_layers, [(g, group) for group in groups for g in (gb, gt)])
+    for group in groups:
+        where = list(group)
+        base = [align.apply(jax.device_put(x)) for x in next(grams)]
+        targets = [jax.device_put(x) for x in next(grams)]
+        bparts, tparts = [hsic_parts_layers(x) for x in base], [hsic_parts_layers(x) for x in targets]
+        wq[where], wk[where] = (_shifted_cka(base[j], bparts[j], targets[j], tparts[j], 0) for j in range(2))
+        for s in shifts:
+            inner = s if len(group) == layers else len(group) // 2  # the shift within the group
+            sq, sk = (_shifted_cka(base[j], bparts[j], targets[j], tparts[j], inner) for j in range(2))
+            off[s][where] = (sq + sk) / 2
+    return MatchedScores(wq, wk, off)
 
 
 def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tuple[int, int]]) -> np.ndarray:

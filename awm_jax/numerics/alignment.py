@@ -290,7 +290,7 @@ def embedding_cross(
     zeros = np.zeros if host else jnp.zeros
     cross, sq_b, sq_t = zeros((n_b, n_t), np.float32), zeros((n_b,), np.float32), zeros((n_t,), np.float32)
     shift_b = shift_t = None
-    amx = host and emb_base.dtype == emb_target.dtype == host_blas.BF16 and host_blas.bf16_gemm_available()
+    bf16 = host and emb_base.dtype == emb_target.dtype == host_blas.BF16 and host_blas.bf16_gemm_available()
     for start in range(0, ids_base.size, block):
         rb = _take_rows(emb_base, ids_base[start : start + block])
         rt = _take_rows(emb_target, ids_target[start : start + block])
@@ -302,7 +302,7 @@ def embedding_cross(
         shift_b = new_b if shift_b is None else min(shift_b, new_b)
         shift_t = new_t if shift_t is None else min(shift_t, new_t)
         if host:
-            if amx and not shift_b and not shift_t:  # bf16 rows on the matrix units, float32 accumulation
+            if bf16 and not shift_b and not shift_t:  # bf16 rows into a bf16 GEMM, float32 accumulation
                 host_blas.cross_bf16(np.ascontiguousarray(rb), np.ascontiguousarray(rt), out=cross)
                 rb, rt = rb.astype(np.float32), rt.astype(np.float32)
             else:  # (views of float32 rows are read, never written)

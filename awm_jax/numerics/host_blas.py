@@ -4,8 +4,11 @@ The two big host matmuls of the test take bf16 weights: the per-layer Gram ``K =
 the embedding-column cross product ``E_b^T E_t`` over the shared rows. The product of two bf16
 numbers is exact in float32, so a GEMM that reads bf16 and accumulates in float32 returns the
 numbers of the float32 path (``a.astype(float32).T @ b.astype(float32)``) up to the order of
-the float32 summation, and on a CPU with AMX-BF16 (Sapphire Rapids and later) or AVX512-BF16 it
-runs at two to three times the float32 sgemm's rate.
+the float32 summation, and on a CPU with AMX-BF16 (Sapphire Rapids and later) it runs at two to
+three times the float32 sgemm's rate. AVX512-BF16 alone does not pay: on a 2-core AMD EPYC VM a
+4096 x 4096 Gram took 722 ms through oneMKL's bf16 GEMM against 341 ms through numpy's float32
+SYRK, which uses the Gram's symmetry (``python /work/tmp/route.py`` style measurement in
+``benchmarks/host_blas.py``), so ``auto`` takes oneMKL only with AMX.
 
 The route is oneMKL's ``cblas_gemm_bf16bf16f32`` called through ``ctypes`` from ``libmkl_rt``
 (the ``mkl`` wheel, installed by ``pip install 'awm_jax[amx]'``). The library is loaded on first
@@ -15,8 +18,9 @@ matmul (the arithmetic of the path it replaces), so callers need no branch of th
 :func:`bf16_gemm_available` says which route runs.
 
 Environment:
-  ``AWM_JAX_HOST_BLAS``: ``auto`` (default: oneMKL when usable, numpy otherwise), ``mkl``
-  (oneMKL or a :class:`~awm_jax.errors.UsageError` saying why not), ``numpy`` (never oneMKL).
+  ``AWM_JAX_HOST_BLAS``: ``auto`` (default: oneMKL when usable on a CPU with AMX-BF16, numpy
+  otherwise), ``mkl`` (oneMKL on AMX-BF16 or AVX512-BF16, or a
+  :class:`~awm_jax.errors.UsageError` saying why not), ``numpy`` (never oneMKL).
   Read on every call, so a test or a benchmark can switch it. oneMKL's own variables
   (``MKL_NUM_THREADS``, ``MKL_VERBOSE``) apply as usual.
 
@@ -57,12 +61,16 @@ __all__ = [
     "exact_bf16",
 ]
 
-#: Environment variable choosing the route: ``auto`` (default), ``mkl`` or ``numpy``.
+#: Environment variable choosing the route: ``auto`` (default), ``mkl``, ``xla`` or ``numpy``.
 HOST_BLAS_ENV = "AWM_JAX_HOST_BLAS"
+
+#: Products smaller than this many multiply-adds take numpy's float32 matmul on the ``xla`` route:
+#: each new shape costs XLA a compilation (~0.1 s), more than such a product takes.
+XLA_MIN_MACS = 1 << 30
 
 #: The bfloat16 numpy dtype these functions take.
 BF16 = np.dtype(ml_dtypes.bfloat16)
-_CHOICES = ("auto", "mkl", "numpy")
+_CHOICES = ("auto", "mkl", "xla", "numpy")
 # CBLAS enums.
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # MKL_Set_Threading_Layer codes.
@@ -74,7 +82,8 @@ class BlasRoute:
     """Which implementation computes the bf16 products, and why.
 
     Attributes:
-      name: ``"mkl"`` (oneMKL's bf16 GEMM on the matrix units) or ``"numpy"`` (float32 matmul).
+      name: ``"mkl"`` (oneMKL's bf16 GEMM on the matrix units), ``"xla"`` (XLA:CPU's bf16 dot,
+        float32 accumulation) or ``"numpy"`` (float32 matmul).
       reason: one line saying why this route was chosen (for logs and benchmark records).
       library: path of the loaded ``libmkl_rt``, or None.
       version: oneMKL's version string, or None.
@@ -205,15 +214,23 @@ def host_blas_route() -> BlasRoute:
     choice = _choice()
     if choice == "numpy":
         return BlasRoute("numpy", f"{HOST_BLAS_ENV}=numpy")
+    if choice == "xla":
+        return BlasRoute("xla", f"{HOST_BLAS_ENV}=xla")
+    isa = _cpu_bf16_isa() if choice == "auto" else None
+    if choice == "auto" and isa == "avx512_bf16":
+        return BlasRoute("xla", "avx512_bf16 without AMX: XLA's bf16 dot is 2-3x numpy's float32 and oneMKL's bf16 "
+                                "GEMM here", isa=isa)
     route = _load()[1]
+    if choice == "auto" and isa == "amx_bf16" and route.name != "mkl":
+        return BlasRoute("xla", f"AMX without oneMKL ({route.reason}): XLA's bf16 dot", isa=isa)
     if choice == "mkl" and route.name != "mkl":
         raise UsageError(f"{HOST_BLAS_ENV}=mkl but {route.reason}; unset {HOST_BLAS_ENV} to use numpy")
     return route
 
 
 def bf16_gemm_available() -> bool:
-    """True when the products below run on the matrix units (oneMKL loaded, CPU able, not disabled)."""
-    return host_blas_route().name == "mkl"
+    """True when the products below take bf16 inputs (oneMKL or XLA's bf16 dot), not float32 copies."""
+    return host_blas_route().name in ("mkl", "xla")
 
 
 def _row_major(x: np.ndarray) -> tuple[np.ndarray, int, bool]:
@@ -264,15 +281,43 @@ def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray
                             or not out.flags.c_contiguous or not out.flags.writeable):
         raise ValueError(f"out must be a writeable C-contiguous float32 [{a.shape[1]}, {b.shape[1]}] array, "
                          f"got {out.dtype} {out.shape}")
-    if host_blas_route().name == "mkl":
+    route = host_blas_route().name
+    if route == "mkl":
         return _mkl_product(_load()[0], a, b, out)
-    # two operands even for a Gram: numpy computes ``x.T @ x`` of one array with SYRK, whose
-    # rounding differs from the GEMM of the float32 path (and changes between numpy releases)
-    product = a.astype(np.float32).T @ b.astype(np.float32)
+    if route == "xla" and a.shape[0] * a.shape[1] * b.shape[1] >= XLA_MIN_MACS:
+        product = _xla_product(a, b, copy=out is None)
+    else:  # two operands even for a Gram: numpy computes ``x.T @ x`` of one array with SYRK, whose
+        # rounding differs from the GEMM of the float32 path (and changes between numpy releases)
+        product = a.astype(np.float32).T @ b.astype(np.float32)
     if out is None:
         return product
     out += product
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _xla_kernels():
+    """The CPU device, a jitted transpose and the jitted ``x y^T`` of two bf16 ``[p, r]``,
+    ``[q, r]`` arrays in float32, contracting the minor axis: the layout XLA:CPU hands to its
+    bf16 matrix kernels. The transpose is its own compiled call: inside the dot's program XLA
+    folds it into the dot's layout and picks a kernel 2x slower."""
+    import jax
+    import jax.numpy as jnp
+
+    dims = (((1,), (1,)), ((), ()))
+    return (jax.devices("cpu")[0], jax.jit(jnp.transpose),
+            jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)))
+
+
+def _xla_product(a: np.ndarray, b: np.ndarray, copy: bool = True) -> np.ndarray:
+    """``a^T b`` through XLA:CPU's bf16 dot: a new writable float32 array, or (``copy=False``) a
+    read-only view of XLA's result."""
+    import jax
+
+    cpu, transpose, dot = _xla_kernels()
+    at = transpose(jax.device_put(a, cpu))
+    bt = at if b is a else transpose(jax.device_put(b, cpu))
+    return (np.array if copy else np.asarray)(dot(at, bt))
 
 
 def gram_bf16(w: np.ndarray) -> np.ndarray:
@@ -299,8 +344,10 @@ def gram_layers_bf16(w: np.ndarray) -> np.ndarray:
     if w.ndim != 3:
         raise ValueError(f"w must be a stack [layers, d, n], got shape {w.shape}")
     out = np.empty((w.shape[0], w.shape[2], w.shape[2]), np.float32)
-    for i in range(w.shape[0]):
-        out[i] = gram_bf16(w[i])
+    xla = host_blas_route().name == "xla" and w.shape[1] * w.shape[2] ** 2 >= XLA_MIN_MACS
+    for i in range(w.shape[0]):  # XLA's result copied once, into its layer
+        layer = _check("w", w[i])
+        out[i] = _xla_product(layer, layer, copy=False) if xla else gram_bf16(layer)
     return out
 
 

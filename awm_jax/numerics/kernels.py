@@ -163,7 +163,7 @@ def gram_layers_host(w: np.ndarray) -> np.ndarray:
         shift = range_shift(np.maximum(w.max(axis=(1, 2)), -w.min(axis=(1, 2))))
         if shift.any():  # a copy only for layers outside the safe range (exact: powers of two)
             w = np.ldexp(w, shift[:, None, None])
-        elif host_blas.bf16_gemm_available():  # the CPU's bf16 matrix units (AMX), float32 accumulation
+        elif host_blas.bf16_gemm_available():  # a bf16 GEMM (oneMKL on AMX, XLA), float32 accumulation
             w16 = host_blas.exact_bf16(w)  # only when every value is a bf16 value: then the Gram is exact
             if w16 is not None:
                 return host_blas.gram_layers_bf16(w16)

@@ -1,4 +1,4 @@
-"""bf16 host products (oneMKL on the matrix units) against a float64 oracle and the float32 path.
+"""bf16 host products (oneMKL on the matrix units, XLA's bf16 dot) against a float64 oracle and the float32 path.
 
 Bound asserted everywhere: a bf16 x bf16 product is exact in float32, so the only error is the
 float32 summation of ``k`` terms, which for any order is at most ``gamma_k <= k u`` times the
@@ -62,10 +62,24 @@ def route_cache():
 
 @pytest.fixture
 def mkl(monkeypatch):
-    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, "auto")
-    if not host_blas.bf16_gemm_available():
-        pytest.skip(f"no bf16 matrix route: {host_blas.host_blas_route().reason}")
-    return host_blas.host_blas_route()
+    """The oneMKL route, forced (``auto`` takes it only with AMX), or the test is skipped."""
+    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, "mkl")
+    try:
+        return host_blas.host_blas_route()
+    except UsageError as e:
+        pytest.skip(f"no bf16 matrix route: {e}")
+
+
+@pytest.fixture(params=["mkl", "xla"])
+def bf16_route(request, monkeypatch):
+    """Each bf16 route, forced: oneMKL (skipped where it cannot run) and XLA's bf16 dot (for
+    every size: the small products of these tests would otherwise take numpy's)."""
+    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, request.param)
+    monkeypatch.setattr(host_blas, "XLA_MIN_MACS", 0)
+    try:
+        return host_blas.host_blas_route()
+    except UsageError as e:
+        pytest.skip(f"no bf16 matrix route: {e}")
 
 
 def bf16(rng, shape, scale=1.0) -> np.ndarray:
@@ -92,7 +106,7 @@ CROSS_SHAPES = [(1, 1, 1), (3, 5, 2), (100, 7, 13), (513, 64, 96)]
 
 
 @pytest.mark.parametrize("shape", GRAM_SHAPES)
-def test_gram_matches_float64_oracle_and_float32_path(mkl, shape):
+def test_gram_matches_float64_oracle_and_float32_path(bf16_route, shape):
     w = bf16(np.random.default_rng(sum(shape)), shape)
     got = host_blas.gram_bf16(w)
     assert_within(got, exact(w, w), bound(w, w))
@@ -100,7 +114,7 @@ def test_gram_matches_float64_oracle_and_float32_path(mkl, shape):
 
 
 @pytest.mark.parametrize("shape", CROSS_SHAPES)
-def test_cross_matches_float64_oracle_and_float32_path(mkl, shape):
+def test_cross_matches_float64_oracle_and_float32_path(bf16_route, shape):
     rng = np.random.default_rng(sum(shape))
     r, n_b, n_t = shape
     a, b = bf16(rng, (r, n_b)), bf16(rng, (r, n_t), scale=0.02)
@@ -111,7 +125,7 @@ def test_cross_matches_float64_oracle_and_float32_path(mkl, shape):
 
 @pytest.mark.parametrize("layout_a", ["c", "fortran", "row_padded", "reversed_rows", "both_strided"])
 @pytest.mark.parametrize("layout_b", ["c", "fortran", "both_strided"])
-def test_any_memory_layout_gives_the_same_product(mkl, layout_a, layout_b):
+def test_any_memory_layout_gives_the_same_product(bf16_route, layout_a, layout_b):
     rng = np.random.default_rng(7)
     a, b = bf16(rng, (75, 33)), bf16(rng, (75, 20))
     got = host_blas.cross_bf16(layouts(a)[layout_a], layouts(b)[layout_b])
@@ -120,7 +134,7 @@ def test_any_memory_layout_gives_the_same_product(mkl, layout_a, layout_b):
     assert_within(gram, exact(a, a), bound(a, a))
 
 
-def test_large_values_near_the_float32_limit_stay_within_the_bound(mkl):
+def test_large_values_near_the_float32_limit_stay_within_the_bound(bf16_route):
     # Products up to ~1e36 and sums below float32's max (3.4e38): no overflow on either route.
     rng = np.random.default_rng(3)
     w = (np.sign(rng.standard_normal((40, 24))) * rng.uniform(0.5, 1.0, (40, 24)) * 1.5e17).astype(BF16)
@@ -129,7 +143,7 @@ def test_large_values_near_the_float32_limit_stay_within_the_bound(mkl):
     assert_within(got, exact(w, w), bound(w, w))
 
 
-def test_values_near_bf16_max_overflow_like_the_float32_path(mkl):
+def test_values_near_bf16_max_overflow_like_the_float32_path(bf16_route):
     big = float(ml_dtypes.finfo(BF16).max)
     w = np.array([[big, 1.0], [big, -1.0], [1.0, 2.0]], BF16)
     with np.errstate(over="ignore"):
@@ -139,14 +153,14 @@ def test_values_near_bf16_max_overflow_like_the_float32_path(mkl):
     np.testing.assert_allclose(got[1, 1], 6.0, rtol=0, atol=0)
 
 
-def test_tiny_values_underflow_to_within_the_absolute_term(mkl):
+def test_tiny_values_underflow_to_within_the_absolute_term(bf16_route):
     rng = np.random.default_rng(4)
     w = bf16(rng, (50, 9), scale=1e-20)  # products ~1e-40: below float32's normal range
     got = host_blas.gram_bf16(w)
     assert_within(got, exact(w, w), bound(w, w))
 
 
-def test_subnormal_inputs_stay_within_the_flush_term(mkl):
+def test_subnormal_inputs_stay_within_the_flush_term(bf16_route):
     tiny = float(ml_dtypes.finfo(BF16).smallest_subnormal)
     a = np.array([[tiny, 1.0], [64 * tiny, -2.0], [3.0, 0.5]], BF16)
     b = np.array([[1e30, 1.0], [-1e30, 4.0], [1.0, 1.0]], BF16)
@@ -155,7 +169,7 @@ def test_subnormal_inputs_stay_within_the_flush_term(mkl):
     assert_within(got, float32_path(a, b).astype(np.float64), bound(a, b, routes=2))
 
 
-def test_zeros_give_exact_zeros(mkl):
+def test_zeros_give_exact_zeros(bf16_route):
     assert not host_blas.gram_bf16(np.zeros((64, 32), BF16)).any()
     a = np.zeros((0, 5), BF16)
     np.testing.assert_array_equal(host_blas.cross_bf16(a, np.zeros((0, 3), BF16)), np.zeros((5, 3), np.float32))
@@ -163,7 +177,7 @@ def test_zeros_give_exact_zeros(mkl):
     assert host_blas.cross_bf16(np.zeros((4, 2), BF16), np.zeros((4, 0), BF16)).shape == (2, 0)
 
 
-def test_cross_accumulates_into_out_in_place(mkl):
+def test_cross_accumulates_into_out_in_place(bf16_route):
     rng = np.random.default_rng(5)
     a, b = bf16(rng, (300, 40)), bf16(rng, (300, 24))
     out = np.zeros((40, 24), np.float32)
@@ -173,7 +187,7 @@ def test_cross_accumulates_into_out_in_place(mkl):
     assert_within(out, exact(a, b), bound(a, b, routes=2))
 
 
-def test_gram_layers_is_the_gram_of_each_layer(mkl):
+def test_gram_layers_is_the_gram_of_each_layer(bf16_route):
     stack = bf16(np.random.default_rng(6), (3, 40, 16))
     got = host_blas.gram_layers_bf16(stack)
     assert got.shape == (3, 16, 16)
@@ -189,8 +203,8 @@ def test_route_record_names_the_library(mkl):
 @pytest.mark.parametrize("route", ["auto", "numpy"])
 def test_numpy_route_is_exactly_the_float32_path(monkeypatch, route, route_cache):
     monkeypatch.setenv(host_blas.HOST_BLAS_ENV, route)
-    if route == "auto":
-        monkeypatch.setattr(host_blas, "_find_mkl_rt", lambda: None)
+    if route == "auto":  # a CPU without bf16 instructions
+        monkeypatch.setattr(host_blas, "_cpu_bf16_isa", lambda: None)
     assert not host_blas.bf16_gemm_available()
     rng = np.random.default_rng(8)
     a, b = bf16(rng, (65, 17)), bf16(rng, (65, 9))
@@ -216,7 +230,23 @@ def test_missing_library_files_fall_back_instead_of_ending_the_process(monkeypat
     monkeypatch.setattr(host_blas, "_cpu_bf16_isa", lambda: "amx_bf16")
     monkeypatch.setattr(host_blas, "_find_mkl_rt", lambda: fake)
     route = host_blas.host_blas_route()
-    assert route.name == "numpy" and "missing" in route.reason
+    assert route.name == "xla" and "missing" in route.reason  # XLA's bf16 dot instead
+
+
+def test_auto_takes_xla_without_amx(monkeypatch, route_cache):
+    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, "auto")
+    monkeypatch.setattr(host_blas, "_cpu_bf16_isa", lambda: "avx512_bf16")
+    route = host_blas.host_blas_route()
+    assert route.name == "xla" and "without AMX" in route.reason
+    assert host_blas.bf16_gemm_available()
+
+
+def test_small_products_on_the_xla_route_take_numpy(monkeypatch, route_cache):
+    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, "xla")
+    monkeypatch.setattr(host_blas, "_xla_product", lambda *a, **k: pytest.fail("compiled XLA for a small product"))
+    w = bf16(np.random.default_rng(12), (64, 32))
+    np.testing.assert_array_equal(host_blas.gram_bf16(w), float32_path(w, w))
+    np.testing.assert_array_equal(host_blas.gram_layers_bf16(w[None])[0], float32_path(w, w))
 
 
 def test_forced_mkl_that_cannot_run_is_a_usage_error(monkeypatch, route_cache):
@@ -229,7 +259,7 @@ def test_forced_mkl_that_cannot_run_is_a_usage_error(monkeypatch, route_cache):
 
 def test_unknown_switch_value_is_a_usage_error(monkeypatch):
     monkeypatch.setenv(host_blas.HOST_BLAS_ENV, "openblas")
-    with pytest.raises(UsageError, match="not one of auto, mkl, numpy"):
+    with pytest.raises(UsageError, match="not one of auto, mkl, xla, numpy"):
         host_blas.host_blas_route()
 
 
