@@ -1,26 +1,33 @@
-"""bf16 x bf16 -> float32 matrix products on the host CPU's matrix units, through oneMKL.
+"""bf16 x bf16 -> float32 matrix products on the host CPU: oneMKL, XLA's bf16 dot or numpy.
 
-The two big host matmuls of the test take bf16 weights: the per-layer Gram ``K = W^T W`` and
+The two big host matmuls of the method take bf16 weights: the per-layer Gram ``K = W^T W`` and
 the embedding-column cross product ``E_b^T E_t`` over the shared rows. The product of two bf16
 numbers is exact in float32, so a GEMM that reads bf16 and accumulates in float32 returns the
 numbers of the float32 path (``a.astype(float32).T @ b.astype(float32)``) up to the order of
-the float32 summation, and on a CPU with AMX-BF16 (Sapphire Rapids and later) it runs at two to
-three times the float32 sgemm's rate. AVX512-BF16 alone does not pay: on a 2-core AMD EPYC VM a
-4096 x 4096 Gram took 722 ms through oneMKL's bf16 GEMM against 341 ms through numpy's float32
-SYRK, which uses the Gram's symmetry (``python /work/tmp/route.py`` style measurement in
-``benchmarks/host_blas.py``), so ``auto`` takes oneMKL only with AMX.
+the float32 summation. Three routes compute them:
 
-The route is oneMKL's ``cblas_gemm_bf16bf16f32`` called through ``ctypes`` from ``libmkl_rt``
-(the ``mkl`` wheel, installed by ``pip install 'awm_jax[amx]'``). The library is loaded on first
-use, never at import. Without it, on a CPU without bf16 matrix instructions, or with
-``AWM_JAX_HOST_BLAS=numpy``, every function here computes the same product with numpy's float32
-matmul (the arithmetic of the path it replaces), so callers need no branch of their own;
-:func:`bf16_gemm_available` says which route runs.
+* ``mkl``: oneMKL's ``cblas_gemm_bf16bf16f32`` called through ``ctypes`` from ``libmkl_rt`` (the
+  ``mkl`` wheel, installed by ``pip install 'awm_jax[amx]'``), loaded on first use, never at
+  import. On AMX-BF16 (Sapphire Rapids and later) it runs at two to three times the float32
+  sgemm's rate.
+* ``xla``: XLA:CPU's own bf16 dot (``dot_general`` with float32 accumulation), the operands first
+  transposed in a compiled call of their own so that the contraction is their minor axis (the
+  layout XLA hands to its bf16 matrix kernels; inside one program it folds the transpose away
+  and picks a kernel half as fast). Products under ``XLA_MIN_MACS`` take numpy's matmul (a new
+  shape costs a compilation).
+* ``numpy``: numpy's float32 matmul of upcast copies (the arithmetic of the path it replaces).
+
+``python -m benchmarks.host_blas`` measures them. On the 2-core Xeon VM with AMX, under load,
+oneMKL ran at 257-273 GFLOP/s, XLA at 77-183 and numpy at 46-84. On a 2-core AMD EPYC VM with
+AVX512-BF16 and no AMX, XLA ran at 661-818, numpy at 185-364 and oneMKL at 189-198
+(``benchmarks/results/host-blas-*.json``). ``auto`` therefore takes oneMKL on AMX when it is
+installed, XLA on other CPUs with bf16 instructions, and numpy elsewhere. Callers need no
+branch of their own: every function here computes the same product on every route, and
+:func:`bf16_gemm_available` says whether bf16 inputs are worth keeping.
 
 Environment:
-  ``AWM_JAX_HOST_BLAS``: ``auto`` (default: oneMKL when usable on a CPU with AMX-BF16, numpy
-  otherwise), ``mkl`` (oneMKL on AMX-BF16 or AVX512-BF16, or a
-  :class:`~awm_jax.errors.UsageError` saying why not), ``numpy`` (never oneMKL).
+  ``AWM_JAX_HOST_BLAS``: ``auto`` (default, as above), ``mkl`` (oneMKL on AMX-BF16 or
+  AVX512-BF16, or a :class:`~awm_jax.errors.UsageError` saying why not), ``xla`` or ``numpy``.
   Read on every call, so a test or a benchmark can switch it. oneMKL's own variables
   (``MKL_NUM_THREADS``, ``MKL_VERBOSE``) apply as usual.
 
