@@ -62,6 +62,19 @@ def test_an_independent_model_matches_nothing_and_impossible_entries_are_set_asi
     assert {m.entry.id for m in result.matches} == {"base1", "base2"}
 
 
+def test_entries_scored_at_once_give_what_one_at_a_time_gives_in_catalogue_order(zoo, monkeypatch):
+    from awm_jax.catalogue import scan
+
+    seen = []
+    together = _scan(zoo, "base1-ft", progress=lambda entry, result: seen.append(entry.id))
+    monkeypatch.setattr(scan, "SCAN_WORKERS", 1)
+    alone = _scan(zoo, "base1-ft")
+    assert seen == ["narrow", "base1", "base2", "foreign"]  # set aside first, then catalogue order
+    assert [(m.entry.id, m.result.mean, m.result.verdict) for m in together.matches] == \
+        [(m.entry.id, m.result.mean, m.result.verdict) for m in alone.matches]
+    assert together.skipped == alone.skipped
+
+
 def test_the_model_fingerprint_is_cached_as_usual(zoo, tmp_path):
     from awm_jax.catalogue.store import load_catalogue
 
