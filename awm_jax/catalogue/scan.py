@@ -32,7 +32,7 @@ __all__ = ["MAX_WIDTH_RATIO", "SCAN_FORMAT", "ScanMatch", "ScanResult", "scan_mo
 #: (width pruning keeps at least a quarter of the dimensions in every recipe known to us).
 MAX_WIDTH_RATIO = 4.0
 SCAN_FORMAT = "awm_jax.scan/1"
-#: Entries scored at once, each with one BLAS thread (on two cores, 7B-shaped sketches: 0.47 s an
+#: Entries scored at once, each with one BLAS thread (on two cores, 7B-shaped sketches: 0.44 s an
 #: entry, against 0.56 s one entry at a time with two BLAS threads).
 SCAN_WORKERS = 2
 _VERDICT_RANK = {"derived": 0, "inconclusive": 1, "independent": 2}

@@ -104,12 +104,15 @@ class ModelSide:
 
     def float_rows(self, ids: np.ndarray) -> np.ndarray:
         """``embedding[ids]`` as float32 (exact for every float type a checkpoint stores), kept
-        for the last token subset: entries of one tokenizer share their shared rows."""
+        for the last token subset: entries of one tokenizer share their shared rows (a scan's
+        workers may ask at once: each gets a whole block, computed twice at worst)."""
         key = ids.tobytes()
-        if key not in self._float_rows:
+        rows = self._float_rows.get(key)
+        if rows is None:
+            rows = np.asarray(self.embedding[ids], np.float32)
             self._float_rows.clear()
-            self._float_rows[key] = np.asarray(self.embedding[ids], np.float32)
-        return self._float_rows[key]
+            self._float_rows[key] = rows
+        return rows
 
     @classmethod
     def of(cls, model: PreparedModel) -> ModelSide:

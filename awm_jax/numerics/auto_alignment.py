@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import threading
 from typing import Callable
 
 import jax.numpy as jnp
@@ -160,17 +161,20 @@ class TokenGrams:
     def __init__(self, size: int = 4):
         self._grams: collections.OrderedDict = collections.OrderedDict()
         self._size = size
+        self._lock = threading.Lock()  # a scan's workers share one
 
     def gram(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
         key = (id(emb), hashlib.sha256(np.ascontiguousarray(rows, np.int64).tobytes()).digest())
-        hit = self._grams.get(key)
-        if hit is not None and hit[0] is emb:
-            self._grams.move_to_end(key)
-            return hit[1]
+        with self._lock:
+            hit = self._grams.get(key)
+            if hit is not None and hit[0] is emb:
+                self._grams.move_to_end(key)
+                return hit[1]
         gram = _token_gram(emb, rows)
-        self._grams[key] = (emb, gram)
-        while len(self._grams) > self._size:
-            self._grams.popitem(last=False)
+        with self._lock:
+            self._grams[key] = (emb, gram)
+            while len(self._grams) > self._size:
+                self._grams.popitem(last=False)
         return gram
 
 
