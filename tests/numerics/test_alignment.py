@@ -209,3 +209,12 @@ def test_evidence_of_sums_without_records_checks_what_it_can():
     check_alignment_evidence(cross, "a", "b")
     with pytest.raises(NumericalError, match="too few hidden dimensions"):
         check_alignment_evidence(EmbeddingCross.of(np.ones((8, 3)), np.ones(8), np.ones(3)), "a", "b")
+
+
+@pytest.mark.parametrize("ids", [[3, 4, 5, 6], [7], [3, 5, 6, 7], [6, 5, 4], [2, 3, 3, 4]])
+def test_rows_of_a_consecutive_run_are_a_view_and_others_a_copy(ids):
+    emb = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = np.asarray(ids, np.int64)
+    got = alignment._take_rows(emb, ids)
+    np.testing.assert_array_equal(got, emb[ids])
+    assert np.shares_memory(got, emb) == bool(np.all(np.diff(ids) == 1))
