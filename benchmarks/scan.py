@@ -81,11 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="llama-2-7b")
     ap.add_argument("--entries", type=int, default=100)
     ap.add_argument("--work", default="/tmp/awm-scan-bench")
+    ap.add_argument("--workers", type=int, help="entries scored at once (default: catalogue.scan.SCAN_WORKERS; "
+                                                "1: one at a time with the BLAS's own threads)")
     ap.add_argument("--out", help="default: benchmarks/results/scan-SHAPE-N-cpu.json")
     args = ap.parse_args(argv)
 
     import jax
 
+    from awm_jax.catalogue import scan
     from awm_jax.catalogue.scan import scan_model
     from awm_jax.catalogue.store import load_catalogue
     from awm_jax.engine.models import prepare_model
@@ -94,6 +97,8 @@ def main(argv=None) -> int:
     from benchmarks.shapes import SHAPES
 
     shape = SHAPES[args.shape]
+    if args.workers is not None:
+        scan.SCAN_WORKERS = args.workers
     work = Path(args.work) / args.shape
     t0 = time.perf_counter()
     model_folder = _lean_model(shape, work / "model")
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
         "load_average": os.getloadavg(), "first_entry_s": per_entry[0], "steady_entry_s": steady,
         "stages": result.timings, "extrapolated_1000_s": prepare_s + per_entry[0] + steady * 999,
         "extrapolation": "linear in entries: prepare + first entry (compilation) + 999 x the mean later entry",
-        "setup_s": setup_s, "machine": cpu_record(),
+        "setup_s": setup_s, "machine": cpu_record(), "workers": scan.SCAN_WORKERS,
         "scored": len(result.matches), "derived": len(result.derived()),
     }
     out = Path(args.out or f"benchmarks/results/scan-{args.shape}-{len(catalogue.entries)}-cpu.json")

@@ -33,7 +33,7 @@ __all__ = ["MAX_WIDTH_RATIO", "SCAN_FORMAT", "ScanMatch", "ScanResult", "scan_mo
 MAX_WIDTH_RATIO = 4.0
 SCAN_FORMAT = "awm_jax.scan/1"
 #: Entries scored at once, each with one BLAS thread (on two cores, 7B-shaped sketches: 0.44 s an
-#: entry, against 0.56 s one entry at a time with two BLAS threads).
+#: entry, against 0.69 s one entry at a time with two BLAS threads; ``benchmarks.scan --workers``).
 SCAN_WORKERS = 2
 _VERDICT_RANK = {"derived": 0, "inconclusive": 1, "independent": 2}
 
@@ -163,9 +163,10 @@ def scan_model(model: PreparedModel, catalogue: Catalogue, options: PairOptions 
         except DegenerateAlignment as e:  # too little evidence to align with this entry: set aside
             return None, str(e), read, time.perf_counter() - t
 
-    # SCAN_WORKERS entries at once, each with one BLAS thread: every step of an entry (the
-    # products, the assignment, the reads) keeps a core busy; results are taken in catalogue order
-    with threadpool_limits(limits=1, user_api="blas"), \
+    # SCAN_WORKERS entries at once, each with one BLAS thread (one worker: the BLAS's own threads):
+    # every step of an entry (the products, the assignment, the reads) keeps a core busy; results
+    # are taken in catalogue order
+    with threadpool_limits(limits=1 if SCAN_WORKERS > 1 else None, user_api="blas"), \
             ThreadPoolExecutor(max_workers=SCAN_WORKERS, thread_name_prefix="awm-scan") as pool:
         pending: collections.deque = collections.deque()
         queue = iter(candidates)
