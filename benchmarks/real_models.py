@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -339,13 +338,11 @@ def wild_summary(rows: list[dict]) -> dict:
 
 def _machine() -> str:
     """CPU model, core count, platform and load average when the run started."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    from benchmarks.host_blas import cpu_record
+
+    cpu = cpu_record()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return f"{cpu}, {os.cpu_count()} cores ({platform.platform()}), load average {load}"
+    return f"{cpu['model']}, {cpu['cpus']} cores ({cpu['platform']}), load average {load}"
 
 
 def main(argv=None) -> int:

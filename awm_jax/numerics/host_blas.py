@@ -350,11 +350,10 @@ def gram_layers_bf16(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
     if w.ndim != 3:
         raise ValueError(f"w must be a stack [layers, d, n], got shape {w.shape}")
-    out = np.empty((w.shape[0], w.shape[2], w.shape[2]), np.float32)
-    xla = host_blas_route().name == "xla" and w.shape[1] * w.shape[2] ** 2 >= XLA_MIN_MACS
-    for i in range(w.shape[0]):  # XLA's result copied once, into its layer
+    out = np.zeros((w.shape[0], w.shape[2], w.shape[2]), np.float32)
+    for i in range(w.shape[0]):  # each Gram added into its zeroed layer: no intermediate copy
         layer = _check("w", w[i])
-        out[i] = _xla_product(layer, layer, copy=False) if xla else gram_bf16(layer)
+        _product(layer, layer, out[i])
     return out
 
 
