@@ -6,7 +6,8 @@ On this machine, with a sample Gram file of ``--sample-gb`` (random float32, in 
 after it is written), it times:
 
 * publishing: the streamed block checksums (:class:`BlockDigest`, one thread: what the writer
-  thread adds while the Grams are computed);
+  thread adds while the Grams are computed), and SHA-256 of the same bytes for comparison (the
+  block checksums were SHA-256 up to cache format 3);
 * opening: :func:`file_digests` of the whole file on one thread and on ``verify_threads()``
   threads (what ``lookup`` adds once per process per entry);
 * the check against the weights: ``K v`` and ``W^T (W v)`` for one layer of the shape's Q and K
@@ -14,14 +15,16 @@ after it is written), it times:
 
 then extrapolates the checksum costs to the shape's Q and K Grams as stored (upper triangles:
 ``2 L n (n + 1) / 2`` float32). With ``--full`` it also writes a real cache entry of the shape
-and times ``verify_entry`` on it and the reading (unpacking) of every layer's Grams once (the
-files are in the page cache, as on a warm run; a cold disk adds its read time). The JSON goes
-to ``benchmarks/results/cache-verify-<shape>.json``.
+and times ``verify_entry`` on it and the reading (unpacking) of every layer's Grams once, whole
+(as a pair's base) and in upper form (as its target); the files are in the page cache, as on a
+warm run (a cold disk adds its read time). The JSON goes to
+``benchmarks/results/cache-verify-<shape>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -33,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from awm_jax._version import ALGORITHM_VERSION
-from awm_jax.fingerprint._checksum import BLOCK_BYTES, BlockDigest, file_digests, verify_threads
+from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_NAME, BlockDigest, file_digests, verify_threads
 from awm_jax.fingerprint.cache import CACHE_FORMAT, gram_file_bytes, verify_entry
 from awm_jax.fingerprint.grams import GramSet
 from awm_jax.options import DEFAULT_NORM_GAINS
+from benchmarks.host_blas import cpu_record
 from benchmarks.shapes import SHAPES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="awm_jax-verify-", dir=args.dir))
     record: dict = {"benchmark": "cache_verify", "shape": shape.name, "hidden": n, "layers": layers,
                     "qk_gram_bytes": gram_bytes, "block_bytes": BLOCK_BYTES, "threads": verify_threads(),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "checksum": DIGEST_NAME,
+                    "machine": {**cpu_record(), "platform": platform.platform(), "cpus": os.cpu_count(),
                                 "load_average_at_start": os.getloadavg()[0]}}
     try:
         sample = scratch / "sample.f32"
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_random(sample, size)
         data = sample.read_bytes()  # streaming cost measured from memory, as the writer thread sees it
         streamed = _best(lambda: BlockDigest().update(data))
+        sha256 = _best(lambda: hashlib.sha256(data).digest())
         del data
         fd = os.open(sample, os.O_RDONLY)
         try:
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             many = _best(lambda: file_digests(fd, size))
         finally:
             os.close(fd)
-        rate = {"publish_stream_gbps": size / streamed / GB, "open_1_thread_gbps": size / one / GB,
+        rate = {"publish_stream_gbps": size / streamed / GB, "sha256_1_thread_gbps": size / sha256 / GB,
+                "open_1_thread_gbps": size / one / GB,
                 f"open_{verify_threads()}_threads_gbps": size / many / GB}
         record.update(sample_bytes=size, rates=rate, extrapolated_s={
             "publish_stream": gram_bytes / (size / streamed), "open_1_thread": gram_bytes / (size / one),
@@ -131,16 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                 digests[name] = d.hexdigests()
             meta = {"format": CACHE_FORMAT, "content_key": key, "algorithm": ALGORITHM_VERSION, "n": n,
                     "num_layers": layers, "kind": "qk", "norm_gains": DEFAULT_NORM_GAINS, "block_bytes": BLOCK_BYTES,
-                    "files": {k: {"bytes": gram_file_bytes(n, layers), "sha256": v} for k, v in digests.items()}}
+                    "files": {k: {"bytes": gram_file_bytes(n, layers), DIGEST_NAME: v} for k, v in digests.items()}}
             (folder / "meta.json").write_text(json.dumps(meta))
             t = time.perf_counter()
             verified = verify_entry(folder, key, n, layers, "qk")
             record["full_verify_entry_s"] = time.perf_counter() - t
             grams = GramSet(layers, n, "qk", folder=folder, key=key, guard=verified)
-            t = time.perf_counter()
-            for layer in range(layers):  # what the engine reads of one model: every layer's Q and K Gram
-                grams.padded([layer], 1)
-            record["full_read_all_layers_s"] = time.perf_counter() - t
+            for form, upper in (("whole", False), ("upper", True)):
+                t = time.perf_counter()
+                for layer in range(layers):  # what the engine reads of one model: every layer's Q and K Gram
+                    grams.padded([layer], 1, upper)
+                record[f"full_read_all_layers_{form}_s"] = time.perf_counter() - t
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     out = args.out or RESULTS / f"cache-verify-{shape.name}.json"
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weight check, one layer {record['weight_check_s'] * 1000:.1f} ms")
     if "full_verify_entry_s" in record:
         print(f"verify_entry on a real {shape.name} entry: {record['full_verify_entry_s']:.2f} s")
-        print(f"reading (unpacking) every layer's Q and K Gram once: {record['full_read_all_layers_s']:.2f} s")
+        for form in ("whole", "upper"):
+            print(f"reading every layer's Q and K Gram once, {form}: {record[f'full_read_all_layers_{form}_s']:.2f} s")
     print(f"-> {out}")
     return 0
 

@@ -62,6 +62,11 @@ class PairAlignment:
     def matched_dims(self) -> int:
         return int(self.perm.size)
 
+    def gather(self) -> tuple[jax.Array | None, jax.Array | None]:
+        """``(perm, signs)`` as device arrays, for the kernels that align base Grams as they read
+        them (``kernels.aligned_cka``); ``(None, None)`` when the base Grams need no alignment."""
+        return jnp.asarray(self.perm), jnp.asarray(self.signs)
+
     def apply(self, grams: jax.Array) -> jax.Array:
         """``[L, n_b, n_b]`` base Grams -> ``[L, n_t, n_t]`` aligned Grams (on ``grams``' device)."""
         if self.rotation is not None:

@@ -2,8 +2,9 @@
 paired layer, the mismatched layers of the calibrated null, and the layer pairing.
 
 Grams come from the two fingerprints a chunk of layers at a time (one read ahead of the
-kernels); the kernels are jitted and vmapped over a chunk, whose shape is fixed per model, so one
-compilation serves every chunk of a pair and every pair of the same widths.
+kernels): the base's whole, to be aligned, the target's in upper form (``kernels.HsicParts``:
+unpacked with no transposition). The kernels are jitted and vmapped over a chunk, whose shape is
+fixed per model, so one compilation serves every chunk of a pair and every pair of the same widths.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from awm_jax.engine.align import PairAlignment
 from awm_jax.fingerprint import GramSet, chunk_layers_for
-from awm_jax.numerics.kernels import default_platform, grid_cka, hsic_parts_layers, paired_cka, paired_cka_from_parts
+from awm_jax.numerics.kernels import (aligned_cka, default_platform, grid_cka, hsic_parts_layers, paired_cka,
+                                     paired_cka_from_parts)
 from awm_jax.numerics.layer_match import match_layers
 from awm_jax.numerics.statistics import CalibratedTest, cross_layer_test, matching_null_test
 
@@ -85,15 +87,14 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
     starts = range(0, layers, chunk)
     reads = [(g, [(i + shift) % layers for i in range(start, min(start + chunk, layers))])
              for start in starts for g, shift in ((gb, 0), *((gt, s) for s in (0, *shifts)))]
-    grams = prefetched(lambda g, ls: g.padded(ls, chunk), reads)
+    grams = prefetched(lambda g, ls: g.padded(ls, chunk, upper=g is not gb), reads)
     for start in starts:
         stop = min(start + chunk, layers)
-        base = [align.apply(jax.device_put(x)) for x in next(grams)]
-        bparts = [hsic_parts_layers(x) for x in base]
+        base = [jax.device_put(x) for x in next(grams)]
         for shift in (0, *shifts):
             targets = [jax.device_put(x) for x in next(grams)]
-            sq, sk = (np.asarray(paired_cka_from_parts(base[j], bparts[j], targets[j], hsic_parts_layers(targets[j])))
-                      [: stop - start] for j in range(2))
+            sq, sk = (_pairings(align, base[j], targets[j], hsic_parts_layers(targets[j], True), (0,))
+                      [: stop - start, 0] for j in range(2))
             if shift == 0:
                 wq[start:stop], wk[start:stop] = sq, sk
             else:
@@ -107,8 +108,9 @@ def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tupl
     * every layer at once when a chunk holds them all (small models, sketches);
     * for the one shift ``L / 2`` of an even depth beyond 16 layers: ``h`` consecutive layers
       and the ``h`` layers half the depth away (``i -> i + L/2`` maps the group onto itself),
-      ``2 h`` at most the chunk (at least a pair of layers, even where a chunk holds one); the
-      last group holds what is left.
+      ``h`` the largest divisor of ``L / 2`` with ``2 h`` at most the chunk (at least a pair of
+      layers, even where a chunk holds one): every group has the same shape, so the kernels
+      compile once, and the next group is read while this one is scored.
 
     Within a group of ``g`` layers, the shift ``s`` pairs position ``j`` with ``j + s mod g``
     when the group is every layer, and with ``j + g/2 mod g`` in a half-turn group.
@@ -117,17 +119,23 @@ def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tupl
         return (tuple(range(layers)),)
     if shifts == (layers // 2,) and layers % 2 == 0:
         half = layers // 2
-        h = max(1, chunk // 2)
-        return tuple(tuple(range(k, min(k + h, half))) + tuple(range(k + half, min(k + h, half) + half))
-                     for k in range(0, half, h))
+        h = max(d for d in range(1, max(1, chunk // 2) + 1) if half % d == 0)
+        return tuple(tuple(range(k, k + h)) + tuple(range(k + half, k + h + half)) for k in range(0, half, h))
     return None
 
 
-def _group_layers(g: GramSet, group: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """A group's Grams in aligned buffers; an in-memory set's own arrays when the group is all of it."""
-    if g.folder is None and group == tuple(range(g.num_layers)):
+def _group_layers(g: GramSet, group: tuple[int, ...], upper: bool, buffers: dict | None = None,
+                  slot: int = 0) -> tuple[np.ndarray, ...]:
+    """A group's Grams in aligned buffers (``upper``: in upper form); an in-memory set's own
+    arrays when the group is all of it and they are wanted whole. ``buffers`` keeps the arrays
+    read into for each ``(upper, slot)`` and reuses them: with two slots used in turn, a group is
+    read into the buffers of the group before last, whose scores are done."""
+    if g.folder is None and group == tuple(range(g.num_layers)) and not upper:
         return g.arrays
-    return g.take(list(group))
+    if buffers is None:
+        return g.take(list(group), upper)
+    arrays = buffers[upper, slot] = g.take(list(group), upper, buffers.get((upper, slot)))
+    return arrays
 
 
 def _span(x: jax.Array, start: int, stop: int) -> jax.Array:
@@ -136,14 +144,40 @@ def _span(x: jax.Array, start: int, stop: int) -> jax.Array:
 
 
 def _shifted_cka(base, bparts, target, tparts, shift: int) -> np.ndarray:
-    """``[g]`` scores of base position ``j`` against target position ``j + shift mod g``: the
-    positions that do not wrap round, then those that do."""
+    """``[g]`` scores of (rotated) base position ``j`` against target position ``j + shift mod g``:
+    the positions that do not wrap round, then those that do."""
     size = base.shape[0]
     spans = ((0, size - shift, shift, size), (size - shift, size, 0, shift)) if shift else ((0, size, 0, size),)
     cut = lambda parts, a, b: jax.tree_util.tree_map(lambda x: x[a:b], parts)  # noqa: E731
     return np.concatenate([np.asarray(paired_cka_from_parts(_span(base, b0, b1), cut(bparts, b0, b1),
-                                                            _span(target, t0, t1), cut(tparts, t0, t1)))
+                                                            _span(target, t0, t1), cut(tparts, t0, t1), True))
                            for b0, b1, t0, t1 in spans])
+
+
+def _target_parts(gt: GramSet, key: tuple, target: jax.Array):
+    """The HSIC parts of target Grams in upper form, kept with their set (``key``: which array and
+    layers): an audit scores each model as a target against many others."""
+    parts = gt.memo.get(("upper-parts", *key))
+    if parts is None:
+        parts = gt.memo[("upper-parts", *key)] = hsic_parts_layers(target, True)
+    return parts
+
+
+def _pairings(align: PairAlignment, base: jax.Array, target: jax.Array, tparts, shifts: tuple[int, ...]) -> np.ndarray:
+    """``[g, len(shifts)]`` scores of base position ``j``, aligned, against target position
+    ``j + s mod g`` for each shift ``s``.
+
+    Args:
+      align: the pair's alignment.
+      base: ``[g, n_b, n_b]`` whole base Grams.
+      target: ``[g, n_t, n_t]`` target Grams in upper form; ``tparts`` their parts.
+      shifts: the offsets.
+    """
+    if align.rotation is None:  # one fused pass per base Gram for every pairing (kernels.aligned_cka)
+        return np.asarray(aligned_cka(base, *align.gather(), target, tparts, shifts))
+    rotated = align.apply(base)
+    rparts = hsic_parts_layers(rotated)
+    return np.stack([_shifted_cka(rotated, rparts, target, tparts, s) for s in shifts], axis=1)
 
 
 def _score_groups(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[int, ...],
@@ -153,17 +187,19 @@ def _score_groups(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[
     layers = gb.num_layers
     wq, wk = np.empty(layers), np.empty(layers)
     off = {s: np.empty(layers) for s in shifts}
-    grams = prefetched(_group_layers, [(g, group) for group in groups for g in (gb, gt)])
+    buffers: dict = {}
+    grams = prefetched(_group_layers, [(g, group, g is not gb, buffers, i % 2) for i, group in enumerate(groups)
+                                       for g in (gb, gt)])
     for group in groups:
         where = list(group)
-        base = [align.apply(jax.device_put(x)) for x in next(grams)]
+        base = [jax.device_put(x) for x in next(grams)]
         targets = [jax.device_put(x) for x in next(grams)]
-        bparts, tparts = [hsic_parts_layers(x) for x in base], [hsic_parts_layers(x) for x in targets]
-        wq[where], wk[where] = (_shifted_cka(base[j], bparts[j], targets[j], tparts[j], 0) for j in range(2))
-        for s in shifts:
-            inner = s if len(group) == layers else len(group) // 2  # the shift within the group
-            sq, sk = (_shifted_cka(base[j], bparts[j], targets[j], tparts[j], inner) for j in range(2))
-            off[s][where] = (sq + sk) / 2
+        inner = tuple(s if len(group) == layers else len(group) // 2 for s in shifts)  # the shifts within the group
+        q, k = (_pairings(align, base[j], targets[j], _target_parts(gt, (j, group), targets[j]), (0, *inner))
+                for j in range(2))
+        wq[where], wk[where] = q[:, 0], k[:, 0]
+        for i, s in enumerate(shifts, 1):
+            off[s][where] = (q[:, i] + k[:, i]) / 2
     return MatchedScores(wq, wk, off)
 
 
@@ -174,8 +210,8 @@ def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tup
     for start in range(0, len(pairs), chunk):
         part = pairs[start : start + chunk]
         (kb,) = gb.padded([b for b, _ in part], chunk)
-        (kt,) = gt.padded([t for _, t in part], chunk)
-        scores = paired_cka(align.apply(jax.device_put(kb)), jax.device_put(kt))
+        (kt,) = gt.padded([t for _, t in part], chunk, upper=True)
+        scores = paired_cka(align.apply(jax.device_put(kb)), jax.device_put(kt), True)
         out[start : start + len(part)] = np.asarray(scores)[: len(part)]
     return out
 
@@ -199,9 +235,9 @@ def score_grid(gb: GramSet, gt: GramSet, align: PairAlignment) -> LayerGrids:
         qb, kb = (align.apply(jax.device_put(x)) for x in gb.padded(list(range(b0, b1)), cb))
         for t0 in range(0, gt.num_layers, ct):
             t1 = min(t0 + ct, gt.num_layers)
-            qt, kt = (jax.device_put(x) for x in gt.padded(list(range(t0, t1)), ct))
-            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt))[: b1 - b0, : t1 - t0]
-            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt))[: b1 - b0, : t1 - t0]
+            qt, kt = (jax.device_put(x) for x in gt.padded(list(range(t0, t1)), ct, upper=True))
+            grid_q[b0:b1, t0:t1] = np.asarray(grid_cka(qb, qt, True))[: b1 - b0, : t1 - t0]
+            grid_k[b0:b1, t0:t1] = np.asarray(grid_cka(kb, kt, True))[: b1 - b0, : t1 - t0]
     return LayerGrids(grid_q, grid_k)
 
 

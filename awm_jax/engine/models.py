@@ -189,6 +189,11 @@ def prepare_model(
     return PreparedModel(resolved, vocab, grams, cached, timings, mlp_grams)
 
 
+#: Rows of the embedding checked for a nonzero value at a time (a trained one is found nonzero in
+#: the first block; only an all-zero embedding is read whole).
+EMPTY_CHECK_ROWS = 1024
+
+
 def read_embedding(r: ResolvedLayout) -> np.ndarray:
     """The input embedding in its stored dtype, memory-mapped where it can be (only the shared
     rows are ever copied, a block at a time); NaN/Inf in the rows used are caught by
@@ -196,7 +201,7 @@ def read_embedding(r: ResolvedLayout) -> np.ndarray:
     emb = r.read_embedding(mapped=True)
     if not np.issubdtype(emb.dtype, np.floating) and "float" not in emb.dtype.name:
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is stored as {emb.dtype}; dequantise it first")
-    if not np.any(emb):
+    if not any(np.any(emb[i : i + EMPTY_CHECK_ROWS]) for i in range(0, emb.shape[0], EMPTY_CHECK_ROWS)):
         raise NumericalError(f"{r.ckpt.root}: embedding {r.embedding_name} is all zeros; nothing to align")
     return emb
 

@@ -198,6 +198,9 @@ def _gathered(grams: GramSet, align: PairAlignment) -> GramSet:
 class _Aligned(PairAlignment):
     """The alignment of Grams that are already aligned (gathered at ``p(D)``): no copy is made."""
 
+    def gather(self) -> tuple[None, None]:
+        return None, None
+
     def apply(self, grams: jax.Array) -> jax.Array:
         return grams
 

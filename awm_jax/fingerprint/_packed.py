@@ -3,10 +3,10 @@
 A Gram ``K = W^T W`` (``[n, n]``) is symmetric, so a fingerprint on disk keeps only
 ``K[i, i:]`` for every row ``i``, one row after another: ``n (n + 1) / 2`` float32 values per
 layer, half of the full matrix (``n (n + 1) / 2 = n^2 / 2 + n / 2``). Unpacking copies the rows
-into place and mirrors the upper triangle into the lower one tile by tile (``TILE`` x ``TILE``
-transposes, which stay in the CPU's caches). Computed Grams are made exactly symmetric
-(:func:`mirror_upper`) before use, so a Gram read back from disk equals the one kept in memory
-bit for bit.
+into place and mirrors the upper triangle into the lower one a strip of ``TILE`` columns at a
+time, or leaves it as it is (zeros: the *upper form* the CKA kernels take for a target Gram, with
+no transposition at all). Computed Grams are made exactly symmetric (:func:`mirror_upper`) before
+use, so a Gram read back from disk equals the one kept in memory bit for bit.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import functools
 
 import numpy as np
 
-__all__ = ["TILE", "mirror_upper", "pack_upper", "packed_len", "packed_positions", "unpack_upper"]
+__all__ = ["TILE", "mirror_upper", "pack_upper", "packed_len", "packed_positions", "strict_lower", "unpack_upper"]
 
-#: Side of the square tiles the lower triangle is mirrored in (fastest of 32-256 on the
-#: development machine at n = 4096).
-TILE = 64
+#: Width of the strips the lower triangle is mirrored in (fastest of 16-128 at n = 4096:
+#: 8 ms per Gram against 15 ms for the 64 x 64 tiles used before).
+TILE = 16
 
 
 def packed_len(n: int) -> int:
@@ -34,7 +34,7 @@ def _row_offsets(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _strict_lower(size: int) -> np.ndarray:
+def strict_lower(size: int) -> np.ndarray:
     """``[size, size]`` bool: the strict lower triangle."""
     return np.tril(np.ones((size, size), bool), -1)
 
@@ -64,27 +64,29 @@ def mirror_upper(grams: np.ndarray) -> None:
       grams: ``[c, n, n]`` writable float32.
     """
     _, n, _ = grams.shape
-    for b0 in range(0, n, TILE):
-        b1 = min(b0 + TILE, n)
-        diagonal = grams[:, b0:b1, b0:b1]
-        np.copyto(diagonal, diagonal.transpose(0, 2, 1).copy(), where=_strict_lower(b1 - b0))
-        for c0 in range(b1, n, TILE):
-            c1 = min(c0 + TILE, n)
-            grams[:, c0:c1, b0:b1] = grams[:, b0:b1, c0:c1].transpose(0, 2, 1)
+    for gram in grams:  # one matrix at a time: ~1.4x faster than strips across the stack
+        for b0 in range(0, n, TILE):
+            b1 = min(b0 + TILE, n)
+            diagonal = gram[b0:b1, b0:b1]
+            np.copyto(diagonal, diagonal.T.copy(), where=strict_lower(b1 - b0))
+            gram[b1:, b0:b1] = gram[b0:b1, b1:].T
 
 
-def unpack_upper(packed: np.ndarray, out: np.ndarray) -> None:
+def unpack_upper(packed: np.ndarray, out: np.ndarray, mirror: bool = True) -> None:
     """Full symmetric Grams from packed upper triangles.
 
     Args:
       packed: ``[c, n (n + 1) / 2]`` float32 (a read-only map is fine).
       out: ``[c, n, n]`` writable float32, filled.
+      mirror: fill the lower triangles with the upper ones; when ``False`` they are left as
+        they are (zeros in a zeroed buffer: the upper form of ``kernels.HsicParts``).
     """
     _, n, _ = out.shape
     off = _row_offsets(n)
     for i in range(n):
         out[:, i, i:] = packed[:, off[i] : off[i + 1]]
-    mirror_upper(out)
+    if mirror:
+        mirror_upper(out)
 
 
 def packed_positions(rows: np.ndarray, n: int) -> np.ndarray:

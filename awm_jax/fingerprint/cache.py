@@ -72,7 +72,7 @@ import numpy as np
 
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, UsageError, warn
-from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, block_count, file_digests
+from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, DIGEST_NAME, block_count, file_digests
 from awm_jax.fingerprint._entry_lock import TEMPORARY_PREFIX, EntryLock, hold_entry
 from awm_jax.fingerprint._packed import packed_len
 from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
@@ -84,7 +84,7 @@ __all__ = ["CACHE_FORMAT", "MAX_GB_ENV", "FingerprintCache", "FileStamp", "Verif
            "default_cache_dir", "file_key", "gram_file_bytes", "is_content_key"]
 
 #: Version of the cache's files (index, meta.json, checksums); part of every file key.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 #: Hex digits of a content key (SHA-256) and of a file key (BLAKE2b, 20 bytes).
 CONTENT_KEY_CHARS, FILE_KEY_CHARS = 64, 40
 #: Size limits of the JSON files read from the cache (a damaged file is not read without bound).
@@ -330,7 +330,7 @@ def _meta_digests(meta: Any, key: str, n: int, layers: int, kind: str, norm_gain
     out = {}
     for name in KINDS[kind]:
         record = files[name]
-        blocks = record.get("sha256") if isinstance(record, dict) else None
+        blocks = record.get(DIGEST_NAME) if isinstance(record, dict) else None
         if (not isinstance(record, dict) or record.get("bytes") != size or not isinstance(blocks, list)
                 or len(blocks) != block_count(size) or not all(is_hex_key(b, DIGEST_CHARS) for b in blocks)):
             raise _Untrusted(f"meta.json has no valid checksums of {name}")
@@ -554,7 +554,8 @@ class FingerprintCache:
                 "num_layers": layers, "layout": resolved.name, "kind": kind, "norm_gains": norm_gains,
                 "source": str(resolved.ckpt.root),
                 "block_bytes": BLOCK_BYTES,
-                "files": {name: {"bytes": gram_file_bytes(n, layers), "sha256": digests[name]} for name in KINDS[kind]}}
+                "files": {name: {"bytes": gram_file_bytes(n, layers), DIGEST_NAME: digests[name]}
+                          for name in KINDS[kind]}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         final = self.root / "fingerprints" / key
         now = self.identify(resolved)

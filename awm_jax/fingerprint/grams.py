@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import mmap
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +31,11 @@ import numpy as np
 from awm_jax._version import ALGORITHM_VERSION
 from awm_jax.errors import CacheError, NumericalError
 from awm_jax.fingerprint._checksum import BlockDigest
-from awm_jax.fingerprint._packed import mirror_upper, pack_upper, packed_len, packed_positions, unpack_upper
+from awm_jax.fingerprint._packed import mirror_upper, pack_upper, packed_len, packed_positions, strict_lower, unpack_upper
 from awm_jax.layouts import ResolvedLayout, check_norm_gains, fold_gain
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.progress import stage
+from awm_jax.numerics import host_blas
 from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host, range_shift
 
 if TYPE_CHECKING:
@@ -63,12 +65,50 @@ def _open_gram(path: Path):
     return os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
 
 
-def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """An uninitialised array whose data starts on a ``BUFFER_ALIGNMENT``-byte boundary."""
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32, zeroed: bool = False) -> np.ndarray:
+    """An uninitialised (``zeroed``: zero) array whose data starts on a ``BUFFER_ALIGNMENT``-byte
+    boundary. Large zeroed buffers come zero from the system, with no pass over them."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + BUFFER_ALIGNMENT, np.uint8)
+    raw = (np.zeros if zeroed else np.empty)(nbytes + BUFFER_ALIGNMENT, np.uint8)
     offset = -raw.ctypes.data % BUFFER_ALIGNMENT
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+#: ``madvise`` advice that maps a range's pages in one call, reading them if they are not cached
+#: (Linux 5.14 and later; Python names it from 3.13).
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
+
+
+def _prefault(mapped: mmap.mmap, start: int, length: int) -> None:
+    """Maps ``[start, start + length)`` of a read-only map before it is read: all its pages in
+    one system call rather than a fault per 4 KiB page (a 7B pair's Grams are a million pages),
+    or, where the kernel cannot, asks it to read them ahead."""
+    global _POPULATE_READ
+    if _POPULATE_READ is not None:
+        try:
+            mapped.madvise(_POPULATE_READ, start, length)
+            return
+        except OSError:  # an older kernel: EINVAL
+            _POPULATE_READ = None
+    if hasattr(mmap, "MADV_WILLNEED"):
+        mapped.madvise(mmap.MADV_WILLNEED, start, length)
+
+
+def _runs(layers: list[int]) -> list[tuple[int, int, int]]:
+    """``layers`` as runs of evenly spaced layers ``(start, step, count)``, in order:
+    ``[3, 19]`` is one run of step 16, ``[0, 1, 2, 9]`` a run of step 1 and a run of one."""
+    runs: list[tuple[int, int, int]] = []
+    for layer in layers:
+        if runs:
+            start, step, count = runs[-1]
+            if count == 1 and layer > start:
+                runs[-1] = (start, layer - start, 2)
+                continue
+            if layer == start + step * count:
+                runs[-1] = (start, step, count + 1)
+                continue
+        runs.append((layer, 1, 1))
+    return runs
 
 
 def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
@@ -101,6 +141,8 @@ class GramSet:
       owner: keeps a temporary folder alive as long as the set (uncached large models).
       guard: for a cache entry, checks every file opened for reading against the verified one.
       norm_gains: how the normalisation gains entered the Grams: ``"fold"`` or ``"ignore"``.
+      memo: what a caller derives from these Grams alone and keeps for the set's lifetime (the
+        HSIC parts of target layers: an audit scores each model against many others).
     """
 
     num_layers: int
@@ -112,6 +154,7 @@ class GramSet:
     owner: object = dataclasses.field(default=None, repr=False, compare=False)
     guard: ReadGuard | None = dataclasses.field(default=None, repr=False, compare=False)
     norm_gains: str = DEFAULT_NORM_GAINS
+    memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def q(self) -> np.ndarray:
@@ -125,22 +168,34 @@ class GramSet:
         """The Grams of layers ``[start, stop)``, one ``[stop - start, n, n]`` array per file."""
         if self.folder is None:
             return tuple(a[start:stop] for a in self.arrays)
-        return tuple(self._read(i, [(start, stop)]) for i in range(len(KINDS[self.kind])))
+        return self.take(list(range(start, stop)))
 
-    def _read(self, index: int, spans: list[tuple[int, int]], pad_to: int = 0) -> np.ndarray:
-        """Layers of the given ``[start, stop)`` spans of array ``index`` into one aligned buffer,
-        zero-padded to ``pad_to`` layers."""
-        count = sum(stop - start for start, stop in spans)
-        out = aligned_empty((max(count, pad_to), self.n, self.n))
-        out[count:] = 0
-        self.read_into(index, spans, out)
+    def _read(self, index: int, layers: list[int], pad_to: int, upper: bool, reuse: np.ndarray | None) -> np.ndarray:
+        """The Grams of ``layers`` of array ``index`` (for ``qk``: 0 the Q Grams, 1 the K Grams)
+        in one aligned buffer (``reuse`` when its shape fits), zero-padded to ``pad_to`` layers;
+        files on disk are unpacked from their upper triangles, a run of evenly spaced layers at a
+        time (one copy per row for the whole run)."""
+        shape = (max(len(layers), pad_to), self.n, self.n)
+        out = reuse if reuse is not None and reuse.shape == shape else aligned_empty(shape, zeroed=upper)
+        out[len(layers):] = 0
+        if self.folder is None:
+            np.take(self.arrays[index], layers, axis=0, out=out[: len(layers)])
+            if upper:  # zeros below the diagonal, in place
+                np.copyto(out[: len(layers)], 0, where=strict_lower(self.n))
+            return out
+        pos = 0
+        for start, step, count in _runs(layers):
+            with self._packed(KINDS[self.kind][index], start, start + step * (count - 1) + 1, step) as packed:
+                unpack_upper(packed[::step], out[pos : pos + count], mirror=not upper)  # upper: zeros stay below
+            pos += count
         return out
 
     @contextlib.contextmanager
-    def _packed(self, name: str, start: int, stop: int) -> Iterator[np.ndarray]:
+    def _packed(self, name: str, start: int, stop: int, step: int = 1) -> Iterator[np.ndarray]:
         """Layers ``[start, stop)`` of one file as stored (``[stop - start, n (n + 1) / 2]``
         packed upper triangles), memory-mapped read-only for the duration of the block. The file
-        is checked by the guard when opened; the kernel is asked to read the pages ahead.
+        is checked by the guard when opened; the kernel is asked to read ahead the pages of every
+        ``step``-th layer from ``start`` (the ones the caller reads).
 
         Raises:
           CacheError: the file cannot be read, is shorter than its layers, or changed since it
@@ -161,8 +216,10 @@ class GramSet:
         except (OSError, ValueError) as e:
             raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); delete {self.folder} and rerun "
                              "(the fingerprint is computed again)") from None
-        if hasattr(mmap, "MADV_WILLNEED"):
-            mapped.madvise(mmap.MADV_WILLNEED)
+        for layer in range(0, stop - start, step):
+            first = offset - base + layer * layer_bytes
+            page = first - first % mmap.PAGESIZE
+            _prefault(mapped, page, first + layer_bytes - page)
         view = np.frombuffer(mapped, np.float32, length // 4, offset - base).reshape(stop - start, -1)
         try:
             yield view
@@ -173,34 +230,28 @@ class GramSet:
             except BufferError:  # a caller kept a view: the map closes when that goes
                 pass
 
-    def read_into(self, index: int, spans: list[tuple[int, int]], out: np.ndarray) -> None:
-        """Copies the layers of the given ``[start, stop)`` spans of array ``index`` (for ``qk``:
-        0 the Q Grams, 1 the K Grams), one span after another, into the leading layers of ``out``
-        (a C-contiguous float32 ``[>= layers, n, n]`` buffer); files on disk are unpacked from
-        their upper triangles."""
-        pos = 0
-        for start, stop in spans:
-            if self.folder is None:
-                out[pos : pos + stop - start] = self.arrays[index][start:stop]
-            else:
-                with self._packed(KINDS[self.kind][index], start, stop) as packed:
-                    unpack_upper(packed, out[pos : pos + stop - start])
-            pos += stop - start
-
-    def padded(self, layers: list[int], size: int) -> tuple[np.ndarray, ...]:
+    def padded(self, layers: list[int], size: int, upper: bool = False,
+               reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
         """The Grams of ``layers`` (any order), zero-padded to ``size`` layers, one array per file
-        of the kind, in aligned buffers (what the jitted kernels take without a copy on the CPU)."""
-        spans: list[tuple[int, int]] = []
-        for i in layers:  # consecutive layers become one read
-            if spans and spans[-1][1] == i:
-                spans[-1] = (spans[-1][0], i + 1)
-            else:
-                spans.append((i, i + 1))
-        return tuple(self._read(i, spans, size) for i in range(len(KINDS[self.kind])))
+        of the kind, in aligned buffers (what the jitted kernels take without a copy on the CPU).
 
-    def take(self, layers: list[int]) -> tuple[np.ndarray, ...]:
-        """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file."""
-        return self.padded(layers, len(layers))
+        Args:
+          layers: layer indices.
+          size: layers of each array (at least ``len(layers)``).
+          upper: in upper form (the upper triangles, zeros below: what the CKA kernels take for
+            a target Gram, read with no transposition; an alignment needs whole Grams).
+          reuse: arrays an earlier call returned with the same ``upper``, no longer in use:
+            filled in place where their shapes fit (no new memory to fault in; the lower
+            triangles of upper-form buffers are still zero).
+        """
+        reuse = reuse or (None,) * len(KINDS[self.kind])
+        return tuple(self._read(i, list(layers), size, upper, reuse[i]) for i in range(len(KINDS[self.kind])))
+
+    def take(self, layers: list[int], upper: bool = False,
+             reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
+        """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file
+        (``upper``, ``reuse``: as for :meth:`padded`)."""
+        return self.padded(layers, len(layers), upper, reuse)
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Every layer's Gram restricted to ``rows`` (rows and columns, in that order): one
@@ -271,6 +322,7 @@ def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, has
     diag(g))``."""
     layers = [_stored_matrices(resolved, i, kind) for i in range(start, stop)]
     gains = [_gain(resolved, i, kind, norm_gains) for i in range(start, stop)]
+    halves = []  # each matrix as bf16 when that loses nothing (weights stored in bf16), else None
     for i, mats, gain in zip(range(start, stop), layers, gains):
         for name, w in zip(("query", "key") if kind == "qk" else ("MLP input",), mats):
             if not (w.any() if gain is None else (w.any(axis=0) & (gain != 0)).any()):  # W diag(g) all zeros
@@ -278,16 +330,23 @@ def _read_chunk(resolved: ResolvedLayout, start: int, stop: int, chunk: int, has
                     f"{resolved.ckpt.root}: layer {i} {name} projection is all zeros; the checkpoint is damaged "
                     "or a placeholder: fetch the real weights"
                 )
-            if hasher is not None:  # sha256 releases the GIL: hashing overlaps the Gram matmuls
-                hasher.update(memoryview(np.ascontiguousarray(w)).cast("B"))
+            w16 = host_blas.exact_bf16(w)
+            halves.append(w16)
+            if hasher is not None:  # the values, in the narrower of the two exact forms (sha256 releases
+                # the GIL: hashing overlaps the Gram matmuls)
+                hasher.update(b"f" if w16 is None else b"b")
+                hasher.update(np.ascontiguousarray(w if w16 is None else w16).view(np.uint8).data)
         if hasher is not None and gain is not None:
             hasher.update(memoryview(np.ascontiguousarray(gain, np.float32)).cast("B"))
+    # bf16 stacks for a bf16 GEMM (half the bytes, no float32 copy), else float32
+    narrow = default_platform() == "cpu" and host_blas.bf16_gemm_available() and all(h is not None for h in halves)
+    per_layer = len(layers[0])
     stacks = []
-    for f in range(len(layers[0])):
+    for f in range(per_layer):
         rows = max(mats[f].shape[0] for mats in layers)
-        stack = np.zeros((chunk, rows, resolved.hidden_size), np.float32)
+        stack = np.zeros((chunk, rows, resolved.hidden_size), host_blas.BF16 if narrow else np.float32)
         for j, mats in enumerate(layers):
-            stack[j, : mats[f].shape[0]] = mats[f]
+            stack[j, : mats[f].shape[0]] = halves[j * per_layer + f] if narrow else mats[f]
         stacks.append(stack)
     return _Chunk(stacks, gains)
 

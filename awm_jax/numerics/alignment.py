@@ -221,9 +221,9 @@ class EmbeddingCross:
     def cosine(self) -> np.ndarray:
         """``[n_b, n_t]`` float32 column cosines; a column that is zero over the shared rows gets 0."""
         denom = np.outer(np.sqrt(self.sq_base), np.sqrt(self.sq_target))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cos = np.where(denom > 0, self.cross / np.where(denom > 0, denom, 1.0), 0.0)
-        return cos.astype(np.float32)
+        cos = np.zeros(denom.shape, np.float32)
+        np.divide(self.cross, denom, out=cos, where=denom > 0, casting="same_kind")  # float64 quotients, rounded once
+        return cos
 
     @property
     def norm_product(self) -> float:
@@ -303,15 +303,17 @@ def embedding_cross(
         shift_t = new_t if shift_t is None else min(shift_t, new_t)
         if host:
             if bf16 and not shift_b and not shift_t:  # bf16 rows into a bf16 GEMM, float32 accumulation
-                host_blas.cross_bf16(np.ascontiguousarray(rb), np.ascontiguousarray(rt), out=cross)
-                rb, rt = rb.astype(np.float32), rt.astype(np.float32)
-            else:  # (views of float32 rows are read, never written)
-                rb, rt = rb.astype(np.float32, copy=False), rt.astype(np.float32, copy=False)
-                if shift_b:
-                    rb = np.ldexp(rb, shift_b).astype(np.float32, copy=False)
-                if shift_t:
-                    rt = np.ldexp(rt, shift_t).astype(np.float32, copy=False)
-                cross += rb.T @ rt
+                rb, rt = np.ascontiguousarray(rb), np.ascontiguousarray(rt)
+                host_blas.cross_bf16(rb, rt, out=cross)
+                sq_b += host_blas.column_squares(rb)
+                sq_t += host_blas.column_squares(rt)
+                continue
+            rb, rt = rb.astype(np.float32, copy=False), rt.astype(np.float32, copy=False)  # views: read, never written
+            if shift_b:
+                rb = np.ldexp(rb, shift_b).astype(np.float32, copy=False)
+            if shift_t:
+                rt = np.ldexp(rt, shift_t).astype(np.float32, copy=False)
+            cross += rb.T @ rt
             sq_b += np.einsum("ij,ij->j", rb, rb)
             sq_t += np.einsum("ij,ij->j", rt, rt)
             continue

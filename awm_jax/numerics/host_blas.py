@@ -65,6 +65,8 @@ __all__ = [
     "gram_bf16",
     "gram_layers_bf16",
     "cross_bf16",
+    "column_squares",
+    "bf16_peaks",
     "exact_bf16",
 ]
 
@@ -374,6 +376,55 @@ def cross_bf16(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> n
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"a and b must have the same rows, got {a.shape} and {b.shape}")
     return _product(a, b, out)
+
+
+@functools.lru_cache(maxsize=1)
+def _xla_column_squares():
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)), axis=0))
+
+
+def column_squares(x: np.ndarray) -> np.ndarray:
+    """Float32 sums of squares of the columns of a bf16 matrix (the squared column norms).
+
+    On the ``xla`` route, for a matrix whose own cross product takes XLA (``r p^2`` at least
+    ``XLA_MIN_MACS``), one compiled pass over the bf16 values (squares exact in float32), no
+    upcast copy; otherwise the float32 sums of an upcast copy.
+
+    Args:
+      x: ``[r, p]`` bfloat16.
+
+    Returns:
+      ``[p]`` float32.
+    """
+    x = _check("x", x)
+    if host_blas_route().name == "xla" and x.size * x.shape[1] >= XLA_MIN_MACS:
+        import jax
+
+        return np.array(_xla_column_squares()(jax.device_put(x, _xla_kernels()[0])))
+    f = x.astype(np.float32)
+    return np.einsum("ij,ij->j", f, f)
+
+
+def bf16_peaks(x: np.ndarray) -> np.ndarray:
+    """The largest magnitude of each leading slice of a bf16 array (``[L, ...] -> [L]`` float64).
+
+    bf16 values order by magnitude as their sign-cleared bits do (Inf and NaN above every finite
+    value), so the peak is an integer maximum: no float copy.
+    """
+    x = _check_any(x)
+    bits = np.bitwise_and(np.ascontiguousarray(x).view(np.uint16), np.uint16(0x7FFF))
+    peaks = bits.reshape(x.shape[0], -1).max(axis=1) if x.size else np.zeros(x.shape[0], np.uint16)
+    return peaks.view(BF16).astype(np.float64)
+
+
+def _check_any(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != BF16 or x.ndim < 1:
+        raise TypeError(f"expected a bfloat16 array with a leading axis, got {x.dtype} {x.shape}")
+    return x
 
 
 def exact_bf16(x: np.ndarray) -> np.ndarray | None:

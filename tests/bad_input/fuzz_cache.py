@@ -40,7 +40,7 @@ _FORGED = ("KEY_a", "KEY_b", "KEY_c", "ABS_a", "ABS_c", "REL_c", "UPPER_b", "SHO
            "PATH_etc", "DIGEST_c")
 _INDEX_FIELDS = ("content_key", "file_key", "kind", "format")
 _META_FIELDS = ("content_key", "n", "num_layers", "kind", "format", "algorithm", "block_bytes", "files",
-                "files.gram_q.f32.sha256.0", "files.gram_k.f32.bytes", "files.gram_q.f32.sha256")
+                "files.gram_q.f32.xxh3_128.0", "files.gram_k.f32.bytes", "files.gram_q.f32.xxh3_128")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +154,7 @@ def _forged(value: Any, cache: Path, fx: _Fixture) -> Any:
             "REL": lambda: f"../fingerprints/{fx.keys[model]}", "UPPER": lambda: fx.keys[model].upper(),
             "SHORT": lambda: fx.keys[model][:-2], "FILEKEY": lambda: fx.file_keys[model], "PATH": lambda: "/etc",
             "DIGEST": lambda: json.loads((cache / "fingerprints" / fx.keys["c"] / "meta.json").read_text())
-            ["files"]["gram_q.f32"]["sha256"][0]}[kind]()
+            ["files"]["gram_q.f32"]["xxh3_128"][0]}[kind]()
 
 
 def _regular(path: Path) -> Path:

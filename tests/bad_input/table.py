@@ -184,8 +184,8 @@ FIXES: list[tuple[str, str, str, str]] = [
     ("a flipped value in a cached Gram (Wq 0.495), two models' index files swapped (INDEPENDENT), an index "
      "naming an absolute path, weights rewritten with size/inode/mtime restored (the old verdict), a damaged "
      "entry never healed (exit 7 on every run)",
-     "every entry verified when opened (SHA-256 per 32 MiB block, keys must be 64 hex digits, index bound to "
-     "its checkpoint, kind and mode, one layer checked against the weights); ctime and a content probe in the "
+     "every entry verified when opened (an XXH3-128 checksum per 32 MiB block, keys must be 64 hex digits, "
+     "index bound to its checkpoint, kind and mode, one layer checked against the weights); ctime and a content probe in the "
      "file identity; a damaged or stale entry dropped with one warning, recomputed and replaced",
      "0 (the `--no-cache` scores)", "section below; `tests/fingerprint/test_fingerprint.py`, fuzz target "
      "`cache_entry`"),
@@ -245,7 +245,7 @@ _CACHE = """
 
 The fingerprint cache (`$AWM_JAX_CACHE`, else `$XDG_CACHE_HOME/awm_jax`, else
 `~/.cache/awm_jax`) is never trusted: every entry is checked when it is opened (index bound to its
-checkpoint, kind and norm-gain mode, content key of 64 hex digits, SHA-256 of every 32 MiB block
+checkpoint, kind and norm-gain mode, content key of 64 hex digits, an XXH3-128 checksum of every 32 MiB block
 of every Gram file, one layer checked against the weights). A damaged, stale, swapped or forged
 entry is not an error: it is dropped with one warning line and the fingerprint is computed again
 (the scores are those of `--no-cache`), and the entry is healed for the next run. An entry

@@ -74,3 +74,59 @@ def test_grouped_scores_equal_the_reference_and_the_chunked_path(count, chunk, m
     np.testing.assert_allclose(grouped.wk, chunked.wk, atol=1e-5)  # float32 rounding: other batch shapes
     for s in shifts:
         np.testing.assert_allclose(grouped.mismatched[s], chunked.mismatched[s], atol=1e-5)  # float32 rounding: other batch shapes
+
+
+def _pair(rng, count, n_b, n_t):
+    """Base Grams ``[count, n_b, n_b]``, a signed selection of ``n_t`` base dimensions, and target
+    Grams related to the aligned base."""
+    w = rng.standard_normal((count, 30, n_b)).astype(np.float32)
+    perm = rng.permutation(n_b)[:n_t].astype(np.int32)
+    signs = rng.choice([-1.0, 1.0], n_t).astype(np.float32)
+    base = np.einsum("lri,lrj->lij", w, w)
+    noise = rng.standard_normal((count, 30, n_t)).astype(np.float32)
+    wt = w[:, :, perm] * signs + 0.7 * noise
+    return base, perm, signs, np.einsum("lri,lrj->lij", wt, wt)
+
+
+@pytest.mark.parametrize("count, chunk", [(5, 64), (18, 2)])
+def test_signed_selection_scores_match_float64_and_the_rotation_path(count, chunk, monkeypatch):
+    """The fused pass (aligned base never stored, targets in upper form) against the float64
+    formula on the aligned Grams, and against the rotation path given the same map as a matrix."""
+    rng = np.random.default_rng(count)
+    n_b, n_t = 20, 16
+    base, perm, signs, target = _pair(rng, count, n_b, n_t)
+    gb, gt = GramSet(count, n_b, "qk", arrays=(base, base)), GramSet(count, n_t, "qk", arrays=(target, 3 * target))
+    monkeypatch.setattr(layers, "chunk_layers_for", lambda *a: chunk)
+    align = PairAlignment(True, perm, signs, None, n_b, {}, {})
+    got = layers.score_equal_depth(gb, gt, align)
+    aligned = base[:, perm][:, :, perm] * np.outer(signs, signs)
+    for i in range(count):
+        assert got.wq[i] == pytest.approx(_cka64(aligned[i], target[i]), abs=2e-5)
+        for s in layers.mismatch_shifts(count):
+            assert got.mismatched[s][i] == pytest.approx(_cka64(aligned[i], target[(i + s) % count]), abs=2e-5)
+    matrix = np.zeros((n_b, n_t), np.float32)
+    matrix[perm, np.arange(n_t)] = signs
+    rotated = layers.score_equal_depth(gb, gt, PairAlignment(True, perm, signs, matrix, n_b, {}, {}))
+    np.testing.assert_allclose(rotated.wq, got.wq, atol=1e-5)
+    np.testing.assert_allclose(rotated.wk, got.wk, atol=1e-5)
+
+
+def test_layer_scores_compile_once_per_shape(monkeypatch):
+    """No retracing across groups or layers: a second pair of the same widths, and a deeper one
+    with groups of the same size, compile nothing new."""
+    from conftest import count_compilations
+
+    monkeypatch.setattr(layers, "chunk_layers_for", lambda *a: 2)  # half-turn groups of two layers
+    rng = np.random.default_rng(5)
+
+    def scored(count):
+        base, perm, signs, target = _pair(rng, count, 26, 26)
+        gb, gt = GramSet(count, 26, "qk", arrays=(base, base)), GramSet(count, 26, "qk", arrays=(target, target))
+        return layers.score_equal_depth(gb, gt, PairAlignment(True, perm, signs, None, 26, {}, {}))
+
+    with count_compilations() as first:
+        scored(18)
+    with count_compilations() as again:
+        scored(18)
+        scored(26)
+    assert len(first) > 0 and len(again) == 0

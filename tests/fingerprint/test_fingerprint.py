@@ -110,6 +110,21 @@ def test_padded_unpacks_stored_upper_triangles(tmp_path, models):
             assert not got[len(layers_):].any()
 
 
+def test_upper_form_reads_are_the_upper_triangles_from_disk_and_memory(tmp_path, models):
+    a, _ = models
+    r = detect(Checkpoint(a))
+    mem = model_grams(r, None)
+    cached = model_grams(r, FingerprintCache(tmp_path / "c"))
+    # evenly spaced runs, single layers, a run of one after a longer one, padding
+    for layers_, size in {(0, 2): 2, (2, 1, 0): 3, (0, 1, 2): 4, (1,): 1}.items():
+        want = [np.triu(x[list(layers_)]) for x in (mem.q, mem.k)]
+        for g in (mem, cached):
+            for got, w in zip(g.padded(list(layers_), size, upper=True), want):
+                assert got.ctypes.data % 64 == 0
+                np.testing.assert_array_equal(got[: len(layers_)], w)
+                assert not got[len(layers_):].any()
+
+
 def test_gather_reads_submatrices(tmp_path, models):
     a, _ = models
     r = detect(Checkpoint(a))
@@ -364,7 +379,7 @@ def test_damaged_meta_or_index_heals(tmp_path, trio, capsys, damage):
     elif damage == "wrong_shape":
         meta_path.write_text(json.dumps({**meta, "n": 16}))
     elif damage == "bad_checksum":
-        meta["files"]["gram_q.f32"]["sha256"][0] = "0" * 64
+        meta["files"]["gram_q.f32"]["xxh3_128"][0] = "0" * 32
         meta_path.write_text(json.dumps(meta))
     elif damage == "other_key":  # the folder of c renamed to b's key (b's removed)
         shutil.rmtree(folder)
@@ -544,3 +559,18 @@ def test_file_key_covers_the_change_time_and_a_content_probe(tmp_path, trio, mon
     with monkeypatch.context() as patch:
         patch.setattr(cache_mod.os, "stat", lambda path, *a, **k: st)  # every time as it was
         assert file_key(resolved) != after_chmod
+
+
+def test_reads_fall_back_when_the_kernel_cannot_populate(tmp_path, models, monkeypatch):
+    """An advice the kernel refuses (an older kernel's EINVAL) is dropped once, and reads go on."""
+    import awm_jax.fingerprint.grams as grams_mod
+
+    a, _ = models
+    r = detect(Checkpoint(a))
+    mem = model_grams(r, None)
+    cached = model_grams(r, FingerprintCache(tmp_path / "c"))
+    monkeypatch.setattr(grams_mod, "_POPULATE_READ", 9999)  # no such advice: EINVAL
+    for upper in (False, True):
+        (q,) = cached.take([1], upper)[:1]
+        np.testing.assert_array_equal(q, np.triu(mem.q[1:2]) if upper else mem.q[1:2])
+    assert grams_mod._POPULATE_READ is None

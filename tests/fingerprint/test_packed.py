@@ -20,6 +20,9 @@ def test_pack_unpack_round_trip(n):
     out = np.full((3, n, n), np.nan, np.float32)
     unpack_upper(packed, out)
     np.testing.assert_array_equal(out, k)
+    upper = np.zeros((3, n, n), np.float32)
+    unpack_upper(packed[:, None].repeat(2, axis=1)[:, 0], upper, mirror=False)  # a strided view, as read
+    np.testing.assert_array_equal(upper, np.triu(k))  # the zeros below are left as they were
     pick = rng.permutation(n)[: max(1, n // 2)]
     np.testing.assert_array_equal(packed[1][packed_positions(pick, n)], k[1][np.ix_(pick, pick)])
 
@@ -29,3 +32,14 @@ def test_mirror_keeps_the_upper_triangle():
     want = np.triu(a) + np.triu(a, 1).transpose(0, 2, 1)
     mirror_upper(a)
     np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("layers, runs", [
+    ([3, 19], [(3, 16, 2)]), ([0, 1, 2, 9], [(0, 1, 3), (9, 1, 1)]), ([0, 16, 1, 17], [(0, 16, 2), (1, 16, 2)]),
+    ([2, 1], [(2, 1, 1), (1, 1, 1)]), ([0, 2, 4, 5, 6], [(0, 2, 3), (5, 1, 2)]), ([], []),
+])
+def test_layers_are_read_in_evenly_spaced_runs(layers, runs):
+    from awm_jax.fingerprint.grams import _runs
+
+    assert _runs(layers) == runs
+    assert [s + t * i for s, t, c in runs for i in range(c)] == layers

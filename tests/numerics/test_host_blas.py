@@ -123,6 +123,18 @@ def test_cross_matches_float64_oracle_and_float32_path(bf16_route, shape):
     assert_within(got, float32_path(a, b).astype(np.float64), bound(a, b, routes=2))
 
 
+@pytest.mark.parametrize("route", ["numpy", "xla"])
+@pytest.mark.parametrize("shape", [(1, 1), (100, 7), (513, 96)])
+def test_column_squares_match_float64(monkeypatch, route_cache, route, shape):
+    monkeypatch.setenv(host_blas.HOST_BLAS_ENV, route)
+    monkeypatch.setattr(host_blas, "XLA_MIN_MACS", 0)  # every size takes the route
+    x = bf16(np.random.default_rng(sum(shape)), shape)
+    got = host_blas.column_squares(x)
+    f = x.astype(np.float64)
+    assert got.dtype == np.float32 and got.shape == (shape[1],)
+    assert_within(got, (f * f).sum(axis=0), 2 * shape[0] * 2.0**-24 * (f * f).sum(axis=0))
+
+
 @pytest.mark.parametrize("layout_a", ["c", "fortran", "row_padded", "reversed_rows", "both_strided"])
 @pytest.mark.parametrize("layout_b", ["c", "fortran", "both_strided"])
 def test_any_memory_layout_gives_the_same_product(bf16_route, layout_a, layout_b):
@@ -301,3 +313,20 @@ def test_import_loads_no_library():
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_bf16_peaks_are_the_largest_magnitudes():
+    x = bf16(np.random.default_rng(4), (3, 5, 7))
+    x[1, 2, 3] = -1e30
+    x[2] = 0
+    np.testing.assert_array_equal(host_blas.bf16_peaks(x), np.abs(x.astype(np.float64)).max(axis=(1, 2)))
+    with pytest.raises(TypeError):
+        host_blas.bf16_peaks(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**20])  # 2^20: outside the safe range, shifted on the float32 path
+def test_bf16_stacks_give_the_grams_of_their_float32_values(bf16_route, scale):
+    from awm_jax.numerics.kernels import gram_layers_host
+
+    w = bf16(np.random.default_rng(6), (3, 40, 24), scale)
+    np.testing.assert_array_equal(gram_layers_host(w), gram_layers_host(w.astype(np.float32)))

@@ -181,6 +181,30 @@ def test_cka_from_precomputed_parts_equals_paired_cka():
     np.testing.assert_allclose(np.asarray(got), np.asarray(kernels.paired_cka(k, l)), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [8, 17, 64])
+def test_upper_form_target_matches_float64_reference(n):
+    """A target Gram given as its upper triangle (zeros below) scores as the whole Gram does,
+    against the float64 formula, in every batched kernel (to float32 rounding: the sums are
+    ordered differently)."""
+    rng = np.random.default_rng(n)
+    wx, wy = related(rng, n, 3 * n, 3 * n, 0.5)
+    wz = rng.standard_normal((3 * n, n)).astype(np.float32)
+    k = kernels.gram_layers(jnp.asarray(np.stack([wx, wz])))
+    l = kernels.gram_layers(jnp.asarray(np.stack([wy, wz])))
+    upper = jnp.triu(l)
+    want = [cka_u_reference(wx, wy), 1.0]
+    parts = kernels.hsic_parts_layers(upper, True)
+    full_parts = kernels.hsic_parts_layers(l)
+    for field in ("diag", "rows", "total", "self_term", "scale", "unit"):
+        np.testing.assert_allclose(getattr(parts, field), getattr(full_parts, field), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(kernels.paired_cka(k, upper, True), want, atol=1e-5)
+    np.testing.assert_allclose(kernels.paired_cka_from_parts(k, kernels.hsic_parts_layers(k), upper, parts, True),
+                               want, atol=1e-5)
+    grid = np.asarray(kernels.grid_cka(k, upper, True))
+    np.testing.assert_allclose(grid, np.asarray(kernels.grid_cka(k, l)), atol=1e-5)
+    np.testing.assert_allclose(np.diag(grid), want, atol=1e-5)
+
+
 # -- range: CKA is scale invariant, and so must the float32 computation be ------------------------
 
 
@@ -302,3 +326,23 @@ def test_row_scales_do_not_recompile_the_accumulator():
         for p in (-70, 70):
             accumulate(p)
     assert compiled == [], "the row scales are traced arguments, not compile-time constants"
+
+
+def test_aligned_cka_without_a_permutation_scores_the_grams_as_given():
+    """``perm=None`` (Grams aligned already, as a scan's gathered ones) equals the identity
+    permutation, and both equal the float64 formula."""
+    rng = np.random.default_rng(31)
+    n = 12
+    w = rng.standard_normal((3, 30, n)).astype(np.float32)
+    k = kernels.gram_layers(jnp.asarray(w))
+    l = kernels.gram_layers(jnp.asarray(w + 0.8 * rng.standard_normal(w.shape).astype(np.float32)))
+    u = jnp.triu(l)
+    up = kernels.hsic_parts_layers(u, True)
+    given = np.asarray(kernels.aligned_cka(k, None, None, u, up, (0, 1)))
+    identity = np.asarray(kernels.aligned_cka(k, jnp.arange(n), jnp.ones(n), u, up, (0, 1)))
+    np.testing.assert_array_equal(given, identity)
+    want = [[hsic_u(np.asarray(k[i], np.float64), np.asarray(l[(i + s) % 3], np.float64))
+             / np.sqrt(hsic_u(np.asarray(k[i], np.float64), np.asarray(k[i], np.float64))
+                       * hsic_u(np.asarray(l[(i + s) % 3], np.float64), np.asarray(l[(i + s) % 3], np.float64)))
+             for s in (0, 1)] for i in range(3)]
+    np.testing.assert_allclose(given, want, atol=1e-5)
