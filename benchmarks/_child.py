@@ -1,4 +1,8 @@
-"""One timed comparison in a fresh process; prints a JSON line with timings and peak RSS."""
+"""One timed comparison in a fresh process; prints a JSON line with timings and peak RSS.
+
+The ``awm`` mode readies and ends the process as ``python -m awm_jax.compare`` does: the
+allocator settings, :func:`awm_jax.cli.common.start_engine` (the engine's import and the verified
+cache of compiled kernels) and :func:`awm_jax.cli._interrupt.exit_process`."""
 
 import json
 import resource
@@ -14,9 +18,11 @@ def main() -> None:
         cache_dir = sys.argv[4]
         device = sys.argv[5] if len(sys.argv) > 5 else "auto"
         import awm_jax
+        from awm_jax.cli.common import start_engine
         from awm_jax.io.memory import tune_allocator
 
         tune_allocator()  # as the CLI does
+        start_engine(cache_dir)
 
         t = time.perf_counter()
         r = awm_jax.compare(a, b, cache_dir=cache_dir, device=device)
@@ -31,6 +37,10 @@ def main() -> None:
     out["process_s"] = time.perf_counter() - T0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
+    if mode == "awm":
+        from awm_jax.cli._interrupt import exit_process
+
+        exit_process(0)
 
 
 if __name__ == "__main__":

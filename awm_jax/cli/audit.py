@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from awm_jax.cli.common import (MODEL_HELP, add_cache_cap, add_download, add_pair_options, add_version,
-                                apply_cache_cap, enforce_cache_cap, pair_options)
+                                apply_cache_cap, enforce_cache_cap, pair_options, start_engine)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEFAULT_MEMORY_GB, DEVICES
 
@@ -194,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
 
         initialize_distributed()
     models, labelled = _models(args)
+    start_engine(args.cache_dir)
     against = args.against or (read_model_list(args.against_list) if args.against_list else None)
     from awm_jax.audit.core import audit
     from awm_jax.audit.outputs import render_summary, write_label_check

@@ -10,7 +10,7 @@ from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEFAULT_NORM_GAI
 
 __all__ = ["FOUND_EXIT", "MODEL_HELP", "add_cache_cap", "add_cache_dir", "add_download", "add_fail_on", "add_pair_options",
            "add_version", "apply_cache_cap", "enforce_cache_cap", "finding_exit", "json_target", "pair_options",
-           "plot_target", "write_json", "write_plot"]
+           "plot_target", "start_engine", "write_json", "write_plot"]
 
 #: Help of ``--cache-dir``: the one meaning the flag has in every command.
 CACHE_DIR_HELP = ("fingerprint cache folder (default: $AWM_JAX_CACHE, else $XDG_CACHE_HOME/awm_jax, else "
@@ -52,6 +52,34 @@ def pair_options(args: argparse.Namespace) -> dict:
 def add_cache_dir(p: argparse.ArgumentParser) -> None:
     """``--cache-dir DIR``: the fingerprint cache folder (in every command that has the flag)."""
     p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
+
+
+def start_engine(cache_dir: str | None, cache: bool = True) -> None:
+    """Readies the process of a command that scores models, before its first model is read.
+
+    * The engine (JAX, SciPy) is imported with the cyclic garbage collector paused, and what the
+      import made is frozen out of later collections: those objects live as long as the process,
+      and collecting them during the import cost 0.1 s of every command.
+    * Unless the cache is off, compiled kernels are kept in the verified on-disk cache of
+      :mod:`awm_jax.fingerprint.compiled`, under the fingerprint cache's root (``cache_dir``, else
+      the default): a command on models of widths seen before compiles nothing.
+    """
+    import gc
+    from pathlib import Path
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import awm_jax.engine  # noqa: F401
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+    if cache:
+        from awm_jax.fingerprint.cache import default_cache_dir
+        from awm_jax.fingerprint.compiled import enable
+
+        enable(Path(cache_dir) if cache_dir else default_cache_dir())
 
 
 def add_cache_cap(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from awm_jax.cli.common import (FOUND_EXIT, MODEL_HELP, add_cache_cap, add_download, add_fail_on, add_pair_options,
                                 apply_cache_cap, enforce_cache_cap, finding_exit, json_target, pair_options,
-                                plot_target, write_json, write_plot)
+                                plot_target, start_engine, write_json, write_plot)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import DEVICES
 
@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         json_target(args.json)
     if args.plot:
         plot_target(args.plot)
+    start_engine(args.cache_dir, not args.no_cache)
     results = []
     for a, b in pairs:
         with pickle_loading(args.allow_pickle), adapter_base(args.adapter_base), \

@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from awm_jax.cli.common import FOUND_EXIT, add_fail_on, add_version, finding_exit, json_target, write_json
+from awm_jax.cli.common import (FOUND_EXIT, add_fail_on, add_version, finding_exit, json_target, start_engine,
+                                write_json)
 from awm_jax.errors import OneLineArgumentParser
 from awm_jax.options import ALIGNMENT_MODES, DEFAULT_ALIGNMENT, DEVICES, LAYER_MATCH_MODES
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    start_engine(args.cache_dir, not args.no_cache)
     import jax
 
     from awm_jax.catalogue.scan import scan_model

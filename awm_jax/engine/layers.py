@@ -3,7 +3,8 @@ paired layer, the mismatched layers of the calibrated null, and the layer pairin
 
 Grams come from the two fingerprints a chunk of layers at a time (one read ahead of the
 kernels): the base's whole, to be aligned, the target's in upper form (``kernels.HsicParts``:
-unpacked with no transposition). The kernels are jitted and vmapped over a chunk, whose shape is
+unpacked with no transposition), with its HSIC parts as the fingerprint stores them
+(``GramSet.upper_parts``). The kernels are jitted and vmapped over a chunk, whose shape is
 fixed per model, so one compilation serves every chunk of a pair and every pair of the same widths.
 """
 
@@ -124,18 +125,18 @@ def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tupl
     return None
 
 
-def _group_layers(g: GramSet, group: tuple[int, ...], upper: bool, buffers: dict | None = None,
-                  slot: int = 0) -> tuple[np.ndarray, ...]:
-    """A group's Grams in aligned buffers (``upper``: in upper form); an in-memory set's own
-    arrays when the group is all of it and they are wanted whole. ``buffers`` keeps the arrays
-    read into for each ``(upper, slot)`` and reuses them: with two slots used in turn, a group is
-    read into the buffers of the group before last, whose scores are done."""
+def _group_layers(g: GramSet, group: tuple[int, ...], index: int, upper: bool, buffers: dict | None = None,
+                  slot: int = 0) -> np.ndarray:
+    """A group's Grams of one file of the kind (``index``) in an aligned buffer (``upper``: in
+    upper form); an in-memory set's own array when the group is all of it and it is wanted whole.
+    ``buffers`` keeps the arrays read into for each ``(upper, slot)`` and reuses them: with two
+    slots used in turn, a read goes into the buffer of the read before last, whose scores are done."""
     if g.folder is None and group == tuple(range(g.num_layers)) and not upper:
-        return g.arrays
+        return g.arrays[index]
     if buffers is None:
-        return g.take(list(group), upper)
-    arrays = buffers[upper, slot] = g.take(list(group), upper, buffers.get((upper, slot)))
-    return arrays
+        return g.take_one(index, list(group), upper)
+    array = buffers[upper, slot] = g.take_one(index, list(group), upper, buffers.get((upper, slot)))
+    return array
 
 
 def _span(x: jax.Array, start: int, stop: int) -> jax.Array:
@@ -152,15 +153,6 @@ def _shifted_cka(base, bparts, target, tparts, shift: int) -> np.ndarray:
     return np.concatenate([np.asarray(paired_cka_from_parts(_span(base, b0, b1), cut(bparts, b0, b1),
                                                             _span(target, t0, t1), cut(tparts, t0, t1), True))
                            for b0, b1, t0, t1 in spans])
-
-
-def _target_parts(gt: GramSet, key: tuple, target: jax.Array):
-    """The HSIC parts of target Grams in upper form, kept with their set (``key``: which array and
-    layers): an audit scores each model as a target against many others."""
-    parts = gt.memo.get(("upper-parts", *key))
-    if parts is None:
-        parts = gt.memo[("upper-parts", *key)] = hsic_parts_layers(target, True)
-    return parts
 
 
 def _pairings(align: PairAlignment, base: jax.Array, target: jax.Array, tparts, shifts: tuple[int, ...]) -> np.ndarray:
@@ -183,24 +175,25 @@ def _pairings(align: PairAlignment, base: jax.Array, target: jax.Array, tparts, 
 def _score_groups(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[int, ...],
                   groups: tuple[tuple[int, ...], ...]) -> MatchedScores:
     """:func:`score_equal_depth` over groups closed under the shifts (:func:`shift_groups`), one
-    group read ahead; the same computation whether the Grams come from memory or from the cache."""
+    group and one file of the kind (Q, then K) at a time, the next read while this one is scored; the
+    same computation whether the Grams come from memory or from the cache."""
     layers = gb.num_layers
     wq, wk = np.empty(layers), np.empty(layers)
-    off = {s: np.empty(layers) for s in shifts}
+    shifted = {s: np.empty((2, layers)) for s in shifts}  # Q and K scores of the mismatched pairs
+    steps = [(group, j) for group in groups for j in range(2)]  # one file at a time: half the buffer memory
     buffers: dict = {}
-    grams = prefetched(_group_layers, [(g, group, g is not gb, buffers, i % 2) for i, group in enumerate(groups)
+    grams = prefetched(_group_layers, [(g, group, j, g is not gb, buffers, i % 2) for i, (group, j) in enumerate(steps)
                                        for g in (gb, gt)])
-    for group in groups:
+    for group, j in steps:
         where = list(group)
-        base = [jax.device_put(x) for x in next(grams)]
-        targets = [jax.device_put(x) for x in next(grams)]
+        base, target = jax.device_put(next(grams)), jax.device_put(next(grams))
         inner = tuple(s if len(group) == layers else len(group) // 2 for s in shifts)  # the shifts within the group
-        q, k = (_pairings(align, base[j], targets[j], _target_parts(gt, (j, group), targets[j]), (0, *inner))
-                for j in range(2))
-        wq[where], wk[where] = q[:, 0], k[:, 0]
+        parts = gt.upper_parts(j, where, np.asarray(target))  # stored with a cached fingerprint
+        scores = _pairings(align, base, target, parts, (0, *inner))
+        (wq, wk)[j][where] = scores[:, 0]
         for i, s in enumerate(shifts, 1):
-            off[s][where] = (q[:, i] + k[:, i]) / 2
-    return MatchedScores(wq, wk, off)
+            shifted[s][j, where] = scores[:, i]
+    return MatchedScores(wq, wk, {s: (m[0] + m[1]) / 2 for s, m in shifted.items()})
 
 
 def score_paired(gb: GramSet, gt: GramSet, align: PairAlignment, pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -2,12 +2,15 @@
 
 ``$AWM_JAX_CACHE`` (else ``$XDG_CACHE_HOME/awm_jax``, else ``~/.cache/awm_jax``)::
 
-    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # [L, n (n + 1) / 2] float32
+    fingerprints/<content key>/meta.json, gram_q.f32, gram_k.f32   # float32, see below
     fingerprints/<content key>/meta.json, gram_mlp.f32              # MLP inputs (optional kind)
     index/<file key>-<kind>-<norm gains>.json                       # -> content key
 
 Each Gram file holds, per layer, the upper triangle of the symmetric Gram row by row
-(:mod:`awm_jax.fingerprint._packed`): half the bytes of the full matrix, unpacked when read.
+(:mod:`awm_jax.fingerprint._packed`: ``[L, n (n + 1) / 2]``, half the bytes of the full matrix,
+unpacked when read), then, per layer, the HSIC parts of the Gram (``[L, 2 n + 4]``,
+:func:`awm_jax.fingerprint.grams.parts_len`): what a pair needs of each target Gram besides the
+cross term, read instead of recomputed (a pass over every Gram of a warm pair).
 
 Keys. The *content key* (64 hex digits) is the SHA-256 of the algorithm version, the layout and
 the bytes of every Q/K tensor used. The *file key* (40 hex digits) hashes the cache format, the
@@ -21,7 +24,7 @@ Trust. Nothing read from the cache is believed without a check:
 
 * an index entry is JSON naming its own file key and kind (two models' index files swapped
   are caught) and a content key that must be 64 lowercase hex digits (never a path);
-* ``meta.json`` names its content key, the shape, and the SHA-256 of every 32 MiB block of
+* ``meta.json`` names its content key, the shape, and the XXH3-128 of every 32 MiB block of
   every Gram file; each Gram file is opened without following links and hashed in full when
   the entry is opened (once per process per entry, on several threads) and compared;
 * every later read of a Gram file (positioned reads and memory maps) checks that the file is
@@ -75,7 +78,7 @@ from awm_jax.errors import CacheError, UsageError, warn
 from awm_jax.fingerprint._checksum import BLOCK_BYTES, DIGEST_CHARS, DIGEST_NAME, block_count, file_digests
 from awm_jax.fingerprint._entry_lock import TEMPORARY_PREFIX, EntryLock, hold_entry
 from awm_jax.fingerprint._packed import packed_len
-from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices
+from awm_jax.fingerprint.grams import KINDS, GramSet, layer_matrices, parts_len
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.io.atomic import atomic_write
 from awm_jax.layouts import ResolvedLayout
@@ -84,7 +87,7 @@ __all__ = ["CACHE_FORMAT", "MAX_GB_ENV", "FingerprintCache", "FileStamp", "Verif
            "default_cache_dir", "file_key", "gram_file_bytes", "is_content_key"]
 
 #: Version of the cache's files (index, meta.json, checksums); part of every file key.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 #: Hex digits of a content key (SHA-256) and of a file key (BLAKE2b, 20 bytes).
 CONTENT_KEY_CHARS, FILE_KEY_CHARS = 64, 40
 #: Size limits of the JSON files read from the cache (a damaged file is not read without bound).
@@ -102,8 +105,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 
 def gram_file_bytes(n: int, layers: int) -> int:
-    """Bytes of one Gram file of an entry: ``layers`` packed upper triangles of ``[n, n]`` float32."""
-    return layers * packed_len(n) * 4
+    """Bytes of one Gram file of an entry: ``layers`` packed upper triangles of ``[n, n]`` float32,
+    then ``layers`` records of HSIC parts."""
+    return layers * (packed_len(n) + parts_len(n)) * 4
 
 
 def cap_from_env() -> int | None:

@@ -36,7 +36,8 @@ from awm_jax.layouts import ResolvedLayout, check_norm_gains, fold_gain
 from awm_jax.options import DEFAULT_NORM_GAINS
 from awm_jax.progress import stage
 from awm_jax.numerics import host_blas
-from awm_jax.numerics.kernels import default_platform, gram_layers, gram_layers_host, range_shift
+from awm_jax.numerics.kernels import (MIN_SAMPLES, HsicParts, default_platform, gram_layers, gram_layers_host,
+                                     range_shift, upper_parts)
 
 if TYPE_CHECKING:
     from awm_jax.fingerprint.cache import FingerprintCache
@@ -115,6 +116,41 @@ def chunk_layers_for(n: int, d: int, num_layers: int) -> int:
     """Layers per chunk so a chunk's weights, Grams and temporaries fit ``CHUNK_BYTES``."""
     per_layer = 4 * (3 * n * n + 2 * d * n) * 2
     return int(max(1, min(num_layers, CHUNK_BYTES // max(per_layer, 1))))
+
+
+def parts_len(n: int) -> int:
+    """float32 values of one layer's stored HSIC parts (after the packed layers of a Gram file):
+    ``diag [n]``, ``rows [n]``, ``total``, ``self_term``, ``scale``, ``unit``
+    (:class:`~awm_jax.numerics.kernels.HsicParts` of the Gram in upper form)."""
+    return 2 * n + 4
+
+
+def _parts_record(parts: HsicParts) -> np.ndarray:
+    """One layer's parts as its stored ``[2 n + 4]`` float32 record."""
+    p = jax.device_get(parts)
+    return np.concatenate([p.diag, p.rows, [p.total, p.self_term, p.scale, p.unit]]).astype(np.float32)
+
+
+def _parts_of(records: np.ndarray) -> HsicParts:
+    """``[c, 2 n + 4]`` stored records -> :class:`HsicParts` with a leading ``c`` (numpy)."""
+    n = (records.shape[1] - 4) // 2
+    return HsicParts(records[:, :n], records[:, n : 2 * n], *(records[:, 2 * n + i] for i in range(4)))
+
+
+def layer_parts(grams: np.ndarray) -> list[np.ndarray]:
+    """The stored parts records of a stack of whole (or upper-form) Grams, one layer at a time
+    (:func:`~awm_jax.numerics.kernels.upper_parts` of each Gram's upper form). Below the unbiased
+    CKA's ``MIN_SAMPLES`` there are none (such a model is refused before any layer is scored):
+    NaN records."""
+    if grams.shape[1] < MIN_SAMPLES:
+        return [np.full(parts_len(grams.shape[1]), np.nan, np.float32) for _ in grams]
+    upper = np.empty(grams.shape[1:], np.float32)
+    out = []
+    for g in grams:
+        np.copyto(upper, g)
+        np.copyto(upper, 0, where=strict_lower(g.shape[0]))
+        out.append(_parts_record(upper_parts(upper)))
+    return out
 
 
 class ReadGuard(Protocol):
@@ -252,6 +288,52 @@ class GramSet:
         """The Grams of the given layers (any order), one ``[len(layers), n, n]`` array per file
         (``upper``, ``reuse``: as for :meth:`padded`)."""
         return self.padded(layers, len(layers), upper, reuse)
+
+    def take_one(self, index: int, layers: list[int], upper: bool = False,
+                 reuse: np.ndarray | None = None) -> np.ndarray:
+        """The Grams of the given layers of one file of the kind (``index``: for ``qk``, 0 the Q
+        Grams, 1 the K Grams), ``[len(layers), n, n]`` (``upper``, ``reuse``: as for :meth:`padded`)."""
+        return self._read(index, list(layers), len(layers), upper, reuse)
+
+    def upper_parts(self, index: int, layers: list[int], upper: np.ndarray | None = None) -> HsicParts:
+        """The HSIC parts of the given layers of one file of the kind, each Gram's in upper form
+        (:func:`~awm_jax.numerics.kernels.upper_parts`), as numpy arrays with a leading
+        ``len(layers)``. A Gram file stores them after its layers; for Grams in memory they are
+        computed one layer at a time (from ``upper``, those layers in upper form, when given) and
+        kept in :attr:`memo`: the same bits either way.
+
+        Raises:
+          CacheError: the file cannot be read or changed since it was verified.
+        """
+        layers = list(layers)
+        if self.folder is not None:
+            return _parts_of(self._records(KINDS[self.kind][index], layers))
+        memo = self.memo.setdefault(("upper-parts", index), {})
+        missing = [i for i, layer in enumerate(layers) if layer not in memo]
+        if missing:
+            source = upper if upper is not None else self.take_one(index, layers, upper=True)
+            for i, record in zip(missing, layer_parts(source[missing])):
+                memo[layers[i]] = record
+        return _parts_of(np.stack([memo[layer] for layer in layers]))
+
+    def _records(self, name: str, layers: list[int]) -> np.ndarray:
+        """The stored parts records of ``layers`` in one Gram file, ``[len(layers), 2 n + 4]``."""
+        path = self.folder / name
+        size = parts_len(self.n) * 4
+        start = self.num_layers * packed_len(self.n) * 4
+        out = np.empty((len(layers), parts_len(self.n)), np.float32)
+        try:
+            with _open_gram(path) as f:
+                if self.guard is not None:
+                    self.guard.opened(name, f.fileno())
+                for row, layer in zip(out, layers):
+                    if os.preadv(f.fileno(), [memoryview(row).cast("B")], start + layer * size) != size:
+                        raise CacheError(f"{path}: cached fingerprint is truncated; delete {self.folder} and rerun "
+                                         "(the fingerprint is computed again)")
+        except OSError as e:
+            raise CacheError(f"{path}: cannot read the cached fingerprint ({e}); delete {self.folder} and rerun "
+                             "(the fingerprint is computed again)") from None
+        return out
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Every layer's Gram restricted to ``rows`` (rows and columns, in that order): one
@@ -391,6 +473,15 @@ def _store(files: list, digests: list[BlockDigest], grams: list[np.ndarray]) -> 
             digests[i].update(data)
 
 
+def _store_records(files: list, digests: list[BlockDigest], records: list[list[np.ndarray]]) -> None:
+    """Appends every layer's parts records to each file, and to its block checksums (when cached)."""
+    for i, (f, recs) in enumerate(zip(files, records)):
+        data = memoryview(np.stack(recs)).cast("B")
+        f.write(data)
+        if digests:
+            digests[i].update(data)
+
+
 def model_grams(
     resolved: ResolvedLayout, cache: FingerprintCache | None = None, timings: dict | None = None, kind: str = "qk",
     norm_gains: str = DEFAULT_NORM_GAINS,
@@ -444,6 +535,7 @@ def model_grams(
     arrays = [aligned_empty((layers, n, n)) for _ in names] if folder is None else []
     digests = [BlockDigest() for _ in names] if cache is not None else []
     read_s = gram_s = 0.0
+    records: list[list[np.ndarray]] = [[] for _ in names]
     try:
         files = [open(folder / name, "wb") for name in names] if folder is not None else []
         try:
@@ -472,11 +564,13 @@ def model_grams(
                             arrays[j][start:stop] = g
                             mirror_upper(arrays[j][start:stop])
                         continue
+                    records = [records[j] + layer_parts(g) for j, g in enumerate(grams)]
                     if written is not None:
                         written.result()  # at most one chunk waits to be written: bounded memory
                     written = writer.submit(_store, files, digests, grams)
                 if written is not None:
                     written.result()
+                _store_records(files, digests, records)  # after the layers: each layer's HSIC parts
             # No fsync: the entry is published by os.replace only after every byte is written, so a
             # killed process never leaves a partial entry; durability across a power loss is left to
             # the kernel (fsync-ing gigabytes of Grams would cost more than computing them).

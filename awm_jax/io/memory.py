@@ -1,12 +1,15 @@
 """Process allocator settings for the command-line tools.
 
-awm_jax allocates and frees arrays of tens of megabytes per layer (Gram chunks, aligned copies,
-XLA's outputs). glibc serves each of them with a fresh ``mmap`` and unmaps it when freed, so every
-chunk pays the kernel's page faults again; on virtual machines that can cost as much as the
-memory-bound layer scores themselves. The CLIs therefore ask glibc to serve blocks up to
-its maximum mmap threshold from the heap and to keep freed heap memory for reuse. Peak RSS is
-not raised (freed memory is reused, not added to). The library itself never changes
-process-wide settings: :func:`tune_allocator` is called by the command-line entry points only.
+awm_jax allocates and frees arrays of tens to hundreds of megabytes (Gram chunks, read buffers,
+XLA's inputs and outputs, the assignment's cost matrix). glibc serves every block above its mmap
+threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it when freed, so every such array pays
+the kernel's page faults and page zeroing again; on virtual machines whose host takes freed memory
+back, that cost a warm 7B-shaped pair 3 s of system time (half a gigabyte per second of fresh
+memory), more than its layer scores. The CLIs therefore ask glibc to serve every block from its
+heaps (no ``mmap`` of single blocks) and to keep up to a gigabyte of freed heap memory for reuse:
+memory freed by one stage is reused by the next with no fault. Peak RSS stays within a few percent
+(freed memory is reused, not added to; ``benchmarks/pair.py`` reports it). The library itself never
+changes process-wide settings: :func:`tune_allocator` is called by the command-line entry points only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = ["memory_limit", "tune_allocator"]
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 #: glibc's largest accepted mmap threshold on 64-bit (``HEAP_MAX_SIZE / 2``).
 _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
@@ -41,7 +45,8 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(p, v) == 1 for p, v in (
-        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+        (_M_TOP_PAD, _TOP_PAD)))
 
 
 @functools.lru_cache(maxsize=1)

@@ -62,6 +62,7 @@ __all__ = [
     "paired_cka_from_parts",
     "aligned_cka",
     "hsic_parts_layers",
+    "upper_parts",
     "grid_cka",
     "column_cosine_accumulate",
     "default_platform",
@@ -352,6 +353,16 @@ def hsic_parts_layers(k: jax.Array, upper: bool = False) -> HsicParts:
     return jax.vmap(functools.partial(hsic_parts, upper=upper))(k)
 
 
+@jax.jit
+def upper_parts(u: jax.Array) -> HsicParts:
+    """The :class:`HsicParts` of one Gram in upper form, compiled for one ``[n, n]`` matrix.
+
+    What a fingerprint stores with each layer (``fingerprint.grams``), and how the parts of a Gram
+    held in memory are computed too: one layer per call, so a layer's parts are the same bits
+    whichever group of layers it is read with, from memory or from the cache."""
+    return hsic_parts(u, upper=True)
+
+
 @functools.partial(jax.jit, static_argnames="upper")
 def paired_cka_from_parts(k: jax.Array, kp: HsicParts, l: jax.Array, lp: HsicParts, upper: bool = False) -> jax.Array:
     """``paired_cka`` with both sides' :class:`HsicParts` given: one pass over each pair of Grams.
@@ -411,7 +422,7 @@ def aligned_cka(k: jax.Array, perm: jax.Array | None, signs: jax.Array | None, u
         base Grams are aligned already).
       signs: ``[n_t]`` +1/-1.
       u: ``[c, n_t, n_t]`` target Grams in upper form (:class:`HsicParts`); ``up`` their parts
-        (``hsic_parts_layers(u, True)``).
+        (``hsic_parts_layers(u, True)``, or :func:`upper_parts` of each layer).
       shifts: offsets ``s``: base position ``j`` is scored against target position ``j + s mod c``.
 
     Returns:

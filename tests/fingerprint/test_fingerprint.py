@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ from awm_jax.fingerprint._checksum import BLOCK_BYTES, BlockDigest, file_digests
 from awm_jax.fingerprint.cache import file_key
 from awm_jax.layouts import ResolvedLayout, detect
 from awm_jax.io.checkpoint import Checkpoint
+from awm_jax.numerics.kernels import hsic_parts_layers
 from conftest import random_model, save_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,15 +93,36 @@ def test_cached_grams_equal_computed_grams(tmp_path, models):
         np.testing.assert_array_equal(k1, mem.k[1:3])
 
 
+def test_stored_parts_are_the_parts_of_the_grams_in_memory(tmp_path, models):
+    # Each layer's HSIC parts are stored after the Grams: read back, they are bit for bit what a
+    # set in memory computes, in any order and group of layers, and they are the parts of the Gram.
+    a, _ = models
+    r = detect(Checkpoint(a))
+    mem = model_grams(r, None)
+    cached = model_grams(r, FingerprintCache(tmp_path / "c"))
+    assert mem.folder is None and cached.folder is not None
+    for index in (0, 1):
+        for layers_ in ([0, 1, 2], [2, 0], [1]):
+            got, want = cached.upper_parts(index, layers_), mem.upper_parts(index, layers_)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)
+        whole = hsic_parts_layers(jnp.asarray(mem.arrays[index]))
+        stored = cached.upper_parts(index, [0, 1, 2])
+        for field in ("diag", "rows", "total", "self_term", "scale", "unit"):
+            want = np.asarray(getattr(whole, field))  # the whole Grams' parts: another summation order
+            np.testing.assert_allclose(getattr(stored, field), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                       err_msg=field)
+
+
 def test_padded_unpacks_stored_upper_triangles(tmp_path, models):
     a, _ = models
     r = detect(Checkpoint(a))
     mem = model_grams(r, None)
     cached = model_grams(r, FingerprintCache(tmp_path / "c"))
     n, layers = r.hidden_size, r.num_layers
-    for name in ("gram_q.f32", "gram_k.f32"):  # half the bytes of the full Grams (plus the diagonal)
-        assert (cached.folder / name).stat().st_size == layers * n * (n + 1) // 2 * 4
-    stored = np.fromfile(cached.folder / "gram_q.f32", np.float32).reshape(layers, -1)
+    for name in ("gram_q.f32", "gram_k.f32"):  # half the bytes of the full Grams (plus the diagonal), then the parts
+        assert (cached.folder / name).stat().st_size == layers * (n * (n + 1) // 2 + 2 * n + 4) * 4
+    stored = np.fromfile(cached.folder / "gram_q.f32", np.float32)[: layers * n * (n + 1) // 2].reshape(layers, -1)
     rows, cols = np.triu_indices(n)
     np.testing.assert_array_equal(stored, mem.q[:, rows, cols])  # row by row, K[i, i:]
     for layers_, size in {(1, 2): 2, (0, 1, 2): 3, (2, 0): 3, (1,): 2}.items():
