@@ -13,7 +13,8 @@ the families were recovered exactly, and a correctness check: a few pairs are re
 layer, so synthesis never holds a model in memory.
 
 Disk: a model takes about ``(V + 2 L d) n`` bf16 bytes (0.33 GB for TinyLlama), its fingerprint
-``8 L n^2`` bytes (0.74 GB); the benchmark refuses to start without that much free space plus a
+two Gram files of ``awm_jax.fingerprint.cache.gram_file_bytes`` each (about ``4 L n^2`` bytes in
+all, 0.37 GB); the benchmark refuses to start without that much free space plus a
 margin. The JSON goes to ``benchmarks/results/audit-<shape>-<N>-<platform>[-<cpu model>].json``; the
 synthetic models and the cache are deleted afterwards unless ``--keep``.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from awm_jax.fingerprint.cache import gram_file_bytes
 from benchmarks.host_blas import cpu_record, machine_tag
 from benchmarks.shapes import BF16, SHAPES, Shape
 
@@ -126,11 +128,11 @@ def synthesize(member: Member, shape: Shape, root: Path) -> Path:
 
 
 def disk_needed(shape: Shape, count: int) -> float:
-    """Bytes of ``count`` lean checkpoints and their fingerprints."""
+    """Bytes of ``count`` lean checkpoints and their fingerprints (Q and K Gram files)."""
     n = shape.hidden
     q_rows, k_rows = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     model = 2 * n * (shape.vocab + shape.layers * (q_rows + k_rows))
-    return float(count * (model + 8 * shape.layers * n * n))
+    return float(count * (model + 2 * gram_file_bytes(n, shape.layers)))
 
 
 def run_audit(listing: Path, out: Path, cache: Path, memory_gb: float) -> dict:

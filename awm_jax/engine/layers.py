@@ -186,10 +186,10 @@ def _score_groups(gb: GramSet, gt: GramSet, align: PairAlignment, shifts: tuple[
                                        for g in (gb, gt)])
     for group, j in steps:
         where = list(group)
-        base, target = jax.device_put(next(grams)), jax.device_put(next(grams))
+        base, read = jax.device_put(next(grams)), next(grams)
         inner = tuple(s if len(group) == layers else len(group) // 2 for s in shifts)  # the shifts within the group
-        parts = gt.upper_parts(j, where, np.asarray(target))  # stored with a cached fingerprint
-        scores = _pairings(align, base, target, parts, (0, *inner))
+        parts = gt.upper_parts(j, where, read)  # stored with a cached fingerprint; else from the host copy
+        scores = _pairings(align, base, jax.device_put(read), parts, (0, *inner))
         (wq, wk)[j][where] = scores[:, 0]
         for i, s in enumerate(shifts, 1):
             shifted[s][j, where] = scores[:, i]

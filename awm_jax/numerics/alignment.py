@@ -231,20 +231,13 @@ class EmbeddingCross:
         return float(np.sqrt(self.sq_base.sum() * self.sq_target.sum()))
 
 
-#: Exponent-and-mantissa bits of the 16-bit float types (the sign bit cleared: ``|x|`` as an integer).
-_MAGNITUDE_BITS = {np.dtype(np.float16): 0x7FFF, host_blas.BF16: 0x7FFF}
-
 
 def _block_shift(rows: np.ndarray) -> int:
     """:func:`kernels.range_shift` of a block of rows (0 for an empty or non-finite block)."""
     if rows.size == 0:
         return 0
-    mask = _MAGNITUDE_BITS.get(rows.dtype)
-    if mask is not None and rows.flags.c_contiguous:
-        # 16-bit floats order by magnitude as their sign-cleared bits do (Inf and NaN above every
-        # finite value), and an integer max is ~20x numpy's bfloat16 max: the peak |x| exactly
-        bits = np.bitwise_and(rows.reshape(-1).view(np.uint16), np.uint16(mask)).max()
-        peak = float(np.asarray([bits], np.uint16).view(rows.dtype)[0])
+    if rows.dtype in host_blas.HALF_FLOATS and rows.flags.c_contiguous:  # the peak |x| from the bits, exactly
+        peak = float(host_blas.peak_magnitudes(rows.reshape(1, -1))[0])
     else:
         peak = max(float(rows.max()), -float(rows.min()))  # no |rows| temporary
     return int(range_shift(peak))

@@ -163,7 +163,7 @@ def gram_layers_host(w: np.ndarray) -> np.ndarray:
 
     w = np.asarray(w)
     if w.dtype == host_blas.BF16 and w.size and host_blas.bf16_gemm_available():
-        if not range_shift(host_blas.bf16_peaks(w)).any():
+        if not range_shift(host_blas.peak_magnitudes(w)).any():
             return host_blas.gram_layers_bf16(w)
     w = np.asarray(w, np.float32)
     if w.size:

@@ -452,7 +452,8 @@ def test_damaged_entry_in_an_unwritable_cache_is_computed_without_it(tmp_path, t
     assert len(lines) == 2 and "computing it again" in lines[0] and "computing without it" in lines[1], lines
 
 
-def test_cli_prints_one_warning_and_the_clean_scores(tmp_path, trio, capsys):
+@pytest.mark.parametrize("where", ["gram", "parts"])  # a Gram's value, or a stored HSIC part (the file's end)
+def test_cli_prints_one_warning_and_the_clean_scores(tmp_path, trio, capsys, where):
     a, b, _ = trio
     cache = tmp_path / "cache"
     assert main([str(a), str(b), "--no-cache", "--json", str(tmp_path / "clean.json"), "--quiet"]) == 0
@@ -460,6 +461,7 @@ def test_cli_prints_one_warning_and_the_clean_scores(tmp_path, trio, capsys):
     capsys.readouterr()
     _, folder = entry(cache, a)
     with open(folder / "gram_q.f32", "r+b") as f:
+        f.seek(-4 if where == "parts" else 0, os.SEEK_END if where == "parts" else os.SEEK_SET)
         f.write(b"\x7f\x7f\x7f\x7f")
     cache_mod._VERIFIED.clear()
     assert main([str(a), str(b), "--cache-dir", str(cache), "--json", str(tmp_path / "got.json"), "--quiet"]) == 0

@@ -315,13 +315,16 @@ def test_import_loads_no_library():
     assert out.stdout.strip() == "False"
 
 
-def test_bf16_peaks_are_the_largest_magnitudes():
-    x = bf16(np.random.default_rng(4), (3, 5, 7))
-    x[1, 2, 3] = -1e30
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_peak_magnitudes_are_the_largest_magnitudes(dtype):
+    x = bf16(np.random.default_rng(4), (3, 5, 7)).astype(host_blas.BF16 if dtype == "bfloat16" else np.float16)
+    x[1, 2, 3] = -1e30 if dtype == "bfloat16" else -6e4
     x[2] = 0
-    np.testing.assert_array_equal(host_blas.bf16_peaks(x), np.abs(x.astype(np.float64)).max(axis=(1, 2)))
+    x[0, 0, 0] = -np.inf
+    for view in (x, x[:, ::2]):  # a strided view too
+        np.testing.assert_array_equal(host_blas.peak_magnitudes(view), np.abs(view.astype(np.float64)).max(axis=(1, 2)))
     with pytest.raises(TypeError):
-        host_blas.bf16_peaks(np.zeros((2, 2), np.float32))
+        host_blas.peak_magnitudes(np.zeros((2, 2), np.float32))
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0**20])  # 2^20: outside the safe range, shifted on the float32 path
