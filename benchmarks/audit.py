@@ -177,6 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("--memory-gb", type=float, default=2.0, help="the audit's --memory-gb")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints, cache and audit output")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the JSON from the audit already run in --dir with the same --models and --seed (its "
+                        "models, cache and output still there: a benchmark stopped after its audit); the audit's wall "
+                        "time and peak RSS are then unknown (null)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     shape = SHAPES[args.shape]
@@ -184,17 +188,22 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     need = disk_needed(shape, args.models)
     free = shutil.disk_usage(root).free
-    if free < need + DISK_MARGIN_GB * 1e9:
+    if args.report_only and not (root / "audit" / "run.json").exists():
+        raise SystemExit(f"{root}: no audit output to report (audit/run.json)")
+    if not args.report_only and free < need + DISK_MARGIN_GB * 1e9:
         raise SystemExit(f"{root}: {args.models} {shape.name} models and their fingerprints need {need / 1e9:.1f} GB "
                          f"plus a {DISK_MARGIN_GB:.0f} GB margin; {free / 1e9:.1f} GB free. Choose fewer --models or "
                          "another --dir")
     members = plan_models(args.models, args.seed)
     models_dir, cache, out = root / "models", root / "cache", root / "audit"
-    shutil.rmtree(cache, ignore_errors=True)
+    if not args.report_only:
+        shutil.rmtree(cache, ignore_errors=True)
     t = time.perf_counter()
     paths = {}
     for i, m in enumerate(members):
         marker = models_dir / m.name / ".complete"
+        if not marker.exists() and args.report_only:
+            raise SystemExit(f"{models_dir / m.name}: not there; --report-only needs the models the audit scored")
         if not marker.exists():
             shutil.rmtree(models_dir / m.name, ignore_errors=True)
             synthesize(m, shape, models_dir)
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
     listing.write_text("".join(f"{name}\t{path}\n" for name, path in paths.items()))
 
     load_before = os.getloadavg()
-    run = run_audit(listing, out, cache, args.memory_gb)
+    run = {"wall_s": None, "peak_rss_gb": None} if args.report_only else run_audit(listing, out, cache, args.memory_gb)
     result = json.loads((out / "audit.json").read_text())
     info = json.loads((out / "run.json").read_text())
     timings = info["timings"]
@@ -240,7 +249,8 @@ def main(argv=None) -> int:
         "memory_gb_budget": args.memory_gb,
         "disk_gb": need / 1e9,
         "checked_against_compare": checked,
-        "synthesis_s": synth_s,
+        "synthesis_s": None if args.report_only else synth_s,
+        "report_only": args.report_only,
         "machine": dict(cpu_record(), load_before=load_before, device=info["environment"]["device"],
                         devices=info["environment"]["devices"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -52,10 +52,11 @@ def audit_table() -> None:
         cosine, scores = b.get("embedding_cosine_s", b.get("cosine_s", 0.0)), b.get("scores_s", b.get("cka_s", 0.0))
         checked = r["checked_against_compare"]
         diff = max(c["max_abs_diff"] for c in checked)
+        rss = "not measured" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f} GB"
         print(f"| {r['machine'].get('model', '?')} | {r['models']} | {pairs} | {r['total_s']:.0f} s | {r['fingerprint_s']:.0f} s "
               f"({r['per_model_fingerprint_s']:.1f} s/model) | {r['pair_phase_s']:.0f} s "
               f"({100 * r['pair_phase_share']:.0f}%) | {r['per_pair_s']:.1f} s: cosine {cosine / pairs:.1f}, "
-              f"CKA {scores / pairs:.1f} | {r['peak_rss_gb']:.2f} GB | {r['memory_gb_budget']:.0f} GB | "
+              f"CKA {scores / pairs:.1f} | {rss} | {r['memory_gb_budget']:.0f} GB | "
               f"{r['families_found']} of {r['families_expected']}, {'exact' if r['families_exact'] else 'NOT exact'} | "
               f"{len(checked)} pairs, diff {diff:g} | {r['machine']['load_before'][0]:.1f} |")
 
