@@ -62,7 +62,8 @@ def main() -> None:
     shape = SHAPES[args.shape]
     root = Path(args.dir) / shape.name
     if not (root / ".complete").exists():
-        raise SystemExit(f"{root}: no synthesised pair; run python -m benchmarks.pair --shape {shape.name} --keep first")
+        raise SystemExit(f"{root}: no synthesised pair; run python -m benchmarks.pair --shape {shape.name} --keep "
+                         "first")
     tag = machine_tag()
     ours_path = Path(args.out) / f"pair-{shape.name}-cpu-{tag}.json"  # benchmarks/pair.py on this CPU
     ours = json.loads(ours_path.read_text()) if ours_path.exists() else None
@@ -73,11 +74,13 @@ def main() -> None:
     print(f"[{shape.name}] reference {ref['wall_s']:.1f}s wall, peak RSS {ref['peak_rss_mb']:.0f} MB, "
           f"mean {ref['mean']:.4f}", flush=True)
     record = {
-        "shape": shape.name, "machine": cpu_record(), "lean_checkpoints": (root / ".complete").read_text().strip() == "lean",
+        "shape": shape.name, "machine": cpu_record(),
+        "lean_checkpoints": (root / ".complete").read_text().strip() == "lean",
         "reference": ref, "threads": "default (all cores)", "load_average_at_start": load,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "awm_jax": None if ours is None else {"cold_wall_s": ours["cold"]["wall_s"], "warm_wall_s": ours["warm"]["wall_s"],
-                                              "mean": ours["cold"]["mean"], "date": ours.get("date")},
+        "awm_jax": None if ours is None else {
+            "cold_wall_s": ours["cold"]["wall_s"], "warm_wall_s": ours["warm"]["wall_s"], "mean": ours["cold"]["mean"],
+            "date": ours.get("date")},
     }
     if ours is not None:
         record["cold_over_reference"] = ours["cold"]["wall_s"] / ref["wall_s"]
