@@ -19,8 +19,8 @@ import numpy as np
 
 from awm_jax.engine.align import PairAlignment
 from awm_jax.fingerprint import GramSet, chunk_layers_for
-from awm_jax.numerics.kernels import (aligned_cka, default_platform, grid_cka, hsic_parts_layers, paired_cka,
-                                     paired_cka_from_parts)
+from awm_jax.numerics.kernels import (HsicParts, aligned_cka, default_platform, grid_cka, hsic_parts_layers,
+                                     paired_cka, paired_cka_from_parts)
 from awm_jax.numerics.layer_match import match_layers
 from awm_jax.numerics.statistics import CalibratedTest, cross_layer_test, matching_null_test
 
@@ -72,7 +72,7 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
     """Matched-layer Q and K scores, plus the mean (Q+K)/2 scores of the shifted (mismatched) pairs.
 
     Layers are scored in groups closed under the shifts (:func:`shift_groups`): each group's
-    base and target layers are read once, their HSIC parts computed once, and every pairing
+    base and target layers are read once, with the target's stored HSIC parts, and every pairing
     (matched and shifted) scored on views of the same buffers. Layers that no small closed group
     holds (an odd depth beyond 16 layers, or shifts that need every layer on a wide model) are
     scored a chunk at a time, the target read again for each shift.
@@ -93,14 +93,22 @@ def score_equal_depth(gb: GramSet, gt: GramSet, align: PairAlignment) -> Matched
         stop = min(start + chunk, layers)
         base = [jax.device_put(x) for x in next(grams)]
         for shift in (0, *shifts):
-            targets = [jax.device_put(x) for x in next(grams)]
-            sq, sk = (_pairings(align, base[j], targets[j], hsic_parts_layers(targets[j], True), (0,))
-                      [: stop - start, 0] for j in range(2))
+            where, read = [(i + shift) % layers for i in range(start, stop)], next(grams)
+            sq, sk = (_pairings(align, base[j], jax.device_put(read[j]),
+                                _padded(gt.upper_parts(j, where, read[j]), chunk), (0,))[: stop - start, 0]
+                      for j in range(2))
             if shift == 0:
                 wq[start:stop], wk[start:stop] = sq, sk
             else:
                 off[shift][start:stop] = (sq + sk) / 2
     return MatchedScores(wq, wk, off)
+
+
+def _padded(parts: HsicParts, size: int) -> HsicParts:
+    """Parts of the layers of a chunk, the last repeated up to ``size`` for the zero layers that
+    pad the chunk (their scores are dropped)."""
+    return jax.tree_util.tree_map(lambda x: np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1), mode="edge"),
+                                  parts)
 
 
 def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tuple[int, ...], ...] | None:
@@ -125,16 +133,14 @@ def shift_groups(layers: int, shifts: tuple[int, ...], chunk: int) -> tuple[tupl
     return None
 
 
-def _group_layers(g: GramSet, group: tuple[int, ...], index: int, upper: bool, buffers: dict | None = None,
-                  slot: int = 0) -> np.ndarray:
+def _group_layers(g: GramSet, group: tuple[int, ...], index: int, upper: bool, buffers: dict,
+                  slot: int) -> np.ndarray:
     """A group's Grams of one file of the kind (``index``) in an aligned buffer (``upper``: in
     upper form); an in-memory set's own array when the group is all of it and it is wanted whole.
     ``buffers`` keeps the arrays read into for each ``(upper, slot)`` and reuses them: with two
     slots used in turn, a read goes into the buffer of the read before last, whose scores are done."""
     if g.folder is None and group == tuple(range(g.num_layers)) and not upper:
         return g.arrays[index]
-    if buffers is None:
-        return g.take_one(index, list(group), upper)
     array = buffers[upper, slot] = g.take_one(index, list(group), upper, buffers.get((upper, slot)))
     return array
 

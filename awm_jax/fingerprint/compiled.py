@@ -120,13 +120,6 @@ class VerifiedCache(CacheInterface):
             except OSError:
                 pass
 
-    def clear(self) -> None:
-        for entry in self._path.glob(f"*{_SUFFIX}"):
-            try:
-                entry.unlink()
-            except OSError:
-                pass
-
 
 def enable(root: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bool:
     """Makes JAX keep compiled executables in ``root/compiled``, verified (see the module).

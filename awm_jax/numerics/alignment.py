@@ -231,7 +231,6 @@ class EmbeddingCross:
         return float(np.sqrt(self.sq_base.sum() * self.sq_target.sum()))
 
 
-
 def _block_shift(rows: np.ndarray) -> int:
     """:func:`kernels.range_shift` of a block of rows (0 for an empty or non-finite block)."""
     if rows.size == 0:
